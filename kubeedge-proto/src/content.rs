@@ -176,13 +176,12 @@ impl Content {
     /// Decodes the content into `T`, accepting both a JSON value and a JSON string that holds
     /// the JSON document.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
-        if self.kind() == ContentKind::String {
-            // A string that is itself JSON wins; a plain string ("OK") decodes as a string.
-            if let Some(text) = self.as_str() {
-                if let Ok(value) = serde_json::from_str::<T>(&text) {
-                    return Ok(value);
-                }
-            }
+        // A string that is itself JSON wins; a plain string ("OK") decodes as a string.
+        if self.kind() == ContentKind::String
+            && let Some(text) = self.as_str()
+            && let Ok(value) = serde_json::from_str::<T>(&text)
+        {
+            return Ok(value);
         }
         Ok(serde_json::from_slice(&self.raw)?)
     }
@@ -208,10 +207,10 @@ impl Content {
             return Self::null();
         }
         let trimmed = bytes.trim_ascii_start();
-        if matches!(trimmed.first(), Some(b'{' | b'[')) {
-            if let Ok(content) = Self::from_json(bytes.clone()) {
-                return content;
-            }
+        if matches!(trimmed.first(), Some(b'{' | b'['))
+            && let Ok(content) = Self::from_json(bytes.clone())
+        {
+            return content;
         }
         match std::str::from_utf8(&bytes) {
             Ok(text) => Self::string(text),

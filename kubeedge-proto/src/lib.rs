@@ -12,8 +12,8 @@
 //! - [`twin`] and [`device`] hold the device twin, membership and state payloads with KubeEdge's
 //!   validation rules; [`ObjectResp`] is the `{"Object","Err"}` reply to edge requests.
 //! - [`json_lines`] frames messages on a byte stream (one JSON message per line, as gorilla's
-//!   `WriteJSON` writes them), and [`frame`] reads and writes viaduct's binary frame
-//!   (10-byte header + protobuf message).
+//!   `WriteJSON` writes them), and `frame` (feature `binary-frame`) reads and writes viaduct's
+//!   binary frame (10-byte header + protobuf message).
 //!
 //! Every decoder takes a hard maximum size, checked before anything is allocated for the input,
 //! and returns an error for malformed input instead of panicking. The decoders are fuzzed (see
@@ -23,7 +23,7 @@
 //!
 //! | feature | what it adds | dependencies it pulls |
 //! |---|---|---|
-//! | `binary-frame` | [`frame`]: viaduct's binary frame as plain functions | `prost` |
+//! | `binary-frame` | `frame`: viaduct's binary frame as plain functions | `prost` |
 //! | `codec` | `tokio_util::codec` Encoder/Decoder for JSON lines and binary frames (implies `binary-frame`) | `tokio-util`, `prost` |
 //! | `dmi` | `dmi`: the DMI v1beta1 protobuf messages exchanged by edgecore and mappers | `prost`; `protox`, `prost-build` at build time |
 //!
