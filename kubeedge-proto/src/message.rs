@@ -158,13 +158,15 @@ impl Message {
         self.response(Content::ok())
     }
 
-    /// An error reply to this message (KubeEdge's `NewErrorMessage`): a fresh id, `parent_msg_id`
-    /// = this id, only the resource copied, operation `error`, the text as a string content.
+    /// An error message built as KubeEdge's `NewErrorMessage` builds it: a fresh id, only the
+    /// resource copied, operation `error`, the text as a string content, and `parent_msg_id` set
+    /// to this message's *parent* (not its id; KubeEdge uses it to fail the request this message
+    /// answered). Set [`with_parent`](Self::with_parent) to answer this message itself.
     pub fn error_response(&self, text: &str) -> Self {
         Self {
             header: MessageHeader {
                 id: new_message_id(),
-                parent_id: self.header.id.clone(),
+                parent_id: self.header.parent_id.clone(),
                 timestamp: now_millis(),
                 ..MessageHeader::default()
             },
@@ -507,7 +509,8 @@ mod tests {
         assert_eq!(resp.route.resource, req.route.resource);
         assert!(resp.header.resource_version.is_empty());
         assert!(req.ack().is_ack());
-        let err = req.error_response("boom");
+        let err = resp.error_response("boom");
+        assert_eq!(err.header.parent_id, req.header.id);
         assert_eq!(err.route.source, None);
         assert_eq!(err.route.operation, Some(Operation::Error));
         assert_eq!(err.content.as_str().unwrap(), "boom");
