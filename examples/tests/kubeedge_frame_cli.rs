@@ -35,7 +35,11 @@ fn frame(args: &[&str], stdin: &str) -> Output {
 fn reencode_reproduces_the_capture_byte_for_byte() {
     let input = captured_lines();
     let out = frame(&["reencode"], &input);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), input);
 }
 
@@ -43,7 +47,11 @@ fn reencode_reproduces_the_capture_byte_for_byte() {
 fn check_accepts_the_capture_and_rejects_a_bad_line() {
     let input = captured_lines();
     let out = frame(&["check"], &input);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("79 valid messages"));
 
     let mut broken = input.lines().take(3).collect::<Vec<_>>().join("\n");
@@ -69,5 +77,8 @@ fn show_prints_typed_routes() {
 fn usage_errors_exit_2() {
     assert_eq!(frame(&["frobnicate"], "").status.code(), Some(2));
     assert_eq!(frame(&[], "").status.code(), Some(2));
-    assert_eq!(frame(&["check", "--max-len", "x"], "").status.code(), Some(2));
+    assert_eq!(
+        frame(&["check", "--max-len", "x"], "").status.code(),
+        Some(2)
+    );
 }

@@ -38,7 +38,9 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(wire.len() as u64));
 
         group.bench_function(BenchmarkId::new("decode", "kubeedge-proto"), |b| {
-            b.iter(|| Message::decode_json(black_box(wire.clone()), DEFAULT_MAX_MESSAGE_LEN).unwrap())
+            b.iter(|| {
+                Message::decode_json(black_box(wire.clone()), DEFAULT_MAX_MESSAGE_LEN).unwrap()
+            })
         });
         group.bench_function(BenchmarkId::new("decode", "serde_json::Value"), |b| {
             b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&wire)).unwrap())
@@ -65,8 +67,8 @@ fn bench(c: &mut Criterion) {
         // Relay: what a hub does with every frame: decode, look at the route, re-encode.
         group.bench_function(BenchmarkId::new("relay", "kubeedge-proto"), |b| {
             b.iter(|| {
-                let msg = Message::decode_json(black_box(wire.clone()), DEFAULT_MAX_MESSAGE_LEN)
-                    .unwrap();
+                let msg =
+                    Message::decode_json(black_box(wire.clone()), DEFAULT_MAX_MESSAGE_LEN).unwrap();
                 black_box(&msg.route.operation);
                 out.clear();
                 msg.write_json(&mut out);
@@ -87,13 +89,16 @@ fn bench(c: &mut Criterion) {
         let mut line = BytesMut::from(&wire[..]);
         line.extend_from_slice(b"\n");
         let line = line.freeze();
-        group.bench_function(BenchmarkId::new("json_lines_decode", "kubeedge-proto"), |b| {
-            let mut codec = JsonLinesCodec::default();
-            b.iter(|| {
-                let mut buf = BytesMut::from(black_box(&line[..]));
-                codec.decode_from(&mut buf).unwrap().unwrap()
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("json_lines_decode", "kubeedge-proto"),
+            |b| {
+                let mut codec = JsonLinesCodec::default();
+                b.iter(|| {
+                    let mut buf = BytesMut::from(black_box(&line[..]));
+                    codec.decode_from(&mut buf).unwrap().unwrap()
+                })
+            },
+        );
         group.finish();
     }
 }

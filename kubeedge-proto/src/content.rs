@@ -59,17 +59,23 @@ pub enum ContentKind {
 impl Content {
     /// No content (`null` on the wire).
     pub const fn null() -> Self {
-        Self { raw: Bytes::from_static(b"null") }
+        Self {
+            raw: Bytes::from_static(b"null"),
+        }
     }
 
     /// The `"OK"` string that acknowledges a message.
     pub const fn ok() -> Self {
-        Self { raw: Bytes::from_static(b"\"OK\"") }
+        Self {
+            raw: Bytes::from_static(b"\"OK\""),
+        }
     }
 
     /// The `"ping"` string carried by keepalives.
     pub const fn ping() -> Self {
-        Self { raw: Bytes::from_static(b"\"ping\"") }
+        Self {
+            raw: Bytes::from_static(b"\"ping\""),
+        }
     }
 
     /// A JSON string content, escaped as Go escapes it.
@@ -81,7 +87,9 @@ impl Content {
 
     /// The JSON encoding of `value`, byte-compatible with Go's `json.Marshal`.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        Ok(Self { raw: go_json::to_vec(value)?.into() })
+        Ok(Self {
+            raw: go_json::to_vec(value)?.into(),
+        })
     }
 
     /// A JSON string holding the JSON encoding of `value`: the form KubeEdge uses for
@@ -159,7 +167,9 @@ impl Content {
             // content was parsed).
             return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
         }
-        serde_json::from_slice::<String>(&self.raw).ok().map(Cow::Owned)
+        serde_json::from_slice::<String>(&self.raw)
+            .ok()
+            .map(Cow::Owned)
     }
 
     /// The content's data as KubeEdge's `GetContentData()` returns it: the text of a string
@@ -251,7 +261,11 @@ fn base64_std(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -274,8 +288,14 @@ mod tests {
         assert_eq!(Content::ok().kind(), ContentKind::String);
         assert_eq!(Content::try_from("{}").unwrap().kind(), ContentKind::Object);
         assert_eq!(Content::try_from(" [1] ").unwrap().as_json(), b"[1]");
-        assert_eq!(Content::try_from("-1.5").unwrap().kind(), ContentKind::Number);
-        assert_eq!(Content::try_from("false").unwrap().kind(), ContentKind::Bool);
+        assert_eq!(
+            Content::try_from("-1.5").unwrap().kind(),
+            ContentKind::Number
+        );
+        assert_eq!(
+            Content::try_from("false").unwrap().kind(),
+            ContentKind::Bool
+        );
         assert!(Content::try_from("{} {}").is_err());
         assert!(Content::try_from("").is_err());
     }
@@ -283,12 +303,21 @@ mod tests {
     #[test]
     fn string_text_and_data() {
         let c = Content::string("plain text payload <&> é");
-        assert_eq!(c.as_json(), "\"plain text payload \\u003c\\u0026\\u003e é\"".as_bytes());
+        assert_eq!(
+            c.as_json(),
+            "\"plain text payload \\u003c\\u0026\\u003e é\"".as_bytes()
+        );
         assert_eq!(c.as_str().unwrap(), "plain text payload <&> é");
         assert_eq!(&*c.data(), "plain text payload <&> é".as_bytes());
-        assert!(matches!(Content::ping().as_str(), Some(Cow::Borrowed("ping"))));
+        assert!(matches!(
+            Content::ping().as_str(),
+            Some(Cow::Borrowed("ping"))
+        ));
         assert_eq!(&*Content::null().data(), b"");
-        assert_eq!(&*Content::try_from("{\"a\":1}").unwrap().data(), b"{\"a\":1}");
+        assert_eq!(
+            &*Content::try_from("{\"a\":1}").unwrap().data(),
+            b"{\"a\":1}"
+        );
     }
 
     #[test]

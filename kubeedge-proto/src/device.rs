@@ -153,12 +153,18 @@ impl DeviceState {
 
     /// Parses a state case-insensitively; other strings are refused (KubeEdge ignores them).
     pub fn parse(s: &str) -> Result<Self> {
-        [Self::Online, Self::Offline, Self::Ok, Self::Unknown, Self::Unhealthy]
-            .into_iter()
-            .find(|st| st.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                Error::Validation(format!("unknown device state {:?}", crate::error::quote(s)))
-            })
+        [
+            Self::Online,
+            Self::Offline,
+            Self::Ok,
+            Self::Unknown,
+            Self::Unhealthy,
+        ]
+        .into_iter()
+        .find(|st| st.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            Error::Validation(format!("unknown device state {:?}", crate::error::quote(s)))
+        })
     }
 
     /// Whether KubeEdge stamps `last_online` for this state (`online` and `ok`).

@@ -59,7 +59,10 @@ pub(crate) fn quote(s: &str) -> String {
 
 impl Error {
     pub(crate) fn resource(resource: &str, reason: &'static str) -> Self {
-        Self::Resource { resource: quote(resource), reason }
+        Self::Resource {
+            resource: quote(resource),
+            reason,
+        }
     }
 }
 

@@ -107,7 +107,10 @@ impl Default for BinaryFrameCodec {
 impl BinaryFrameCodec {
     /// A codec refusing payloads longer than `max_len` bytes.
     pub fn new(max_len: usize) -> Self {
-        Self { max_len, pending: None }
+        Self {
+            max_len,
+            pending: None,
+        }
     }
 
     /// Decodes the next frame from `buf`; `Ok(None)` until a whole frame is buffered.
@@ -123,7 +126,11 @@ impl BinaryFrameCodec {
                 let header = FrameHeader::from_bytes(&bytes);
                 let len = header.payload_len as usize;
                 if len > self.max_len {
-                    return Err(Error::TooLarge { what: "frame", len, max: self.max_len });
+                    return Err(Error::TooLarge {
+                        what: "frame",
+                        len,
+                        max: self.max_len,
+                    });
                 }
                 if header.frame_type != TYPE_MESSAGE {
                     return Err(Error::Frame(format!(
@@ -132,7 +139,9 @@ impl BinaryFrameCodec {
                     )));
                 }
                 if header.flags & FLAG_COMPRESSED != 0 {
-                    return Err(Error::Frame("compressed frames are not supported".to_owned()));
+                    return Err(Error::Frame(
+                        "compressed frames are not supported".to_owned(),
+                    ));
                 }
                 buf.advance(HEADER_LEN);
                 buf.reserve(len);
@@ -153,7 +162,11 @@ impl BinaryFrameCodec {
         let payload = to_protobuf(msg);
         let len = payload.encoded_len();
         if len > self.max_len {
-            return Err(Error::TooLarge { what: "frame", len, max: self.max_len });
+            return Err(Error::TooLarge {
+                what: "frame",
+                len,
+                max: self.max_len,
+            });
         }
         buf.reserve(HEADER_LEN + len);
         FrameHeader {
@@ -161,8 +174,11 @@ impl BinaryFrameCodec {
             frame_type: TYPE_MESSAGE,
             flags: 0,
             // len <= max_len; a max_len above u32::MAX is clamped by this conversion check.
-            payload_len: u32::try_from(len)
-                .map_err(|_| Error::TooLarge { what: "frame", len, max: u32::MAX as usize })?,
+            payload_len: u32::try_from(len).map_err(|_| Error::TooLarge {
+                what: "frame",
+                len,
+                max: u32::MAX as usize,
+            })?,
         }
         .write(buf);
         payload.encode(buf).map_err(|e| Error::Frame(e.to_string()))
@@ -302,7 +318,8 @@ mod tests {
         // header{ID="a"(1), Timestamp=-1 (sint64 zigzag 1)}, router{Operation="keepalive"}, Content "ping"
         let payload: &[u8] = &[
             0x0a, 0x05, 0x0a, 0x01, b'a', 0x18, 0x01, // header
-            0x12, 0x0b, 0x1a, 0x09, b'k', b'e', b'e', b'p', b'a', b'l', b'i', b'v', b'e', // router
+            0x12, 0x0b, 0x1a, 0x09, b'k', b'e', b'e', b'p', b'a', b'l', b'i', b'v',
+            b'e', // router
             0x1a, 0x04, b'p', b'i', b'n', b'g', // content
         ];
         let mut buf = BytesMut::new();
@@ -314,7 +331,10 @@ mod tests {
         }
         .write(&mut buf);
         buf.put_slice(payload);
-        let msg = BinaryFrameCodec::default().decode_from(&mut buf).unwrap().unwrap();
+        let msg = BinaryFrameCodec::default()
+            .decode_from(&mut buf)
+            .unwrap()
+            .unwrap();
         assert_eq!(msg.header.id, "a");
         assert_eq!(msg.header.timestamp, -1);
         assert_eq!(msg.route.operation, Some(Operation::Keepalive));
@@ -328,21 +348,43 @@ mod tests {
     fn refuses_before_allocating() {
         let mut codec = BinaryFrameCodec::new(1024);
         let mut buf = BytesMut::new();
-        FrameHeader { version: PACKER_VERSION, frame_type: 1, flags: 0, payload_len: u32::MAX }
-            .write(&mut buf);
-        assert!(matches!(codec.decode_from(&mut buf), Err(Error::TooLarge { .. })));
+        FrameHeader {
+            version: PACKER_VERSION,
+            frame_type: 1,
+            flags: 0,
+            payload_len: u32::MAX,
+        }
+        .write(&mut buf);
+        assert!(matches!(
+            codec.decode_from(&mut buf),
+            Err(Error::TooLarge { .. })
+        ));
         assert!(buf.capacity() < 1024);
         for (frame_type, flags) in [(TYPE_STREAM, 0), (TYPE_MESSAGE, FLAG_COMPRESSED)] {
             let mut buf = BytesMut::new();
-            FrameHeader { version: PACKER_VERSION, frame_type, flags, payload_len: 0 }
-                .write(&mut buf);
-            assert!(matches!(BinaryFrameCodec::new(1024).decode_from(&mut buf), Err(Error::Frame(_))));
+            FrameHeader {
+                version: PACKER_VERSION,
+                frame_type,
+                flags,
+                payload_len: 0,
+            }
+            .write(&mut buf);
+            assert!(matches!(
+                BinaryFrameCodec::new(1024).decode_from(&mut buf),
+                Err(Error::Frame(_))
+            ));
         }
     }
 
     #[test]
     fn split_delivery() {
-        let msg = Message::new("edged", "meta", "patch", "default/podpatch/p", Content::ok());
+        let msg = Message::new(
+            "edged",
+            "meta",
+            "patch",
+            "default/podpatch/p",
+            Content::ok(),
+        );
         let mut whole = BytesMut::new();
         let codec = BinaryFrameCodec::default();
         codec.encode_into(&msg, &mut whole).unwrap();

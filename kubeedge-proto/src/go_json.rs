@@ -165,13 +165,21 @@ impl Formatter for GoFormatter {
 /// and the shortest representation that round-trips).
 fn format_go_float(value: f64, single: bool) -> String {
     let abs = value.abs();
-    let (small, large) = if single { (1e-6_f32 as f64, 1e21_f32 as f64) } else { (1e-6, 1e21) };
+    let (small, large) = if single {
+        (1e-6_f32 as f64, 1e21_f32 as f64)
+    } else {
+        (1e-6, 1e21)
+    };
     let use_exp = abs != 0.0 && (abs < small || abs >= large);
     let shortest = |v: f64, exp: bool| -> String {
         if single {
             // Shortest digits that round-trip through f32.
             let v = v as f32;
-            if exp { format!("{v:e}") } else { format!("{v}") }
+            if exp {
+                format!("{v:e}")
+            } else {
+                format!("{v}")
+            }
         } else if exp {
             format!("{v:e}")
         } else {
@@ -206,7 +214,15 @@ mod tests {
 
     #[test]
     fn formatter_matches_write_str() {
-        for s in ["", "a", "<>&", "tab\there", "\u{2028}x\u{2028}", "日本 ✓", "\\\"/"] {
+        for s in [
+            "",
+            "a",
+            "<>&",
+            "tab\there",
+            "\u{2028}x\u{2028}",
+            "日本 ✓",
+            "\\\"/",
+        ] {
             let mut direct = Vec::new();
             write_str(&mut direct, s);
             assert_eq!(to_vec(s).unwrap(), direct, "for {s:?}");
@@ -227,7 +243,11 @@ mod tests {
             (-1e-10, "-1e-10"),
         ];
         for (v, want) in cases {
-            assert_eq!(String::from_utf8(to_vec(v).unwrap()).unwrap(), *want, "for {v}");
+            assert_eq!(
+                String::from_utf8(to_vec(v).unwrap()).unwrap(),
+                *want,
+                "for {v}"
+            );
         }
         assert_eq!(String::from_utf8(to_vec(&0.1_f32).unwrap()).unwrap(), "0.1");
     }

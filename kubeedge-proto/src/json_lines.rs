@@ -47,7 +47,10 @@ impl Default for JsonLinesCodec {
 impl JsonLinesCodec {
     /// A codec refusing messages longer than `max_len` bytes (line end excluded).
     pub fn new(max_len: usize) -> Self {
-        Self { max_len, scanned: 0 }
+        Self {
+            max_len,
+            scanned: 0,
+        }
     }
 
     /// The maximum message length.
@@ -70,7 +73,11 @@ impl JsonLinesCodec {
                     let len = buf.len();
                     buf.clear();
                     self.scanned = 0;
-                    return Err(Error::TooLarge { what: "message", len, max: self.max_len });
+                    return Err(Error::TooLarge {
+                        what: "message",
+                        len,
+                        max: self.max_len,
+                    });
                 }
                 self.scanned = limit;
                 return Ok(None);
@@ -183,7 +190,10 @@ mod tests {
     fn overlong_line_fails_without_newline() {
         let mut codec = JsonLinesCodec::new(16);
         let mut buf = BytesMut::from(&b"{\"header\":{\"msg_id\":\"aaaaaaaaaaaa"[..]);
-        assert!(matches!(codec.decode_from(&mut buf), Err(Error::TooLarge { max: 16, .. })));
+        assert!(matches!(
+            codec.decode_from(&mut buf),
+            Err(Error::TooLarge { max: 16, .. })
+        ));
         assert!(buf.is_empty());
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::names::{Group, Operation, Source};
-use crate::{go_json, Content, Error, Result};
+use crate::{Content, Error, Result, go_json};
 
 /// The default largest JSON message accepted by the decoders: 8 MiB.
 ///
@@ -218,7 +218,11 @@ impl Message {
     /// `input`. Input longer than `max_len` is refused before it is parsed.
     pub fn decode_json(input: Bytes, max_len: usize) -> Result<Self> {
         if input.len() > max_len {
-            return Err(Error::TooLarge { what: "message", len: input.len(), max: max_len });
+            return Err(Error::TooLarge {
+                what: "message",
+                len: input.len(),
+                max: max_len,
+            });
         }
         let MapOnly(wire) = serde_json::from_slice::<MapOnly<WireMessage<'_>>>(&input)?;
         let header = wire.header.map(|h| h.0).unwrap_or_default();
@@ -320,10 +324,22 @@ impl Message {
             out.put_slice(key);
             go_json::write_str(out, value);
         };
-        field(out, b"\"source\":", r.source.as_ref().map_or("", |s| s.as_str()));
+        field(
+            out,
+            b"\"source\":",
+            r.source.as_ref().map_or("", |s| s.as_str()),
+        );
         field(out, b"\"destination\":", &r.destination);
-        field(out, b"\"group\":", r.group.as_ref().map_or("", |s| s.as_str()));
-        field(out, b"\"operation\":", r.operation.as_ref().map_or("", |s| s.as_str()));
+        field(
+            out,
+            b"\"group\":",
+            r.group.as_ref().map_or("", |s| s.as_str()),
+        );
+        field(
+            out,
+            b"\"operation\":",
+            r.operation.as_ref().map_or("", |s| s.as_str()),
+        );
         field(out, b"\"resource\":", &r.resource);
         out.put_slice(b"},\"content\":");
         out.put_slice(self.content.as_json());
@@ -342,7 +358,11 @@ impl fmt::Display for Message {
             name(r.source.as_ref().map(|s| s.as_str())),
             name(r.group.as_ref().map(|s| s.as_str())),
             name(r.operation.as_ref().map(|s| s.as_str())),
-            if r.resource.is_empty() { "-" } else { &r.resource },
+            if r.resource.is_empty() {
+                "-"
+            } else {
+                &r.resource
+            },
             self.header.id
         )?;
         if !self.header.parent_id.is_empty() {
@@ -442,7 +462,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<MapOnly<T>, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<MapOnly<T>, A::Error> {
                 T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(MapOnly)
             }
         }
@@ -473,24 +496,45 @@ mod tests {
     #[test]
     fn tolerates_what_go_tolerates() {
         // Missing and null fields are zero values; unknown keys are ignored.
-        let msg = Message::from_json(br#"{"header":null,"extra":[1],"route":{"source":null}}"#)
-            .unwrap();
+        let msg =
+            Message::from_json(br#"{"header":null,"extra":[1],"route":{"source":null}}"#).unwrap();
         assert!(msg.is_empty_shutdown());
         // Not an object, a wrong type, or trailing garbage are errors.
-        for bad in [&b"[]"[..], b"{\"header\":[]}", b"{\"route\":[\"a\"]}", b"null", b"{\"header\":{\"timestamp\":\"1\"}}", b"{} x", b""] {
-            assert!(Message::from_json(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"[]"[..],
+            b"{\"header\":[]}",
+            b"{\"route\":[\"a\"]}",
+            b"null",
+            b"{\"header\":{\"timestamp\":\"1\"}}",
+            b"{} x",
+            b"",
+        ] {
+            assert!(
+                Message::from_json(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn limit_is_checked_first() {
         let err = Message::decode_json(Bytes::from(vec![b' '; 100]), 99).unwrap_err();
-        assert!(matches!(err, Error::TooLarge { len: 100, max: 99, .. }));
+        assert!(matches!(
+            err,
+            Error::TooLarge {
+                len: 100,
+                max: 99,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn content_is_zero_copy() {
-        let wire = Bytes::from_static(br#"{"header":{"msg_id":"a","timestamp":1},"route":{},"content":{"x":1}}"#);
+        let wire = Bytes::from_static(
+            br#"{"header":{"msg_id":"a","timestamp":1},"route":{},"content":{"x":1}}"#,
+        );
         let msg = Message::decode_json(wire.clone(), 1024).unwrap();
         let range = subslice_range(&wire, msg.content.as_json()).unwrap();
         assert_eq!(&wire[range], br#"{"x":1}"#);
@@ -498,8 +542,14 @@ mod tests {
 
     #[test]
     fn response_and_error_follow_kubeedge() {
-        let req = Message::new("edged", "meta", "query", "default/configmap/c", Content::null())
-            .with_resource_version("5");
+        let req = Message::new(
+            "edged",
+            "meta",
+            "query",
+            "default/configmap/c",
+            Content::null(),
+        )
+        .with_resource_version("5");
         let resp = req.response(Content::string("x"));
         assert_eq!(resp.header.parent_id, req.header.id);
         assert_ne!(resp.header.id, req.header.id);
@@ -515,6 +565,11 @@ mod tests {
         assert_eq!(err.route.operation, Some(Operation::Error));
         assert_eq!(err.content.as_str().unwrap(), "boom");
         assert!(Message::keepalive().is_keepalive());
-        assert_eq!(uuid::Uuid::parse_str(&req.header.id).unwrap().get_version_num(), 4);
+        assert_eq!(
+            uuid::Uuid::parse_str(&req.header.id)
+                .unwrap()
+                .get_version_num(),
+            4
+        );
     }
 }

@@ -320,7 +320,10 @@ mod tests {
             assert!(!matches!(Source::from(s.as_str()), Source::Other(_)));
         }
         for t in ResourceType::KNOWN {
-            assert!(!matches!(ResourceType::from(t.as_str()), ResourceType::Other(_)));
+            assert!(!matches!(
+                ResourceType::from(t.as_str()),
+                ResourceType::Other(_)
+            ));
         }
     }
 }

@@ -35,13 +35,19 @@ pub struct ObjectResp {
 impl ObjectResp {
     /// A successful reply carrying `object`.
     pub fn ok(object: Content) -> Self {
-        Self { object, err: Content::null() }
+        Self {
+            object,
+            err: Content::null(),
+        }
     }
 
     /// A failed reply carrying a Kubernetes `metav1.Status` as `{"ErrStatus": status}`.
     pub fn status_error(status: &serde_json::Value) -> Result<Self> {
         let err = Content::json(&serde_json::json!({ "ErrStatus": status }))?;
-        Ok(Self { object: Content::null(), err })
+        Ok(Self {
+            object: Content::null(),
+            err,
+        })
     }
 
     /// Whether the reply carries an error.

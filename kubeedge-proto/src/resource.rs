@@ -78,7 +78,11 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     /// A namespaced object, checking every segment.
-    pub fn new(namespace: &str, resource_type: impl Into<ResourceType>, name: &str) -> Result<Self> {
+    pub fn new(
+        namespace: &str,
+        resource_type: impl Into<ResourceType>,
+        name: &str,
+    ) -> Result<Self> {
         let resource_type = resource_type.into();
         let whole = format!("{namespace}/{resource_type}/{name}");
         check_resource_type(resource_type.as_str(), &whole)?;
@@ -106,7 +110,10 @@ impl DeviceId {
         let whole = format!("{namespace}/{name}");
         check_dns_label(namespace, &whole)?;
         check_name(name, &whole)?;
-        Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -232,7 +239,10 @@ impl Resource {
                 };
                 check_dns_label(segs[1], s)?;
                 check_name(segs[2], s)?;
-                let id = DeviceId { namespace: segs[1].to_owned(), name: segs[2].to_owned() };
+                let id = DeviceId {
+                    namespace: segs[1].to_owned(),
+                    name: segs[2].to_owned(),
+                };
                 Ok(Self::Device { id, event })
             }
             (2, "rule") => check_name(segs[1], s).map(|()| Self::Rule(segs[1].to_owned())),
@@ -350,13 +360,19 @@ impl CloudResource {
     /// Parses a structured cloud resource (`node/<id>/<structured edge form>`).
     pub fn parse(s: &str) -> Result<Self> {
         let (node_id, rest) = Self::split(s)?;
-        Ok(Self { node_id: node_id.to_owned(), resource: Resource::parse(rest)? })
+        Ok(Self {
+            node_id: node_id.to_owned(),
+            resource: Resource::parse(rest)?,
+        })
     }
 
     /// Parses `node/<id>/<topic>`, the form cloudhub gives uploads.
     pub fn parse_topic(s: &str) -> Result<Self> {
         let (node_id, rest) = Self::split(s)?;
-        Ok(Self { node_id: node_id.to_owned(), resource: Resource::topic(rest)? })
+        Ok(Self {
+            node_id: node_id.to_owned(),
+            resource: Resource::topic(rest)?,
+        })
     }
 
     /// The cloud form of an edge resource string: `node/<node_id>/<edge>`.
@@ -393,7 +409,11 @@ impl Message {
 
 fn check_len(s: &str, max: usize) -> Result<()> {
     if s.len() > max {
-        return Err(Error::TooLarge { what: "resource", len: s.len(), max });
+        return Err(Error::TooLarge {
+            what: "resource",
+            len: s.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -403,10 +423,15 @@ fn check_dns_label(s: &str, whole: &str) -> Result<()> {
     let b = s.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= MAX_NAMESPACE_LEN
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-';
-    if ok { Ok(()) } else { Err(Error::resource(whole, "namespace is not a DNS label")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::resource(whole, "namespace is not a DNS label"))
+    }
 }
 
 /// A Kubernetes object name as a path segment: 1 to 253 printable ASCII characters without `/`,
@@ -422,8 +447,14 @@ fn check_name(s: &str, whole: &str) -> Result<()> {
     if s == "." || s == ".." {
         return Err(Error::resource(whole, "name may not be . or .."));
     }
-    if !b.iter().all(|c| c.is_ascii_graphic() && *c != b'/' && *c != b'%') {
-        return Err(Error::resource(whole, "name has a character outside printable ASCII"));
+    if !b
+        .iter()
+        .all(|c| c.is_ascii_graphic() && *c != b'/' && *c != b'%')
+    {
+        return Err(Error::resource(
+            whole,
+            "name has a character outside printable ASCII",
+        ));
     }
     Ok(())
 }
@@ -433,8 +464,13 @@ fn check_resource_type(s: &str, whole: &str) -> Result<()> {
     let b = s.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= MAX_NAMESPACE_LEN
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
-    if ok { Ok(()) } else { Err(Error::resource(whole, "invalid resource type")) }
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::resource(whole, "invalid resource type"))
+    }
 }
 
 #[cfg(test)]
@@ -495,7 +531,10 @@ mod tests {
         }
         assert!(matches!(
             Resource::parse(&"a/".repeat(600)),
-            Err(Error::TooLarge { what: "resource", .. })
+            Err(Error::TooLarge {
+                what: "resource",
+                ..
+            })
         ));
     }
 
@@ -504,14 +543,23 @@ mod tests {
         let r = CloudResource::parse("node/edge1/null/nodepatch/edge1").unwrap();
         assert_eq!(r.node_id, "edge1");
         assert_eq!(r.to_string(), "node/edge1/null/nodepatch/edge1");
-        assert_eq!(CloudResource::parse("node/edge1").unwrap().resource, Resource::Node);
-        assert_eq!(CloudResource::parse("node/n1/twin").unwrap().resource, Resource::Twin);
+        assert_eq!(
+            CloudResource::parse("node/edge1").unwrap().resource,
+            Resource::Node
+        );
+        assert_eq!(
+            CloudResource::parse("node/n1/twin").unwrap().resource,
+            Resource::Twin
+        );
         // edgecore's empty shutdown message becomes `node/<id>/` in cloudcore: an error.
         assert!(CloudResource::parse("node/ke-edge-test/").is_err());
         assert!(CloudResource::parse("default/pod/x").is_err());
         let up = CloudResource::parse_topic("node/n1/$hw/events/upload/x").unwrap();
         assert_eq!(up.resource, Resource::Topic("$hw/events/upload/x".into()));
-        assert_eq!(CloudResource::prefix("n1", "membership"), "node/n1/membership");
+        assert_eq!(
+            CloudResource::prefix("n1", "membership"),
+            "node/n1/membership"
+        );
     }
 
     #[test]
@@ -528,6 +576,9 @@ mod tests {
         assert!(Resource::topic("").is_err());
         assert!(Resource::topic("a\0b").is_err());
         assert!(Resource::topic(&"t".repeat(MAX_TOPIC_LEN + 1)).is_err());
-        assert_eq!(Resource::topic("app1/user/hello").unwrap().to_string(), "app1/user/hello");
+        assert_eq!(
+            Resource::topic("app1/user/hello").unwrap().to_string(),
+            "app1/user/hello"
+        );
     }
 }

@@ -55,7 +55,10 @@ pub struct BaseMessage {
 impl BaseMessage {
     /// A base message with a fresh UUID and the current time.
     pub fn now() -> Self {
-        Self { event_id: crate::new_message_id(), timestamp: crate::now_millis() }
+        Self {
+            event_id: crate::new_message_id(),
+            timestamp: crate::now_millis(),
+        }
     }
 }
 
@@ -143,7 +146,11 @@ impl MsgTwin {
 
     /// The same twin without versions, as KubeEdge publishes it over MQTT.
     pub fn without_versions(&self) -> Self {
-        Self { expected_version: None, actual_version: None, ..self.clone() }
+        Self {
+            expected_version: None,
+            actual_version: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -182,14 +189,20 @@ impl DeviceTwinUpdate {
         check_payload_len(payload)?;
         let wire: Wire = serde_json::from_slice(payload)
             .map_err(|_| Error::Validation(REASON_UNMARSHAL.to_owned()))?;
-        let twin = wire.twin.ok_or_else(|| Error::Validation(REASON_NO_TWIN.to_owned()))?;
+        let twin = wire
+            .twin
+            .ok_or_else(|| Error::Validation(REASON_NO_TWIN.to_owned()))?;
         for (key, value) in &twin {
             validate_twin_key(key)?;
             if let Some(value) = value {
                 value.validate()?;
             }
         }
-        Ok(Self { event_id: wire.event_id, timestamp: wire.timestamp, twin })
+        Ok(Self {
+            event_id: wire.event_id,
+            timestamp: wire.timestamp,
+            twin,
+        })
     }
 }
 
@@ -281,12 +294,19 @@ pub fn validate_value_type(value: &str, value_type: &str) -> Result<()> {
         "int" | "integer" => value.parse::<i64>().is_ok(),
         "float" => value.parse::<f64>().is_ok(),
         "boolean" => value == "true" || value == "false",
-        _ => return Err(Error::Validation(format!("the value type {value_type:?} is not allowed"))),
+        _ => {
+            return Err(Error::Validation(format!(
+                "the value type {value_type:?} is not allowed"
+            )));
+        }
     };
     if ok {
         Ok(())
     } else {
-        Err(Error::Validation(format!("the value {:?} is not of type {value_type}", crate::error::quote(value))))
+        Err(Error::Validation(format!(
+            "the value {:?} is not of type {value_type}",
+            crate::error::quote(value)
+        )))
     }
 }
 
@@ -296,7 +316,11 @@ fn is_twin_char(c: u8) -> bool {
 
 pub(crate) fn check_payload_len(payload: &[u8]) -> Result<()> {
     if payload.len() > MAX_PAYLOAD_LEN {
-        return Err(Error::TooLarge { what: "payload", len: payload.len(), max: MAX_PAYLOAD_LEN });
+        return Err(Error::TooLarge {
+            what: "payload",
+            len: payload.len(),
+            max: MAX_PAYLOAD_LEN,
+        });
     }
     Ok(())
 }
@@ -324,7 +348,10 @@ mod tests {
         }
         validate_twin_value(&"v".repeat(512)).unwrap();
         assert!(validate_twin_value(&"v".repeat(513)).is_err());
-        assert_eq!(validate_twin_value("a b").unwrap_err().to_string(), REASON_VALUE);
+        assert_eq!(
+            validate_twin_value("a b").unwrap_err().to_string(),
+            REASON_VALUE
+        );
     }
 
     #[test]
@@ -343,18 +370,26 @@ mod tests {
     #[test]
     fn update_rules() {
         assert_eq!(
-            DeviceTwinUpdate::parse(br#"{"event_id":"x","timestamp":1}"#).unwrap_err().to_string(),
+            DeviceTwinUpdate::parse(br#"{"event_id":"x","timestamp":1}"#)
+                .unwrap_err()
+                .to_string(),
             REASON_NO_TWIN
         );
-        assert_eq!(DeviceTwinUpdate::parse(b"{").unwrap_err().to_string(), REASON_UNMARSHAL);
+        assert_eq!(
+            DeviceTwinUpdate::parse(b"{").unwrap_err().to_string(),
+            REASON_UNMARSHAL
+        );
         let typed = br#"{"twin":{"t":{"actual":{"value":"x"},"metadata":{"type":"int"}}}}"#;
         assert!(DeviceTwinUpdate::parse(typed).is_err());
         // A null twin is a delete request; an empty value is allowed.
-        let del = DeviceTwinUpdate::parse(br#"{"twin":{"t":null,"u":{"actual":{"value":""}}}}"#)
-            .unwrap();
+        let del =
+            DeviceTwinUpdate::parse(br#"{"twin":{"t":null,"u":{"actual":{"value":""}}}}"#).unwrap();
         assert_eq!(del.twin["t"], None);
         let big = vec![b' '; MAX_PAYLOAD_LEN + 1];
-        assert!(matches!(DeviceTwinUpdate::parse(&big), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            DeviceTwinUpdate::parse(&big),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -372,7 +407,9 @@ mod tests {
                             metadata: Some(ValueMetadata { timestamp: 2 }),
                         }),
                         optional: Some(true),
-                        metadata: Some(TypeMetadata { value_type: "int".into() }),
+                        metadata: Some(TypeMetadata {
+                            value_type: "int".into(),
+                        }),
                         ..MsgTwin::default()
                     }),
                 },

@@ -31,16 +31,29 @@ fn hostile_sizes_are_refused_within_a_small_memory_budget() {
 
     // 1. A binary frame header announcing 4 GiB.
     let mut buf = BytesMut::with_capacity(64);
-    FrameHeader { version: PACKER_VERSION, frame_type: TYPE_MESSAGE, flags: 0, payload_len: u32::MAX }
-        .write(&mut buf);
+    FrameHeader {
+        version: PACKER_VERSION,
+        frame_type: TYPE_MESSAGE,
+        flags: 0,
+        payload_len: u32::MAX,
+    }
+    .write(&mut buf);
     let mut frames = BinaryFrameCodec::new(MAX);
     let err = with_budget(BUDGET, || frames.decode_from(&mut buf).unwrap_err());
     assert!(matches!(err, Error::TooLarge { what: "frame", .. }));
 
     // 2. A 16 MiB JSON message against a 64 KiB limit: refused before parsing.
     let big = Bytes::from(vec![b'['; 16 * 1024 * 1024]);
-    let err = with_budget(BUDGET, || Message::decode_json(big.clone(), MAX).unwrap_err());
-    assert!(matches!(err, Error::TooLarge { what: "message", .. }));
+    let err = with_budget(BUDGET, || {
+        Message::decode_json(big.clone(), MAX).unwrap_err()
+    });
+    assert!(matches!(
+        err,
+        Error::TooLarge {
+            what: "message",
+            ..
+        }
+    ));
 
     // 3. An endless line with no newline, streamed in 8 KiB reads: the codec gives up once the
     //    line passes the limit, so the buffer never grows past limit + one read.
@@ -58,7 +71,13 @@ fn hostile_sizes_are_refused_within_a_small_memory_budget() {
         }
         None
     });
-    assert!(matches!(failed, Some(Error::TooLarge { what: "message", .. })));
+    assert!(matches!(
+        failed,
+        Some(Error::TooLarge {
+            what: "message",
+            ..
+        })
+    ));
 
     // 4. Frames that announce just under the limit but never arrive reserve at most the limit.
     let mut buf = BytesMut::with_capacity(64);

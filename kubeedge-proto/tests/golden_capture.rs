@@ -72,7 +72,12 @@ fn all_79_messages_reencode_byte_identical() {
     for c in &all {
         let mut again = c.msg.to_json();
         again.push(b'\n');
-        assert_eq!(String::from_utf8(again).unwrap(), c.payload, "seq {}", c.seq);
+        assert_eq!(
+            String::from_utf8(again).unwrap(),
+            c.payload,
+            "seq {}",
+            c.seq
+        );
     }
 }
 
@@ -97,7 +102,10 @@ fn every_resource_parses_except_the_shutdown_message() {
             assert!(c.msg.resource().is_err());
             continue;
         }
-        let resource = c.msg.resource().unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
+        let resource = c
+            .msg
+            .resource()
+            .unwrap_or_else(|e| panic!("seq {}: {e}", c.seq));
         assert_eq!(resource.to_string(), c.msg.route.resource, "seq {}", c.seq);
     }
 }
@@ -114,7 +122,12 @@ fn resourceversion_matches_the_object_and_only_cloud_sends_it() {
             continue;
         }
         let obj: Value = c.msg.content.decode().unwrap();
-        assert_eq!(obj["metadata"]["resourceVersion"], Value::from(rv.as_str()), "seq {}", c.seq);
+        assert_eq!(
+            obj["metadata"]["resourceVersion"],
+            Value::from(rv.as_str()),
+            "seq {}",
+            c.seq
+        );
     }
 }
 
@@ -127,14 +140,24 @@ fn acks_answer_an_earlier_message_on_the_same_resource() {
         .map(|c| (c.msg.header.id.as_str(), &c.msg))
         .collect();
     let mut acks = 0;
-    for c in all.iter().filter(|c| c.dir == "edge->cloud" && c.msg.is_ack()) {
+    for c in all
+        .iter()
+        .filter(|c| c.dir == "edge->cloud" && c.msg.is_ack())
+    {
         let original = sent[c.msg.header.parent_id.as_str()];
-        assert_eq!(c.msg.route.resource, original.route.resource, "seq {}", c.seq);
+        assert_eq!(
+            c.msg.route.resource, original.route.resource,
+            "seq {}",
+            c.seq
+        );
         assert!(!original.header.resource_version.is_empty());
         acks += 1;
     }
     // Every cloud message with a resourceversion is acknowledged exactly once in the capture.
-    let tracked = sent.values().filter(|m| !m.header.resource_version.is_empty()).count();
+    let tracked = sent
+        .values()
+        .filter(|m| !m.header.resource_version.is_empty())
+        .count();
     assert_eq!(acks, tracked);
 }
 
@@ -153,7 +176,9 @@ fn typed_fields_of_representative_messages() {
     assert_eq!(insert.route.operation, Some(Operation::Insert));
     assert_eq!(insert.header.resource_version, "247");
     assert_eq!(insert.content.kind(), ContentKind::Object);
-    let Resource::Object(obj) = insert.resource().unwrap() else { panic!("not an object") };
+    let Resource::Object(obj) = insert.resource().unwrap() else {
+        panic!("not an object")
+    };
     assert_eq!(obj.namespace, Namespace::Named("default".into()));
     assert_eq!(obj.resource_type, ResourceType::Pod);
     assert_eq!(obj.name.as_deref(), Some("pod-demo"));
@@ -190,12 +215,17 @@ fn typed_fields_of_representative_messages() {
 
     // The twin report to the cloud carries versions.
     let edge_updated = by_seq(&all, 46);
-    let Resource::Device { id, event } = edge_updated.resource().unwrap() else { panic!() };
+    let Resource::Device { id, event } = edge_updated.resource().unwrap() else {
+        panic!()
+    };
     assert_eq!(id.to_string(), "default/thermo-1");
     assert_eq!(event, DeviceEvent::TwinEdgeUpdated);
     let twin: DeviceTwinUpdate = typed_round_trip(edge_updated.content.as_json(), "46");
     let temperature = twin.twin["temperature"].as_ref().unwrap();
-    assert_eq!(temperature.actual_version, Some(TwinVersion { cloud: 0, edge: 1 }));
+    assert_eq!(
+        temperature.actual_version,
+        Some(TwinVersion { cloud: 0, edge: 1 })
+    );
     typed_round_trip::<DeviceTwinUpdate>(by_seq(&all, 52).content.as_json(), "52");
 
     let confirm = by_seq(&all, 47);
@@ -205,7 +235,9 @@ fn typed_fields_of_representative_messages() {
 
     // State update: a JSON string content.
     let state = by_seq(&all, 55);
-    let Resource::Device { event, .. } = state.resource().unwrap() else { panic!() };
+    let Resource::Device { event, .. } = state.resource().unwrap() else {
+        panic!()
+    };
     assert_eq!(event, DeviceEvent::StateUpdate);
     let result: DeviceStateResult =
         typed_round_trip(state.content.as_str().unwrap().as_bytes(), "55");
@@ -214,10 +246,15 @@ fn typed_fields_of_representative_messages() {
     // Uploads carry the MQTT topic as the resource and the payload as a string, Go-escaped.
     let upload = by_seq(&all, 66);
     assert_eq!(upload.route.operation, Some(Operation::Upload));
-    assert_eq!(upload.resource().unwrap(), Resource::Topic("app1/user/hello".into()));
+    assert_eq!(
+        upload.resource().unwrap(),
+        Resource::Topic("app1/user/hello".into())
+    );
     assert_eq!(upload.content.as_str().unwrap(), "plain text payload <&> é");
     assert!(
-        std::str::from_utf8(upload.content.as_json()).unwrap().contains("\\u003c\\u0026\\u003e")
+        std::str::from_utf8(upload.content.as_json())
+            .unwrap()
+            .contains("\\u003c\\u0026\\u003e")
     );
 
     // The zero-value message edgecore writes on shutdown.
@@ -281,7 +318,12 @@ fn mqtt_payloads_decode_validate_and_reencode() {
                 } else {
                     let res: DeviceTwinResult = typed_round_trip(payload, topic);
                     // Results published over MQTT never carry versions.
-                    assert!(res.twin.values().flatten().all(|t| t.actual_version.is_none()));
+                    assert!(
+                        res.twin
+                            .values()
+                            .flatten()
+                            .all(|t| t.actual_version.is_none())
+                    );
                 }
             }
             Some("twin/update/document") => {
@@ -311,7 +353,10 @@ fn mqtt_payloads_decode_validate_and_reencode() {
             }
             // Uploads: opaque payloads.
             _ => {
-                assert!(!topic.starts_with("$hw/events/device/"), "unclassified {topic}");
+                assert!(
+                    !topic.starts_with("$hw/events/device/"),
+                    "unclassified {topic}"
+                );
                 continue;
             }
         }

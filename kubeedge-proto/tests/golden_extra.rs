@@ -20,7 +20,9 @@ const EXTRA: &str = include_str!("vectors/extra-v1.22.jsonl");
 const FRAMES: &str = include_str!("vectors/frames-v1.22.jsonl");
 
 fn records(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn extra() -> HashMap<String, Message> {
@@ -28,8 +30,9 @@ fn extra() -> HashMap<String, Message> {
         .into_iter()
         .map(|r| {
             let payload = r["payload"].as_str().unwrap();
-            let msg = Message::decode_json(Bytes::from(payload.to_owned()), DEFAULT_MAX_MESSAGE_LEN)
-                .unwrap_or_else(|e| panic!("{}: {e}", r["name"]));
+            let msg =
+                Message::decode_json(Bytes::from(payload.to_owned()), DEFAULT_MAX_MESSAGE_LEN)
+                    .unwrap_or_else(|e| panic!("{}: {e}", r["name"]));
             let mut again = msg.to_json();
             again.push(b'\n');
             assert_eq!(String::from_utf8(again).unwrap(), payload, "{}", r["name"]);
@@ -53,7 +56,10 @@ fn replies_answer_their_requests() {
     let all = extra();
     for (request, reply) in [
         ("node-register-insert", "node-register-reply"),
-        ("node-register-insert-again", "node-register-reply-already-exists"),
+        (
+            "node-register-insert-again",
+            "node-register-reply-already-exists",
+        ),
         ("lease-query", "lease-query-reply-not-found"),
         ("lease-insert", "lease-insert-reply"),
         ("nodepatch-status", "nodepatch-reply"),
@@ -80,9 +86,15 @@ fn object_resp_replies_decode() {
     let node: Value = ok.object.decode().unwrap();
     assert_eq!(node["metadata"]["name"], "ke-edge-test");
 
-    let exists: ObjectResp = all["node-register-reply-already-exists"].content.decode().unwrap();
+    let exists: ObjectResp = all["node-register-reply-already-exists"]
+        .content
+        .decode()
+        .unwrap();
     assert!(exists.is_err());
-    assert_eq!(exists.error_message().unwrap(), "nodes \"ke-edge-test\" already exists");
+    assert_eq!(
+        exists.error_message().unwrap(),
+        "nodes \"ke-edge-test\" already exists"
+    );
 
     let missing: ObjectResp = all["lease-query-reply-not-found"].content.decode().unwrap();
     assert!(missing.object.is_null());
@@ -92,7 +104,10 @@ fn object_resp_replies_decode() {
     let patched = &all["nodepatch-reply"];
     let resp: ObjectResp = patched.content.decode().unwrap();
     let obj: Value = resp.object.decode().unwrap();
-    assert_eq!(obj["metadata"]["resourceVersion"], patched.header.resource_version.as_str());
+    assert_eq!(
+        obj["metadata"]["resourceVersion"],
+        patched.header.resource_version.as_str()
+    );
 }
 
 #[test]
@@ -106,7 +121,9 @@ fn status_patches_are_json_strings() {
         let patch: Value = msg.content.decode().unwrap();
         assert!(patch["status"].is_object(), "{name}");
     }
-    let Resource::Object(obj) = all["nodepatch-status"].resource().unwrap() else { panic!() };
+    let Resource::Object(obj) = all["nodepatch-status"].resource().unwrap() else {
+        panic!()
+    };
     assert_eq!(obj.resource_type, ResourceType::NodePatch);
 }
 
@@ -116,7 +133,10 @@ fn error_messages_follow_new_error_message() {
     let bare = &all["error-newerrormessage-bare"];
     assert_eq!(bare.route.operation, Some(Operation::Error));
     assert_eq!(bare.route.source, None);
-    assert_eq!(bare.content.as_str().unwrap(), "insert or update meta failed, database is locked");
+    assert_eq!(
+        bare.content.as_str().unwrap(),
+        "insert or update meta failed, database is locked"
+    );
     let built = bare.error_response("insert or update meta failed, database is locked");
     assert_eq!(built.route, bare.route);
     assert_eq!(built.content, bare.content);
@@ -150,20 +170,32 @@ fn binary_frames_decode_and_encode_exactly() {
         let expected = Message::from_json(rec["json"].as_str().unwrap().as_bytes()).unwrap();
 
         let mut buf = BytesMut::from(&frame[..]);
-        let decoded = BinaryFrameCodec::default().decode_from(&mut buf).unwrap().unwrap();
+        let decoded = BinaryFrameCodec::default()
+            .decode_from(&mut buf)
+            .unwrap()
+            .unwrap();
         assert!(buf.is_empty(), "{name}: trailing bytes");
         assert_eq!(decoded.header, expected.header, "{name}");
         assert_eq!(decoded.route, expected.route, "{name}");
         assert_eq!(decoded.content.data(), expected.content.data(), "{name}");
 
         let mut out = BytesMut::new();
-        BinaryFrameCodec::default().encode_into(&expected, &mut out).unwrap();
-        assert_eq!(hex_string(&out), hex_string(&frame), "{name}: encoding differs");
+        BinaryFrameCodec::default()
+            .encode_into(&expected, &mut out)
+            .unwrap();
+        assert_eq!(
+            hex_string(&out),
+            hex_string(&frame),
+            "{name}: encoding differs"
+        );
     }
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn hex_string(b: &[u8]) -> String {

@@ -47,7 +47,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         tricky_string().prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
@@ -69,7 +71,9 @@ fn content() -> impl Strategy<Value = Content> {
     ]
 }
 
-fn name<T: From<String> + Clone + std::fmt::Debug + 'static>(known: &'static [&'static str]) -> impl Strategy<Value = Option<T>> {
+fn name<T: From<String> + Clone + std::fmt::Debug + 'static>(
+    known: &'static [&'static str],
+) -> impl Strategy<Value = Option<T>> {
     prop_oneof![
         Just(None),
         proptest::sample::select(known).prop_map(|s| Some(T::from(s.to_owned()))),
@@ -79,7 +83,13 @@ fn name<T: From<String> + Clone + std::fmt::Debug + 'static>(known: &'static [&'
 
 fn message() -> impl Strategy<Value = Message> {
     (
-        (tricky_string(), tricky_string(), any::<i64>(), tricky_string(), any::<bool>()),
+        (
+            tricky_string(),
+            tricky_string(),
+            any::<i64>(),
+            tricky_string(),
+            any::<bool>(),
+        ),
         tricky_string(),
         (
             name::<Source>(&["websocket", "edgecontroller", "twin", "meta", "bus"]),
@@ -89,8 +99,8 @@ fn message() -> impl Strategy<Value = Message> {
         (tricky_string(), tricky_string()),
         content(),
     )
-        .prop_map(|((id, parent, ts, rv, sync), ty, (source, group, op), (dest, res), content)| {
-            Message {
+        .prop_map(
+            |((id, parent, ts, rv, sync), ty, (source, group, op), (dest, res), content)| Message {
                 header: MessageHeader {
                     id,
                     parent_id: parent,
@@ -107,8 +117,8 @@ fn message() -> impl Strategy<Value = Message> {
                     resource: res,
                 },
                 content,
-            }
-        })
+            },
+        )
 }
 
 /// One captured pod insert, to mutate.
@@ -165,7 +175,12 @@ where
                 Err(_) => return,
             }
         }
-        assert!(buf.len() <= bound + chunk, "buffered {} > {}", buf.len(), bound + chunk);
+        assert!(
+            buf.len() <= bound + chunk,
+            "buffered {} > {}",
+            buf.len(),
+            bound + chunk
+        );
     }
 }
 

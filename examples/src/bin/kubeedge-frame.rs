@@ -46,13 +46,18 @@ fn main() -> ExitCode {
     let stdin = io::stdin().lock();
     let stdout = BufWriter::new(io::stdout().lock());
     match run(command, max_len, stdin, stdout) {
-        Ok(Summary { lines, invalid: None }) => {
+        Ok(Summary {
+            lines,
+            invalid: None,
+        }) => {
             if command == Command::Check {
                 eprintln!("kubeedge-frame: {lines} valid messages");
             }
             ExitCode::SUCCESS
         }
-        Ok(Summary { invalid: Some(bad), .. }) => {
+        Ok(Summary {
+            invalid: Some(bad), ..
+        }) => {
             // reencode and show already reported every bad line as they went.
             if command == Command::Check || bad.reason.starts_with("line longer") {
                 eprintln!("kubeedge-frame: line {}: {}", bad.line, bad.reason);
@@ -81,7 +86,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Command, usize)
         match arg.as_str() {
             "--max-len" => {
                 let value = args.next().ok_or("--max-len needs a value")?;
-                max_len = value.parse().map_err(|_| format!("bad --max-len {value:?}"))?;
+                max_len = value
+                    .parse()
+                    .map_err(|_| format!("bad --max-len {value:?}"))?;
             }
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -94,7 +101,12 @@ struct Summary {
     invalid: Option<Invalid>,
 }
 
-fn run(command: Command, max_len: usize, input: impl BufRead, mut out: impl Write) -> io::Result<Summary> {
+fn run(
+    command: Command,
+    max_len: usize,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> io::Result<Summary> {
     let mut input = input;
     let mut line = Vec::new();
     let mut number = 0u64;
@@ -112,7 +124,13 @@ fn run(command: Command, max_len: usize, input: impl BufRead, mut out: impl Writ
         if !terminated && n as u64 == limit {
             let reason = format!("line longer than the limit of {max_len} bytes");
             out.flush()?;
-            return Ok(Summary { lines: number, invalid: Some(Invalid { line: number, reason }) });
+            return Ok(Summary {
+                lines: number,
+                invalid: Some(Invalid {
+                    line: number,
+                    reason,
+                }),
+            });
         }
         let body = trim_line_end(&line);
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -128,9 +146,15 @@ fn run(command: Command, max_len: usize, input: impl BufRead, mut out: impl Writ
                 Command::Check => {}
             },
             Err(reason) => {
-                let bad = Invalid { line: number, reason };
+                let bad = Invalid {
+                    line: number,
+                    reason,
+                };
                 if command == Command::Check {
-                    return Ok(Summary { lines: number, invalid: Some(bad) });
+                    return Ok(Summary {
+                        lines: number,
+                        invalid: Some(bad),
+                    });
                 }
                 // reencode and show report each bad line and go on; the exit status is 1.
                 out.flush()?;
@@ -140,12 +164,16 @@ fn run(command: Command, max_len: usize, input: impl BufRead, mut out: impl Writ
         }
     }
     out.flush()?;
-    Ok(Summary { lines: number, invalid: first_invalid })
+    Ok(Summary {
+        lines: number,
+        invalid: first_invalid,
+    })
 }
 
 /// Decodes one line and checks that its resource has one of KubeEdge's shapes.
 fn decode(body: &[u8], max_len: usize) -> Result<Message, String> {
-    let msg = Message::decode_json(Bytes::copy_from_slice(body), max_len).map_err(|e| e.to_string())?;
+    let msg =
+        Message::decode_json(Bytes::copy_from_slice(body), max_len).map_err(|e| e.to_string())?;
     // edgecore's zero-value shutdown message is real KubeEdge traffic with no resource.
     if !msg.is_empty_shutdown() {
         msg.resource().map_err(|e| e.to_string())?;
@@ -168,9 +196,19 @@ fn show(out: &mut impl Write, number: u64, msg: &Message) -> io::Result<()> {
         name(r.source.as_ref().map(|s| s.as_str())),
         name(r.group.as_ref().map(|s| s.as_str())),
         name(r.operation.as_ref().map(|s| s.as_str())),
-        if r.resource.is_empty() { "-" } else { &r.resource },
+        if r.resource.is_empty() {
+            "-"
+        } else {
+            &r.resource
+        },
     )?;
-    write!(out, "  msg_id {:?}  timestamp {} ({})", h.id, h.timestamp, utc(h.timestamp))?;
+    write!(
+        out,
+        "  msg_id {:?}  timestamp {} ({})",
+        h.id,
+        h.timestamp,
+        utc(h.timestamp)
+    )?;
     if !h.parent_id.is_empty() {
         write!(out, "  parent {:?}", h.parent_id)?;
     }
@@ -202,7 +240,15 @@ fn show(out: &mut impl Write, number: u64, msg: &Message) -> io::Result<()> {
     if msg.is_keepalive() {
         flags.push("keepalive");
     }
-    writeln!(out, "  content {kind:?}, {len} bytes{}", if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) })?;
+    writeln!(
+        out,
+        "  content {kind:?}, {len} bytes{}",
+        if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", flags.join(", "))
+        }
+    )?;
     match kind {
         ContentKind::Null => {}
         ContentKind::String => {
@@ -314,8 +360,14 @@ mod tests {
     fn show_mentions_typed_fields() {
         let input = r#"{"header":{"msg_id":"m","timestamp":1795408208347,"resourceversion":"247"},"route":{"source":"edgecontroller","group":"resource","operation":"insert","resource":"default/pod/pod-demo"},"content":{"kind":"Pod"}}"#;
         let (out, _) = run_on(Command::Show, input, 1 << 20);
-        assert!(out.contains("edgecontroller/resource insert default/pod/pod-demo"), "{out}");
-        assert!(out.contains("object namespace=default type=pod name=pod-demo"), "{out}");
+        assert!(
+            out.contains("edgecontroller/resource insert default/pod/pod-demo"),
+            "{out}"
+        );
+        assert!(
+            out.contains("object namespace=default type=pod name=pod-demo"),
+            "{out}"
+        );
         assert!(out.contains("2026-11-23T04:30:08.347Z"), "{out}");
         assert!(out.contains("resourceversion \"247\""), "{out}");
     }
