@@ -10,25 +10,15 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use kubeedge_proto::json_lines::JsonLinesCodec;
 use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message};
 
-const CAPTURE: &str = include_str!("../tests/vectors/ws-v1.22.2.jsonl");
-
-/// The captured payload of `seq`, without its trailing newline.
-fn captured(seq: u64) -> Bytes {
-    let rec = CAPTURE
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["seq"] == seq)
-        .unwrap();
-    let payload = rec["payload"].as_str().unwrap();
-    Bytes::copy_from_slice(payload.trim_end_matches('\n').as_bytes())
-}
+#[path = "../tests/support/capture.rs"]
+mod capture;
 
 fn inputs() -> Vec<(&'static str, Bytes)> {
     vec![
         // edgecontroller/resource insert default/pod/pod-demo: a full Pod with managedFields.
-        ("pod_insert", captured(13)),
+        ("pod_insert", capture::payload(13)),
         // websocket/resource keepalive node "ping".
-        ("keepalive", captured(7)),
+        ("keepalive", capture::payload(7)),
     ]
 }
 

@@ -347,24 +347,27 @@ impl Message {
     }
 }
 
-impl fmt::Display for Message {
-    /// One line: `<source>/<group> <operation> <resource> [id ...]`.
+impl fmt::Display for MessageRoute {
+    /// `<source>/<group> <operation> <resource>`, with `-` for an empty field.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.route;
-        let name = |n: Option<&str>| n.unwrap_or("-").to_owned();
+        fn or_dash(s: &str) -> &str {
+            if s.is_empty() { "-" } else { s }
+        }
         write!(
             f,
-            "{}/{} {} {} id={}",
-            name(r.source.as_ref().map(|s| s.as_str())),
-            name(r.group.as_ref().map(|s| s.as_str())),
-            name(r.operation.as_ref().map(|s| s.as_str())),
-            if r.resource.is_empty() {
-                "-"
-            } else {
-                &r.resource
-            },
-            self.header.id
-        )?;
+            "{}/{} {} {}",
+            or_dash(self.source.as_ref().map_or("", |s| s.as_str())),
+            or_dash(self.group.as_ref().map_or("", |s| s.as_str())),
+            or_dash(self.operation.as_ref().map_or("", |s| s.as_str())),
+            or_dash(&self.resource),
+        )
+    }
+}
+
+impl fmt::Display for Message {
+    /// One line: the route, then `id=`, `parent=` and `rv=` where set.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} id={}", self.route, self.header.id)?;
         if !self.header.parent_id.is_empty() {
             write!(f, " parent={}", self.header.parent_id)?;
         }
@@ -565,6 +568,11 @@ mod tests {
         assert_eq!(err.route.operation, Some(Operation::Error));
         assert_eq!(err.content.as_str().unwrap(), "boom");
         assert!(Message::keepalive().is_keepalive());
+        assert_eq!(err.route.to_string(), "-/- error default/configmap/c");
+        assert!(
+            resp.to_string()
+                .starts_with("edged/meta response default/configmap/c id=")
+        );
         assert_eq!(
             uuid::Uuid::parse_str(&req.header.id)
                 .unwrap()

@@ -21,7 +21,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-const WS: &str = include_str!("vectors/ws-v1.22.2.jsonl");
+#[path = "support/capture.rs"]
+#[allow(dead_code)]
+mod capture;
+
 const MQTT: &str = include_str!("vectors/mqtt-v1.22.2.jsonl");
 
 struct Captured {
@@ -32,9 +35,8 @@ struct Captured {
 }
 
 fn ws_messages() -> Vec<Captured> {
-    WS.lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|rec| rec["kind"] == "message")
+    capture::message_records()
+        .into_iter()
         .map(|rec| {
             let payload = rec["payload"].as_str().unwrap().to_owned();
             let msg = Message::decode_json(Bytes::from(payload.clone()), DEFAULT_MAX_MESSAGE_LEN)

@@ -11,6 +11,10 @@ use kubeedge_proto::{
     Resource, Source,
 };
 use proptest::prelude::*;
+
+#[path = "support/capture.rs"]
+#[allow(dead_code)]
+mod capture;
 use serde_json::Value;
 
 /// Strings that stress the encoder: HTML characters, controls, quotes, U+2028, non-ASCII.
@@ -119,17 +123,6 @@ fn message() -> impl Strategy<Value = Message> {
                 content,
             },
         )
-}
-
-/// One captured pod insert, to mutate.
-fn captured_pod_insert() -> Vec<u8> {
-    let ws = include_str!("vectors/ws-v1.22.2.jsonl");
-    let rec = ws
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|r| r["seq"] == 13)
-        .unwrap();
-    rec["payload"].as_str().unwrap().as_bytes().to_vec()
 }
 
 /// Runs every decoder over `data`; none may panic.
@@ -245,7 +238,7 @@ proptest! {
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut data = captured_pod_insert();
+        let mut data = capture::payload(13).to_vec();
         for (at, byte) in flips {
             let i = at.index(data.len());
             data[i] = byte;

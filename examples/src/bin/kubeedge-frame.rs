@@ -188,20 +188,7 @@ fn trim_line_end(line: &[u8]) -> &[u8] {
 
 fn show(out: &mut impl Write, number: u64, msg: &Message) -> io::Result<()> {
     let h = &msg.header;
-    let r = &msg.route;
-    let name = |n: Option<&str>| n.unwrap_or("-").to_owned();
-    writeln!(
-        out,
-        "#{number} {}/{} {} {}",
-        name(r.source.as_ref().map(|s| s.as_str())),
-        name(r.group.as_ref().map(|s| s.as_str())),
-        name(r.operation.as_ref().map(|s| s.as_str())),
-        if r.resource.is_empty() {
-            "-"
-        } else {
-            &r.resource
-        },
-    )?;
+    writeln!(out, "#{number} {}", msg.route)?;
     write!(
         out,
         "  msg_id {:?}  timestamp {} ({})",

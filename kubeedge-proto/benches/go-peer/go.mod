@@ -1,0 +1,3 @@
+module kubeedge-rs/go-peer
+
+go 1.19
