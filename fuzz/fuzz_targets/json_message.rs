@@ -1,5 +1,6 @@
-//! One JSON message (a WebSocket frame): decode never panics; what decodes re-encodes to bytes
-//! that decode to the same message and re-encode identically.
+//! One JSON message (a WebSocket frame): decode never panics; the fast and general decoders
+//! agree; what decodes re-encodes to bytes that decode to the same message and re-encode
+//! identically.
 #![no_main]
 
 use bytes::Bytes;
@@ -7,7 +8,15 @@ use kubeedge_proto::Message;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = Message::decode_json(Bytes::copy_from_slice(data), 1 << 20) else {
+    let decoded = Message::decode_json(Bytes::copy_from_slice(data), 1 << 20);
+    // The fast path for Go's exact layout must agree with the general decoder.
+    let general = Message::decode_json_general(Bytes::copy_from_slice(data));
+    match (&decoded, &general) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        _ => panic!("decoders disagree: {decoded:?} vs {general:?}"),
+    }
+    let Ok(msg) = decoded else {
         return;
     };
     let _ = msg.resource();

@@ -51,54 +51,75 @@ pub fn write_str<B: BufMut>(out: &mut B, s: &str) {
     out.put_u8(b'"');
 }
 
+/// Bytes that may need an escape: `"`, `\\`, control characters, `<`, `>`, `&`, and `0xE2`, the
+/// first byte of U+2028 and U+2029.
+const NEEDS_CARE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'&' as usize] = true;
+    table[0xe2] = true;
+    table
+};
+
 /// Writes the escaped body of a JSON string (without the quotes).
 fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        let escape: Option<&[u8]> = match b {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0x08 => Some(b"\\b"),
-            0x0c => Some(b"\\f"),
-            b'<' => Some(b"\\u003c"),
-            b'>' => Some(b"\\u003e"),
-            b'&' => Some(b"\\u0026"),
-            0xe2 if bytes.get(i + 1) == Some(&0x80)
-                && matches!(bytes.get(i + 2), Some(0xa8) | Some(0xa9)) =>
-            {
-                if bytes[i + 2] == 0xa8 {
-                    Some(b"\\u2028")
-                } else {
-                    Some(b"\\u2029")
+    loop {
+        // Runs of ordinary bytes are copied in one piece.
+        while i < bytes.len() && !NEEDS_CARE[usize::from(bytes[i])] {
+            i += 1;
+        }
+        let Some(&b) = bytes.get(i) else { break };
+        let (escape, len): (&[u8], usize) = match b {
+            b'"' => (b"\\\"", 1),
+            b'\\' => (b"\\\\", 1),
+            b'\n' => (b"\\n", 1),
+            b'\r' => (b"\\r", 1),
+            b'\t' => (b"\\t", 1),
+            0x08 => (b"\\b", 1),
+            0x0c => (b"\\f", 1),
+            b'<' => (b"\\u003c", 1),
+            b'>' => (b"\\u003e", 1),
+            b'&' => (b"\\u0026", 1),
+            0xe2 => match (bytes.get(i + 1), bytes.get(i + 2)) {
+                (Some(0x80), Some(0xa8)) => (b"\\u2028", 3),
+                (Some(0x80), Some(0xa9)) => (b"\\u2029", 3),
+                // Another character starting with 0xE2 (e.g. '✓'): copied as it is.
+                _ => {
+                    i += 1;
+                    continue;
                 }
-            }
-            0x00..=0x1f => None,
+            },
             _ => {
+                // The remaining control characters.
+                out.put_slice(&bytes[start..i]);
+                out.put_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
                 i += 1;
+                start = i;
                 continue;
             }
         };
         out.put_slice(&bytes[start..i]);
-        match escape {
-            Some(seq) => {
-                out.put_slice(seq);
-                // U+2028/U+2029 are three bytes long.
-                i += if b == 0xe2 { 3 } else { 1 };
-            }
-            None => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.put_slice(b"\\u00");
-                out.put_u8(HEX[usize::from(b >> 4)]);
-                out.put_u8(HEX[usize::from(b & 0xf)]);
-                i += 1;
-            }
-        }
+        out.put_slice(escape);
+        i += len;
         start = i;
     }
     out.put_slice(&bytes[start..]);

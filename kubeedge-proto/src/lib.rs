@@ -48,6 +48,7 @@ mod content;
 pub mod device;
 mod error;
 pub mod go_json;
+mod go_layout;
 pub mod json_lines;
 mod message;
 mod names;

@@ -224,6 +224,18 @@ impl Message {
                 max: max_len,
             });
         }
+        // Nearly every message has the exact layout Go writes: read that directly.
+        if let Some(msg) = crate::go_layout::decode(&input) {
+            return Ok(msg);
+        }
+        Self::decode_json_general(input)
+    }
+
+    /// The general decoder behind [`decode_json`](Self::decode_json), without the fast path for
+    /// Go's exact layout and without the size limit. Public only so that tests and fuzz targets
+    /// can check that both decoders agree; use `decode_json`.
+    #[doc(hidden)]
+    pub fn decode_json_general(input: Bytes) -> Result<Self> {
         let MapOnly(wire) = serde_json::from_slice::<MapOnly<WireMessage<'_>>>(&input)?;
         let header = wire.header.map(|h| h.0).unwrap_or_default();
         let route = wire.route.map(|r| r.0).unwrap_or_default();

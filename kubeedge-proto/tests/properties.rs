@@ -127,7 +127,14 @@ fn message() -> impl Strategy<Value = Message> {
 
 /// Runs every decoder over `data`; none may panic.
 fn feed_every_decoder(data: &[u8]) {
-    let _ = Message::decode_json(Bytes::copy_from_slice(data), 1 << 20);
+    // The fast path for Go's layout and the general decoder must agree on everything.
+    let fast = Message::decode_json(Bytes::copy_from_slice(data), 1 << 20);
+    let general = Message::decode_json_general(Bytes::copy_from_slice(data));
+    match (&fast, &general) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        _ => panic!("decoders disagree: fast {fast:?}, general {general:?}"),
+    }
     if let Ok(text) = std::str::from_utf8(data) {
         if let Ok(r) = Resource::parse(text) {
             // Whatever parses prints back to the same string.
@@ -185,6 +192,7 @@ proptest! {
         let wire = msg.to_json();
         let back = Message::from_json(&wire).unwrap();
         prop_assert_eq!(&back, &msg);
+        prop_assert_eq!(&Message::decode_json_general(Bytes::from(wire.clone())).unwrap(), &msg);
         prop_assert_eq!(back.to_json(), wire);
     }
 
