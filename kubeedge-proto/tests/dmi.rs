@@ -4,7 +4,6 @@
 //! (tag byte = field_number << 3 | wire_type; wire type 0 = varint,
 //! 2 = length-delimited), so a wrong field number, wire type or nesting in
 //! `proto/dmi/v1beta1/api.proto` makes these tests fail.
-#![cfg(feature = "dmi")]
 
 use std::collections::BTreeMap;
 
