@@ -282,6 +282,15 @@ impl Message {
         self.to_json().into()
     }
 
+    /// The payload of a WebSocket text frame as KubeEdge writes it (gorilla's `WriteJSON`): the
+    /// JSON encoding followed by `\n`.
+    pub fn to_json_line(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.encoded_len_hint() + 1);
+        self.write_json(&mut out);
+        out.push(b'\n');
+        out.into()
+    }
+
     /// An upper estimate of the encoded length, for reserving buffer space.
     pub fn encoded_len_hint(&self) -> usize {
         let h = &self.header;
