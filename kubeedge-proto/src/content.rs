@@ -106,17 +106,24 @@ impl Content {
     pub fn from_json(raw: impl Into<Bytes>) -> Result<Self> {
         let raw: Bytes = raw.into();
         let value: &RawValue = serde_json::from_slice(&raw)?;
-        let text = value.get().as_bytes();
-        let raw = match crate::message::subslice_range(&raw, text) {
-            Some(range) => raw.slice(range),
-            None => Bytes::copy_from_slice(text),
-        };
-        Ok(Self { raw })
+        Ok(Self::validated_in(&raw, value))
     }
 
-    /// Content that the caller guarantees to be one trimmed JSON value.
-    pub(crate) fn from_trusted(raw: Bytes) -> Self {
-        Self { raw }
+    /// The content `value`, which serde_json validated inside `input`: a zero-copy slice of
+    /// `input` (`null` as the static form, so that equal contents compare equal).
+    pub(crate) fn validated_in(input: &Bytes, value: &RawValue) -> Self {
+        let text = value.get().as_bytes();
+        if text == b"null" {
+            return Self::null();
+        }
+        match crate::message::subslice_range(input, text) {
+            Some(range) => Self {
+                raw: input.slice(range),
+            },
+            None => Self {
+                raw: Bytes::copy_from_slice(text),
+            },
+        }
     }
 
     /// The raw JSON text.

@@ -185,14 +185,8 @@ impl<'a> Cursor<'a> {
         }
         let mut de = serde_json::Deserializer::from_slice(rest);
         let raw = <&RawValue>::deserialize(&mut de).ok()?;
-        let range = subslice_range(input, raw.get().as_bytes())?;
-        self.pos = range.end;
-        // `null` decodes to the same content either way; keep the static form.
-        Some(if raw.get() == "null" {
-            Content::null()
-        } else {
-            Content::from_trusted(input.slice(range))
-        })
+        self.pos = subslice_range(input, raw.get().as_bytes())?.end;
+        Some(Content::validated_in(input, raw))
     }
 }
 

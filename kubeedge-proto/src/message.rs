@@ -241,13 +241,7 @@ impl Message {
         let route = wire.route.map(|r| r.0).unwrap_or_default();
         let content = match wire.content {
             None => Content::null(),
-            Some(raw) => {
-                let raw = raw.get().as_bytes();
-                match subslice_range(&input, raw) {
-                    Some(range) => Content::from_trusted(input.slice(range)),
-                    None => Content::from_trusted(Bytes::copy_from_slice(raw)),
-                }
-            }
+            Some(raw) => Content::validated_in(&input, raw),
         };
         Ok(Self {
             header: MessageHeader {
