@@ -164,7 +164,7 @@ impl DeviceEvent {
 pub enum Resource {
     /// `<ns>/<type>[/<name>]`.
     Object(ObjectRef),
-    /// `node`: the target of keepalives (and `node/<id>` alone in the cloud form).
+    /// `node`: the target of keepalives.
     Node,
     /// `node/connection`: edge-internal connect and disconnect events.
     NodeConnection,
@@ -326,7 +326,7 @@ impl fmt::Display for Resource {
 ///
 /// let r = CloudResource::parse("node/edge-1/default/pod/nginx").unwrap();
 /// assert_eq!(r.node_id, "edge-1");
-/// assert_eq!(r.resource, Resource::parse("default/pod/nginx").unwrap());
+/// assert_eq!(r.resource, Some(Resource::parse("default/pod/nginx").unwrap()));
 /// assert_eq!(r.to_string(), "node/edge-1/default/pod/nginx");
 /// assert_eq!(CloudResource::split("node/edge-1/membership").unwrap(), ("edge-1", "membership"));
 /// ```
@@ -334,44 +334,48 @@ impl fmt::Display for Resource {
 pub struct CloudResource {
     /// The node the message is for (or from).
     pub node_id: String,
-    /// The resource as the edge sees it.
-    pub resource: Resource,
+    /// The resource as the edge sees it; `None` for `node/<id>` alone, the node itself (as in
+    /// cloudhub's internal connect events).
+    pub resource: Option<Resource>,
 }
 
 impl CloudResource {
     /// Splits `node/<id>/<rest>` into the node id and the edge-form rest without allocating;
-    /// `node/<id>` alone gives `node` as the rest.
+    /// `node/<id>` alone gives an empty rest, and `node/<id>/` is an error.
     pub fn split(s: &str) -> Result<(&str, &str)> {
         check_len(s, MAX_TOPIC_LEN)?;
         let Some(tail) = s.strip_prefix("node/") else {
             return Err(Error::resource(s, "a cloud resource starts with node/<id>"));
         };
         let (node_id, rest) = match tail.split_once('/') {
+            Some((_, "")) => return Err(Error::resource(s, "nothing after node/<id>/")),
             Some((node_id, rest)) => (node_id, rest),
-            None => (tail, "node"),
+            None => (tail, ""),
         };
         check_name(node_id, s)?;
-        if rest.is_empty() {
-            return Err(Error::resource(s, "nothing after node/<id>/"));
-        }
         Ok((node_id, rest))
     }
 
     /// Parses a structured cloud resource (`node/<id>/<structured edge form>`).
     pub fn parse(s: &str) -> Result<Self> {
-        let (node_id, rest) = Self::split(s)?;
-        Ok(Self {
-            node_id: node_id.to_owned(),
-            resource: Resource::parse(rest)?,
-        })
+        Self::parse_with(s, Resource::parse)
     }
 
     /// Parses `node/<id>/<topic>`, the form cloudhub gives uploads.
     pub fn parse_topic(s: &str) -> Result<Self> {
+        Self::parse_with(s, Resource::topic)
+    }
+
+    fn parse_with(s: &str, parse_rest: fn(&str) -> Result<Resource>) -> Result<Self> {
         let (node_id, rest) = Self::split(s)?;
+        let resource = if rest.is_empty() {
+            None
+        } else {
+            Some(parse_rest(rest)?)
+        };
         Ok(Self {
             node_id: node_id.to_owned(),
-            resource: Resource::topic(rest)?,
+            resource,
         })
     }
 
@@ -388,7 +392,10 @@ impl CloudResource {
 
 impl fmt::Display for CloudResource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node/{}/{}", self.node_id, self.resource)
+        match &self.resource {
+            Some(resource) => write!(f, "node/{}/{resource}", self.node_id),
+            None => write!(f, "node/{}", self.node_id),
+        }
     }
 }
 
@@ -543,19 +550,25 @@ mod tests {
         let r = CloudResource::parse("node/edge1/null/nodepatch/edge1").unwrap();
         assert_eq!(r.node_id, "edge1");
         assert_eq!(r.to_string(), "node/edge1/null/nodepatch/edge1");
-        assert_eq!(
-            CloudResource::parse("node/edge1").unwrap().resource,
-            Resource::Node
-        );
+        // Found by the resource_path fuzz target: `node/<id>` alone must print back as itself.
+        let node = CloudResource::parse("node/ke-edge-test-twin").unwrap();
+        assert_eq!(node.resource, None);
+        assert_eq!(node.to_string(), "node/ke-edge-test-twin");
+        let keepalive = CloudResource::parse("node/n1/node").unwrap();
+        assert_eq!(keepalive.resource, Some(Resource::Node));
+        assert_eq!(keepalive.to_string(), "node/n1/node");
         assert_eq!(
             CloudResource::parse("node/n1/twin").unwrap().resource,
-            Resource::Twin
+            Some(Resource::Twin)
         );
         // edgecore's empty shutdown message becomes `node/<id>/` in cloudcore: an error.
         assert!(CloudResource::parse("node/ke-edge-test/").is_err());
         assert!(CloudResource::parse("default/pod/x").is_err());
         let up = CloudResource::parse_topic("node/n1/$hw/events/upload/x").unwrap();
-        assert_eq!(up.resource, Resource::Topic("$hw/events/upload/x".into()));
+        assert_eq!(
+            up.resource,
+            Some(Resource::Topic("$hw/events/upload/x".into()))
+        );
         assert_eq!(
             CloudResource::prefix("n1", "membership"),
             "node/n1/membership"
