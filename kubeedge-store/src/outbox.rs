@@ -1,0 +1,201 @@
+//! The durable outbox: edge-to-cloud messages kept until the cloud answers them.
+//!
+//! A message is appended before it is sent and removed when the cloud's reply (a message whose
+//! `parent_msg_id` is its id) arrives, so nothing is lost to a disconnect or a restart: after
+//! either, [`Outbox::pending`] gives back every unanswered message in the order it was appended.
+//!
+//! The outbox is bounded. Messages where only the latest matters (one pending status patch per
+//! pod, one node status) carry a *coalescing key*: appending one replaces the pending message
+//! with the same key. When the outbox is full, [`FullPolicy`] decides, and the decision is
+//! logged.
+
+use bytes::Bytes;
+use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message, now_millis};
+use rusqlite::{OptionalExtension, params};
+
+use crate::{Error, Result, Store};
+
+/// What to do when the outbox already holds its capacity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Refuse the new message with [`Error::OutboxFull`] (the caller decides; nothing queued is
+    /// lost). The default.
+    #[default]
+    Reject,
+    /// Drop the oldest pending message to make room (logged at warn level with its id).
+    DropOldest,
+}
+
+/// What [`Outbox::push`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Appended.
+    Appended,
+    /// A message with the same id is already pending; nothing changed.
+    AlreadyQueued,
+    /// Replaced the pending message with the same coalescing key (its id is returned; its
+    /// reply, should one still come, will find nothing to remove).
+    Coalesced {
+        /// The id of the message that was replaced.
+        replaced: String,
+    },
+    /// Appended after dropping the oldest pending message ([`FullPolicy::DropOldest`]).
+    DroppedOldest {
+        /// The id of the message that was dropped.
+        dropped: String,
+    },
+}
+
+/// One pending message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    /// Position in the outbox (increasing in append order).
+    pub seq: i64,
+    /// The message as it was appended.
+    pub message: Message,
+}
+
+/// The durable outbox inside a [`Store`].
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    store: Store,
+    capacity: usize,
+    policy: FullPolicy,
+}
+
+impl Outbox {
+    /// The outbox of `store`, holding at most `capacity` messages.
+    pub fn new(store: Store, capacity: usize, policy: FullPolicy) -> Self {
+        Self {
+            store,
+            capacity: capacity.max(1),
+            policy,
+        }
+    }
+
+    /// Appends `msg` durably (the future resolves after the commit). With a coalescing key, a
+    /// pending message with the same key is replaced.
+    pub async fn push(&self, msg: &Message, coalesce_key: Option<String>) -> Result<Pushed> {
+        let json =
+            String::from_utf8(msg.to_json()).map_err(|e| Error::InvalidMessage(e.to_string()))?;
+        self.store.check_len("outbox message", json.len())?;
+        let msg_id = msg.header.id.clone();
+        if msg_id.is_empty() {
+            return Err(Error::InvalidMessage(
+                "an outbox message needs a msg_id".to_owned(),
+            ));
+        }
+        let (capacity, policy) = (self.capacity, self.policy);
+        let pushed = self
+            .store
+            .write(move |db| {
+                let queued: Option<i64> = db
+                    .query_row("SELECT seq FROM kubeedge_rs_outbox WHERE msg_id = ?1", [&msg_id], |row| {
+                        row.get(0)
+                    })
+                    .optional()?;
+                if queued.is_some() {
+                    return Ok(Pushed::AlreadyQueued);
+                }
+                let mut outcome = Pushed::Appended;
+                if let Some(key) = &coalesce_key {
+                    let replaced: Option<String> = db
+                        .query_row(
+                            "DELETE FROM kubeedge_rs_outbox WHERE coalesce_key = ?1 RETURNING msg_id",
+                            [key],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    if let Some(replaced) = replaced {
+                        outcome = Pushed::Coalesced { replaced };
+                    }
+                }
+                let len: i64 =
+                    db.query_row("SELECT count(*) FROM kubeedge_rs_outbox", [], |row| row.get(0))?;
+                if usize::try_from(len).unwrap_or(usize::MAX) >= capacity {
+                    match policy {
+                        FullPolicy::Reject => return Err(Error::OutboxFull { capacity }),
+                        FullPolicy::DropOldest => {
+                            let dropped: String = db.query_row(
+                                "DELETE FROM kubeedge_rs_outbox
+                                 WHERE seq = (SELECT min(seq) FROM kubeedge_rs_outbox)
+                                 RETURNING msg_id",
+                                [],
+                                |row| row.get(0),
+                            )?;
+                            outcome = Pushed::DroppedOldest { dropped };
+                        }
+                    }
+                }
+                db.execute(
+                    "INSERT INTO kubeedge_rs_outbox (msg_id, coalesce_key, message, enqueued_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![msg_id, coalesce_key, json, now_millis()],
+                )?;
+                Ok(outcome)
+            })
+            .await;
+        match &pushed {
+            Ok(Pushed::DroppedOldest { dropped }) => {
+                tracing::warn!(dropped = %dropped, capacity, "outbox full: dropped the oldest message");
+            }
+            Err(Error::OutboxFull { capacity }) => {
+                tracing::warn!(capacity, msg_id = %msg.header.id, "outbox full: message refused");
+            }
+            _ => {}
+        }
+        pushed
+    }
+
+    /// Removes the message the cloud answered: the one whose id is `parent_msg_id` of the reply.
+    /// Returns whether a message was removed (a repeated reply removes nothing).
+    pub async fn confirm(&self, parent_msg_id: &str) -> Result<bool> {
+        let id = parent_msg_id.to_owned();
+        self.store
+            .write(move |db| {
+                Ok(db.execute("DELETE FROM kubeedge_rs_outbox WHERE msg_id = ?1", [id])? > 0)
+            })
+            .await
+    }
+
+    /// Up to `limit` pending messages after position `after` (use 0 to start), in append order:
+    /// what to (re)send after a reconnect or a restart.
+    pub async fn pending(&self, after: i64, limit: usize) -> Result<Vec<Pending>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.store
+            .read(move |db| {
+                let mut stmt = db.prepare_cached(
+                    "SELECT seq, message FROM kubeedge_rs_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![after, limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (seq, json) = row?;
+                    let message = Message::decode_json(Bytes::from(json), DEFAULT_MAX_MESSAGE_LEN)?;
+                    out.push(Pending { seq, message });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// How many messages are pending.
+    pub async fn len(&self) -> Result<usize> {
+        self.store
+            .read(|db| {
+                let n: i64 =
+                    db.query_row("SELECT count(*) FROM kubeedge_rs_outbox", [], |row| {
+                        row.get(0)
+                    })?;
+                Ok(usize::try_from(n).unwrap_or(0))
+            })
+            .await
+    }
+
+    /// Whether nothing is pending.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+}

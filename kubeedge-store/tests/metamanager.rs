@@ -1,0 +1,294 @@
+//! MetaManager against the real KubeEdge capture: the ACKs it builds are the ACKs edgecore sent,
+//! replays change nothing, stale versions never regress state, and offline queries answer from
+//! the store.
+
+use bytes::Bytes;
+use kubeedge_proto::{Content, DEFAULT_MAX_MESSAGE_LEN, Message, Operation, Source};
+use kubeedge_store::{
+    EdgeOutcome, LocalTarget, MetaManager, MetaManagerConfig, Store, StoreConfig, meta,
+};
+use serde_json::Value;
+
+const CAPTURE: &str = include_str!("../../kubeedge-proto/tests/vectors/ws-v1.22.2.jsonl");
+
+struct Captured {
+    dir: String,
+    msg: Message,
+}
+
+fn capture() -> Vec<Captured> {
+    CAPTURE
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "message")
+        .map(|r| Captured {
+            dir: r["dir"].as_str().unwrap().to_owned(),
+            msg: Message::decode_json(
+                Bytes::from(r["payload"].as_str().unwrap().to_owned()),
+                DEFAULT_MAX_MESSAGE_LEN,
+            )
+            .unwrap(),
+        })
+        .collect()
+}
+
+fn open(dir: &tempfile::TempDir) -> MetaManager {
+    let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
+    MetaManager::new(store, MetaManagerConfig::new("ke-edge-test"))
+}
+
+fn pod(name: &str, uid: &str, rv: u64) -> Message {
+    let json = format!(
+        r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"default","uid":"{uid}","resourceVersion":"{rv}"}},"spec":{{}}}}"#
+    );
+    Message::new(
+        "edgecontroller",
+        "resource",
+        "update",
+        format!("default/pod/{name}"),
+        Content::try_from(json.as_str()).unwrap(),
+    )
+    .with_resource_version(rv.to_string())
+}
+
+async fn stored_rv(mm: &MetaManager, key: &str) -> Option<u64> {
+    let key = key.to_owned();
+    let row = mm
+        .store()
+        .read(move |db| meta::get(db, &key))
+        .await
+        .unwrap()?;
+    meta::ObjectVersion::of(row.value.as_bytes()).map(|v| v.resource_version)
+}
+
+#[tokio::test]
+async fn acks_match_the_captured_acks_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    let all = capture();
+    let mut compared = 0;
+    for c in all.iter().filter(|c| c.dir == "cloud->edge") {
+        let outcome = mm.from_cloud(c.msg.clone()).await.unwrap();
+        let captured_ack = all.iter().find(|a| {
+            a.dir == "edge->cloud" && a.msg.is_ack() && a.msg.header.parent_id == c.msg.header.id
+        });
+        match (captured_ack, outcome.ack) {
+            (Some(expected), Some(ours)) => {
+                assert_eq!(ours.route, expected.msg.route, "ACK route for {}", c.msg);
+                assert_eq!(ours.header.parent_id, expected.msg.header.parent_id);
+                assert_eq!(ours.content, expected.msg.content);
+                assert!(ours.header.resource_version.is_empty());
+                compared += 1;
+            }
+            (None, None) => {}
+            // Twin confirms ("OK" responses from the cloud) are answers, not things to ACK.
+            (None, Some(ack)) => panic!("unexpected ACK {ack} for {}", c.msg),
+            (Some(expected), None) => panic!("missing ACK {} for {}", expected.msg, c.msg),
+        }
+    }
+    // 19 cloud messages in the capture carry a resourceversion; edgecore ACKed each.
+    assert_eq!(compared, 19);
+}
+
+#[tokio::test]
+async fn replaying_the_capture_changes_nothing_and_still_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    let downstream: Vec<Message> = capture()
+        .into_iter()
+        .filter(|c| c.dir == "cloud->edge" && !c.msg.header.resource_version.is_empty())
+        .map(|c| c.msg)
+        .collect();
+    for msg in &downstream {
+        mm.from_cloud(msg.clone()).await.unwrap();
+    }
+    let before = dump(&mm).await;
+    for msg in &downstream {
+        let outcome = mm.from_cloud(msg.clone()).await.unwrap();
+        assert!(!outcome.changed, "{msg} applied twice");
+        assert!(outcome.forward.is_none());
+        assert!(
+            outcome.ack.is_some(),
+            "a re-sent message must be ACKed again"
+        );
+    }
+    assert_eq!(dump(&mm).await, before);
+    // The capture's final state: the pods were deleted, the ConfigMap, Secret and Device gone
+    // or updated as the cloud said.
+    assert_eq!(stored_rv(&mm, "default/pod/pod-demo").await, None);
+    assert_eq!(stored_rv(&mm, "default/pod/pod-offline").await, None);
+    assert_eq!(stored_rv(&mm, "default/configmap/cm-demo").await, Some(314));
+    assert_eq!(stored_rv(&mm, "default/device/thermo-1").await, None);
+}
+
+async fn dump(mm: &MetaManager) -> Vec<meta::MetaRow> {
+    mm.store()
+        .read(|db| {
+            let mut rows = Vec::new();
+            for kind in ["pod", "configmap", "secret", "device", "devicemodel"] {
+                rows.extend(meta::list_by_type(db, kind)?);
+            }
+            Ok(rows)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stale_versions_never_regress_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    assert!(mm.from_cloud(pod("web", "u1", 10)).await.unwrap().changed);
+    let stale = mm.from_cloud(pod("web", "u1", 9)).await.unwrap();
+    assert!(!stale.changed);
+    assert!(stale.ack.is_some());
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, Some(10));
+    let same = mm.from_cloud(pod("web", "u1", 10)).await.unwrap();
+    assert!(!same.changed);
+    assert!(mm.from_cloud(pod("web", "u1", 11)).await.unwrap().changed);
+    // A new incarnation (new uid) wins even with a lower resourceVersion.
+    assert!(mm.from_cloud(pod("web", "u2", 3)).await.unwrap().changed);
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, Some(3));
+}
+
+#[tokio::test]
+async fn pod_delete_only_removes_the_same_incarnation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    mm.from_cloud(pod("web", "new-uid", 20)).await.unwrap();
+    let mut old_delete = pod("web", "old-uid", 19);
+    old_delete.route.operation = Some(Operation::Delete);
+    let outcome = mm.from_cloud(old_delete).await.unwrap();
+    assert!(!outcome.changed);
+    assert!(outcome.ack.is_some());
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, Some(20));
+
+    let mut delete = pod("web", "new-uid", 21);
+    delete.route.operation = Some(Operation::Delete);
+    let outcome = mm.from_cloud(delete).await.unwrap();
+    assert!(outcome.changed);
+    assert_eq!(outcome.forward.unwrap().target, LocalTarget::Edged);
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
+}
+
+#[tokio::test]
+async fn queries_answer_from_the_store_offline_and_go_remote_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        mm.from_cloud(pod(name, &format!("u{i}"), 5)).await.unwrap();
+    }
+    let query = Message::new("edged", "edged", "query", "default/pod", Content::null());
+    let EdgeOutcome::Answer(answer) = mm.from_edge(query.clone(), true).await.unwrap() else {
+        panic!("pods are answered locally");
+    };
+    assert_eq!(answer.header.parent_id, query.header.id);
+    assert_eq!(answer.route.source, Some(Source::MetaManager));
+    assert_eq!(answer.route.operation, Some(Operation::Response));
+    // KubeEdge's shape: an array of strings, each a stored object.
+    let docs: Vec<String> = answer.content.decode().unwrap();
+    assert_eq!(docs.len(), 3);
+    let first: Value = serde_json::from_str(&docs[0]).unwrap();
+    assert_eq!(first["metadata"]["name"], "a");
+
+    let cm_query = Message::new(
+        "edged",
+        "meta",
+        "query",
+        "default/configmap/cfg",
+        Content::null(),
+    );
+    assert!(matches!(
+        mm.from_edge(cm_query.clone(), true).await.unwrap(),
+        EdgeOutcome::ToCloud { queued: false, .. }
+    ));
+    let EdgeOutcome::Answer(offline) = mm.from_edge(cm_query, false).await.unwrap() else {
+        panic!("offline queries are answered locally");
+    };
+    assert!(offline.content.decode::<Vec<String>>().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn status_patches_wait_in_the_outbox_until_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    let patch = |body: &str| {
+        Message::new(
+            "edged",
+            "meta",
+            "patch",
+            "default/podpatch/web",
+            Content::string(body),
+        )
+    };
+    let first = patch(r#"{"status":{"phase":"Pending"}}"#);
+    let second = patch(r#"{"status":{"phase":"Running"}}"#);
+    for p in [&first, &second] {
+        assert!(matches!(
+            mm.from_edge(p.clone(), false).await.unwrap(),
+            EdgeOutcome::ToCloud { queued: true, .. }
+        ));
+    }
+    // Only the latest status patch of a pod is worth sending.
+    let pending = mm.outbox().pending(0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].message, second);
+
+    // The cloud's reply removes it, stores the returned pod, goes to edged without an ACK.
+    let pod_json = r#"{"metadata":{"name":"web","namespace":"default","uid":"u9","resourceVersion":"77"},"status":{"phase":"Running"}}"#;
+    let reply_content = format!(r#"{{"Object":{pod_json},"Err":null}}"#);
+    let mut reply = Message::new(
+        "edgecontroller",
+        "resource",
+        "response",
+        "default/podpatch/web",
+        Content::try_from(reply_content.as_str()).unwrap(),
+    )
+    .with_parent(second.header.id.clone())
+    .with_resource_version("77");
+    reply.header.resource_version = "77".into();
+    let outcome = mm.from_cloud(reply).await.unwrap();
+    assert!(outcome.ack.is_none(), "KubeEdge does not ACK patch replies");
+    assert_eq!(outcome.forward.unwrap().target, LocalTarget::Edged);
+    assert!(mm.outbox().is_empty().await.unwrap());
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, Some(77));
+}
+
+#[tokio::test]
+async fn outbox_survives_a_restart_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent: Vec<Message> = {
+        let mm = open(&dir);
+        let mut sent = Vec::new();
+        for i in 0..5 {
+            let msg = Message::new(
+                "edged",
+                "meta",
+                "insert",
+                format!("default/event/e{i}"),
+                Content::try_from(r#"{"reason":"Started"}"#).unwrap(),
+            );
+            mm.from_edge(msg.clone(), false).await.unwrap();
+            sent.push(msg);
+        }
+        assert!(mm.outbox().confirm(&sent[1].header.id).await.unwrap());
+        assert!(!mm.outbox().confirm(&sent[1].header.id).await.unwrap());
+        sent
+    };
+    let mm = open(&dir);
+    let pending: Vec<Message> = mm
+        .outbox()
+        .pending(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.message)
+        .collect();
+    let expected: Vec<Message> = sent
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert_eq!(pending, expected);
+}
