@@ -48,6 +48,9 @@ pub enum Error {
     /// A message that the MetaManager cannot handle (bad resource, bad content).
     #[error("invalid message: {0}")]
     InvalidMessage(String),
+    /// A write closure panicked; its changes were rolled back.
+    #[error("a store write panicked; its changes were rolled back")]
+    JobPanicked,
     /// The store was closed (its writer thread has stopped).
     #[error("the store is closed")]
     Closed,

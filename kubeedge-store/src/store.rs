@@ -88,14 +88,19 @@ where
         let outcome = conn
             .execute_batch("SAVEPOINT job")
             .map_err(Error::from)
-            .and_then(|()| match work(conn) {
-                Ok(value) => conn
-                    .execute_batch("RELEASE job")
-                    .map(|()| value)
-                    .map_err(Error::from),
-                Err(e) => {
-                    let undo = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                    undo.map_err(Error::from).and(Err(e))
+            .and_then(|()| {
+                // A panicking job is rolled back and reported; the writer thread lives on.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+                    .unwrap_or(Err(Error::JobPanicked));
+                match result {
+                    Ok(value) => conn
+                        .execute_batch("RELEASE job")
+                        .map(|()| value)
+                        .map_err(Error::from),
+                    Err(e) => {
+                        let undo = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                        undo.map_err(Error::from).and(Err(e))
+                    }
                 }
             });
         self.outcome = Some(outcome);

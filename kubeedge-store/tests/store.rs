@@ -350,3 +350,28 @@ async fn concurrent_readers_and_writers_see_committed_writes() {
         assert!(task.await.unwrap());
     }
 }
+
+#[tokio::test]
+async fn a_panicking_write_is_rolled_back_and_the_writer_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(&dir)).unwrap();
+    let result: Result<(), Error> = store
+        .write(|db| {
+            meta::upsert(db, "default/configmap/p", "configmap", "{}", None)?;
+            panic!("a bug in a write closure");
+        })
+        .await;
+    assert!(matches!(result, Err(Error::JobPanicked)));
+    store
+        .write(|db| meta::upsert(db, "default/configmap/q", "configmap", "{}", None))
+        .await
+        .unwrap();
+    let rows = store
+        .read(|db| meta::list_by_type(db, "configmap"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["default/configmap/q"]
+    );
+}
