@@ -161,11 +161,14 @@ pub fn list_by_type(conn: &Connection, kind: &str) -> Result<Vec<MetaRow>> {
 
 /// Every row of one type in one namespace (`<ns>/<type>/...`), in key order.
 pub fn list_in_namespace(conn: &Connection, namespace: &str, kind: &str) -> Result<Vec<MetaRow>> {
-    let prefix = format!("{namespace}/{kind}/");
+    // Keys from `<ns>/<type>/` up to, not including, `<ns>/<type>0` ('0' follows '/'): a range
+    // the primary key index answers.
+    let from = format!("{namespace}/{kind}/");
+    let to = format!("{namespace}/{kind}0");
     let mut stmt = conn.prepare_cached(
-        "SELECT key, type, value FROM meta WHERE type = ?1 AND substr(key, 1, ?3) = ?2 ORDER BY key",
+        "SELECT key, type, value FROM meta WHERE key >= ?1 AND key < ?2 AND type = ?3 ORDER BY key",
     )?;
-    let rows = stmt.query_map(params![kind, prefix, prefix.len() as i64], row_to_meta)?;
+    let rows = stmt.query_map(params![from, to, kind], row_to_meta)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -44,11 +44,15 @@ pub struct StoreConfig {
     pub readers: usize,
     /// Run `PRAGMA quick_check` at open, so that a corrupted file is refused up front.
     pub verify_on_open: bool,
+    /// The size the WAL file is truncated back to after a checkpoint, in bytes (small flash
+    /// storage should not keep a WAL at its peak size).
+    pub wal_size_limit: u64,
 }
 
 impl StoreConfig {
     /// Defaults for a database at `path`: process-crash durability, 5 s busy timeout, 2 MiB page
-    /// cache, 8 MiB values, batches of up to 256 writes, 2 readers, verified at open.
+    /// cache per connection, 8 MiB values, batches of up to 256 writes, 2 readers, verified at
+    /// open, WAL truncated to 1 MiB after checkpoints.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
@@ -60,6 +64,7 @@ impl StoreConfig {
             queue_len: 1024,
             readers: 2,
             verify_on_open: true,
+            wal_size_limit: 1024 * 1024,
         }
     }
 }
@@ -123,6 +128,9 @@ struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read connection: reads beyond `config.readers` wait instead of opening
+    /// more connections (each with its own page cache).
+    read_permits: tokio::sync::Semaphore,
 }
 
 impl Drop for Inner {
@@ -225,6 +233,7 @@ impl Store {
                 config,
                 jobs: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
+                read_permits: tokio::sync::Semaphore::new(readers.len().max(1)),
                 readers: Mutex::new(readers),
             }),
         })
@@ -256,28 +265,49 @@ impl Store {
     }
 
     /// Runs `work` on a read-only connection on a blocking thread. Reads see every write whose
-    /// future has resolved.
+    /// future has resolved. At most `config.readers` reads run at once; more wait their turn.
     pub async fn read<R, F>(&self, work: F) -> Result<R>
     where
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        let permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().map_err(|_| Error::Closed)?.pop();
             let conn = match pooled {
                 Some(conn) => conn,
+                // Only after a panicking read lost its connection.
                 None => open_connection(&inner.config, true)?,
             };
             let result = work(&conn);
-            let mut pool = inner.readers.lock().map_err(|_| Error::Closed)?;
-            if pool.len() < inner.config.readers {
-                pool.push(conn);
-            }
+            inner.readers.lock().map_err(|_| Error::Closed)?.push(conn);
             result
         })
-        .await
-        .map_err(|_| Error::Closed)?
+        .await;
+        drop(permit);
+        match result {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(Error::JobPanicked),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Closes this handle. When it is the last one, waits (off the async runtime) until the
+    /// writer has committed everything queued and the database is checkpointed and closed.
+    /// Dropping the last handle does the same, but blocks the dropping thread while it waits.
+    pub async fn close(self) -> Result<()> {
+        if let Some(inner) = Arc::into_inner(self.inner) {
+            tokio::task::spawn_blocking(move || drop(inner))
+                .await
+                .map_err(|_| Error::Closed)?;
+        }
+        Ok(())
     }
 
     /// Checks that a value fits the configured maximum.
@@ -336,8 +366,9 @@ fn open_connection(config: &StoreConfig, read_only: bool) -> Result<Connection> 
         Durability::PowerLoss => "FULL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={synchronous}; PRAGMA cache_size=-{}; PRAGMA temp_store=MEMORY;",
-        config.cache_kib
+        "PRAGMA synchronous={synchronous}; PRAGMA cache_size=-{}; PRAGMA temp_store=MEMORY;
+         PRAGMA journal_size_limit={};",
+        config.cache_kib, config.wal_size_limit
     ))
     .map_err(|e| not_a_database(&config.path, e))?;
     Ok(conn)

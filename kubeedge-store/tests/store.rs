@@ -375,3 +375,47 @@ async fn a_panicking_write_is_rolled_back_and_the_writer_lives_on() {
         ["default/configmap/q"]
     );
 }
+
+#[tokio::test]
+async fn namespace_listing_stays_inside_its_namespace_and_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(&dir)).unwrap();
+    store
+        .write(|db| {
+            for (key, kind) in [
+                ("default/pod/a", "pod"),
+                ("default/pod/b", "pod"),
+                ("default/podpatch/a", "podpatch"),
+                ("defaults/pod/x", "pod"),
+                ("default0/pod/y", "pod"),
+                ("kube-system/pod/z", "pod"),
+            ] {
+                meta::upsert(db, key, kind, "{}", None)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let rows = store
+        .read(|db| meta::list_in_namespace(db, "default", "pod"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["default/pod/a", "default/pod/b"]
+    );
+    // A panicking read is reported as such, and the next read still works.
+    let panicked = store
+        .read(|_| -> kubeedge_store::Result<()> { panic!("a bug in a read") })
+        .await;
+    assert!(matches!(panicked, Err(Error::JobPanicked)));
+    assert_eq!(
+        store
+            .read(|db| meta::list_by_type(db, "pod"))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    store.close().await.unwrap();
+}
