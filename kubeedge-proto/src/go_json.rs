@@ -51,27 +51,42 @@ pub fn write_str<B: BufMut>(out: &mut B, s: &str) {
     out.put_u8(b'"');
 }
 
-/// Bytes that may need an escape: `"`, `\\`, control characters, `<`, `>`, `&`, and `0xE2`, the
-/// first byte of U+2028 and U+2029.
-const NEEDS_CARE: [bool; 256] = {
+/// A byte-class table: true for the control characters (invalid raw in a JSON string) and for
+/// each byte of `extra`.
+pub(crate) const fn controls_and(extra: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 0x20 {
         table[b] = true;
         b += 1;
     }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table[b'<' as usize] = true;
-    table[b'>' as usize] = true;
-    table[b'&' as usize] = true;
-    table[0xe2] = true;
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
     table
-};
+}
+
+/// Bytes that may need an escape: `"`, `\\`, control characters, `<`, `>`, `&`, and `0xE2`, the
+/// first byte of U+2028 and U+2029.
+const NEEDS_CARE: [bool; 256] = controls_and(b"\"\\<>&\xe2");
+
+/// `\u00XX` for a control character, lowercase hex as Go writes it.
+fn control_escape(b: u8) -> [u8; 6] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    [
+        b'\\',
+        b'u',
+        b'0',
+        b'0',
+        HEX[usize::from(b >> 4)],
+        HEX[usize::from(b & 0xf)],
+    ]
+}
 
 /// Writes the escaped body of a JSON string (without the quotes).
 fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
@@ -104,14 +119,7 @@ fn write_str_body<B: BufMut>(out: &mut B, s: &str) {
             _ => {
                 // The remaining control characters.
                 out.put_slice(&bytes[start..i]);
-                out.put_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ]);
+                out.put_slice(&control_escape(b));
                 i += 1;
                 start = i;
                 continue;
@@ -157,18 +165,7 @@ impl Formatter for GoFormatter {
             CharEscape::LineFeed => b"\\n",
             CharEscape::CarriageReturn => b"\\r",
             CharEscape::Tab => b"\\t",
-            CharEscape::AsciiControl(byte) => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let seq = [
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(byte >> 4)],
-                    HEX[usize::from(byte & 0xf)],
-                ];
-                return writer.write_all(&seq);
-            }
+            CharEscape::AsciiControl(byte) => return writer.write_all(&control_escape(byte)),
         };
         writer.write_all(seq)
     }

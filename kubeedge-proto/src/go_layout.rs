@@ -101,17 +101,7 @@ pub(crate) fn decode<'a>(input: &'a Bytes) -> Option<Message> {
 
 /// Bytes that end the simple part of a JSON string: the closing quote, an escape, or a control
 /// character (invalid in JSON).
-const STRING_STOP: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
+const STRING_STOP: [bool; 256] = crate::go_json::controls_and(b"\"\\");
 
 struct Cursor<'a> {
     buf: &'a [u8],
