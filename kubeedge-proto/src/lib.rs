@@ -11,6 +11,9 @@
 //!   `device/default/thermo/twin/edge_updated`, ...).
 //! - [`twin`] and [`device`] hold the device twin, membership and state payloads with KubeEdge's
 //!   validation rules; [`ObjectResp`] is the `{"Object","Err"}` reply to edge requests.
+//! - [`journal::MessageJournal`] is the contract between a transport and the durable outbox
+//!   that feeds it (implemented in SQLite by `kubeedge-store`, in memory by
+//!   [`journal::MemoryJournal`]).
 //! - [`json_lines`] frames messages on a byte stream (one JSON message per line, as gorilla's
 //!   `WriteJSON` writes them), and `frame` (feature `binary-frame`) reads and writes viaduct's
 //!   binary frame (10-byte header + protobuf message).
@@ -49,6 +52,7 @@ pub mod device;
 mod error;
 pub mod go_json;
 mod go_layout;
+pub mod journal;
 pub mod json_lines;
 mod message;
 mod names;

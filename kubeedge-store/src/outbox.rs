@@ -10,6 +10,7 @@
 //! logged.
 
 use bytes::Bytes;
+use kubeedge_proto::journal::Journaled;
 use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message, now_millis};
 use rusqlite::{OptionalExtension, params};
 
@@ -197,5 +198,31 @@ impl Outbox {
     /// Whether nothing is pending.
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
+    }
+}
+
+/// The outbox is the durable [`MessageJournal`] a hub appends to before it sends, confirms on
+/// the cloud's reply and replays after a reconnect or restart.
+impl kubeedge_proto::journal::MessageJournal for Outbox {
+    type Error = Error;
+
+    async fn append(&self, message: &Message, coalesce_key: Option<String>) -> Result<()> {
+        self.push(message, coalesce_key).await.map(drop)
+    }
+
+    async fn confirm(&self, msg_id: &str) -> Result<bool> {
+        Outbox::confirm(self, msg_id).await
+    }
+
+    async fn pending(&self, after: u64, limit: usize) -> Result<Vec<Journaled>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        Ok(Outbox::pending(self, after, limit)
+            .await?
+            .into_iter()
+            .map(|p| Journaled {
+                seq: u64::try_from(p.seq).unwrap_or(0),
+                message: p.message,
+            })
+            .collect())
     }
 }

@@ -419,3 +419,49 @@ async fn namespace_listing_stays_inside_its_namespace_and_type() {
     );
     store.close().await.unwrap();
 }
+
+/// The SQLite outbox keeps the same journal contract as the in-memory one in kubeedge-proto.
+#[tokio::test]
+async fn the_outbox_is_a_message_journal() {
+    use kubeedge_proto::journal::{MemoryJournal, MessageJournal};
+
+    async fn exercise<J: MessageJournal>(journal: &J) -> Vec<String> {
+        let msg = |i: usize| {
+            Message::new(
+                "edged",
+                "meta",
+                "patch",
+                format!("default/podpatch/p{i}"),
+                Content::null(),
+            )
+        };
+        let (a, b, c) = (msg(1), msg(2), msg(3));
+        journal.append(&a, None).await.unwrap();
+        journal.append(&b, Some("p".into())).await.unwrap();
+        journal.append(&c, Some("p".into())).await.unwrap();
+        journal.append(&a, None).await.unwrap();
+        assert!(journal.confirm(&a.header.id).await.unwrap());
+        assert!(!journal.confirm(&a.header.id).await.unwrap());
+        let pending = journal.pending(0, 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message, c);
+        assert!(
+            journal
+                .pending(pending[0].seq, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        pending
+            .into_iter()
+            .map(|p| p.message.route.resource)
+            .collect()
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::new(Store::open(config(&dir)).unwrap(), 10, FullPolicy::Reject);
+    assert_eq!(
+        exercise(&outbox).await,
+        exercise(&MemoryJournal::new(10)).await
+    );
+}
