@@ -1,0 +1,394 @@
+//! CloudHub: the WebSocket server edge nodes connect to.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{LinkEnd, LinkOptions, run_link, ws_config};
+use crate::{Error, Result, tls};
+
+/// Settings for a [`CloudHub`].
+#[derive(Clone, Debug)]
+pub struct CloudHubConfig {
+    /// Where to listen (KubeEdge: port 10000).
+    pub listen: SocketAddr,
+    /// TLS: the cloud's certificate, client certificates required (see [`tls::server_config`]).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// A session ends when nothing arrives from its node for this long (KubeEdge: 30 s).
+    pub keepalive_timeout: Duration,
+    /// A connection must finish its TLS and WebSocket handshakes within this time.
+    pub handshake_timeout: Duration,
+    /// The largest message accepted.
+    pub max_message_len: usize,
+    /// Messages queued per node before senders wait.
+    pub node_queue_len: usize,
+    /// The most nodes connected at once (KubeEdge: 500 by default).
+    pub node_limit: usize,
+    /// Events queued for the application before the hub waits for it.
+    pub events_len: usize,
+}
+
+impl CloudHubConfig {
+    /// KubeEdge's defaults on `listen` with `tls`.
+    pub fn new(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            listen,
+            tls,
+            keepalive_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            node_queue_len: 1024,
+            node_limit: 500,
+            events_len: 4096,
+        }
+    }
+}
+
+/// What happens on the cloud side.
+// Events are moved through a channel one at a time; boxing the message would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum CloudEvent {
+    /// A node connected (replacing its previous connection, if any).
+    Connected {
+        /// The node.
+        node: String,
+        /// Its `project_id` header.
+        project_id: String,
+    },
+    /// A node's connection ended.
+    Disconnected {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: LinkEnd,
+    },
+    /// A message from a node (edge-form resource, as on the wire).
+    Message {
+        /// The node.
+        node: String,
+        /// The message.
+        message: Message,
+    },
+}
+
+struct Session {
+    id: u64,
+    queue: mpsc::Sender<Message>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_node: HashMap<String, Session>,
+}
+
+/// Sends to connected nodes; cheap to clone.
+#[derive(Clone)]
+pub struct CloudHubHandle {
+    sessions: Arc<Mutex<Sessions>>,
+}
+
+impl std::fmt::Debug for CloudHubHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudHubHandle")
+            .field("nodes", &self.connected_nodes().len())
+            .finish()
+    }
+}
+
+impl CloudHubHandle {
+    /// Queues `message` for `node`, waiting while its queue is full (backpressure).
+    pub async fn send(&self, node: &str, message: Message) -> Result<()> {
+        let queue = self
+            .lock()
+            .by_node
+            .get(node)
+            .map(|s| s.queue.clone())
+            .ok_or_else(|| Error::NotConnected(node.to_owned()))?;
+        queue
+            .send(message)
+            .await
+            .map_err(|_| Error::NotConnected(node.to_owned()))
+    }
+
+    /// The nodes connected right now.
+    pub fn connected_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self.lock().by_node.keys().cloned().collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The CloudHub server: accepts edge nodes over TLS WebSocket with KubeEdge's handshake, one
+/// session per node.
+///
+/// A node is identified by its client certificate (`CN=system:node:<node>`, verified against
+/// the cluster CA); its `node_id` header must name the same node, and `ConnectionUse` must be
+/// `msg`, or the upgrade is refused with 403. A new connection of a node replaces the old one.
+/// Every connection has its own tasks; a bad frame, a stalled handshake or a silent node ends
+/// only that connection.
+pub struct CloudHub {
+    config: CloudHubConfig,
+    listener: TcpListener,
+    handle: CloudHubHandle,
+    events: mpsc::Sender<CloudEvent>,
+}
+
+impl std::fmt::Debug for CloudHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudHub")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl CloudHub {
+    /// Binds the listener. Returns the hub (to [`run`](Self::run)), a handle for sending, and the
+    /// stream of [`CloudEvent`]s.
+    pub async fn bind(
+        config: CloudHubConfig,
+    ) -> Result<(Self, CloudHubHandle, mpsc::Receiver<CloudEvent>)> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let (events, rx) = mpsc::channel(config.events_len.max(1));
+        let handle = CloudHubHandle {
+            sessions: Arc::default(),
+        };
+        Ok((
+            Self {
+                config,
+                listener,
+                handle: handle.clone(),
+                events,
+            },
+            handle,
+            rx,
+        ))
+    }
+
+    /// The address the hub listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then ends every session.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.config.tls));
+        let config = Arc::new(self.config);
+        let next_id = Arc::new(AtomicU64::new(1));
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = Connection {
+                acceptor: acceptor.clone(),
+                config: Arc::clone(&config),
+                handle: self.handle.clone(),
+                events: self.events.clone(),
+                id: next_id.fetch_add(1, Ordering::Relaxed),
+                shutdown: shutdown.child_token(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = conn.serve(tcp).await {
+                    tracing::info!(%peer, error = %e, "edge connection refused");
+                }
+            });
+        }
+        for (_, session) in self.handle.lock().by_node.drain() {
+            session.stop.cancel();
+        }
+        Ok(())
+    }
+}
+
+struct Connection {
+    acceptor: TlsAcceptor,
+    config: Arc<CloudHubConfig>,
+    handle: CloudHubHandle,
+    events: mpsc::Sender<CloudEvent>,
+    id: u64,
+    shutdown: CancellationToken,
+}
+
+/// What the upgrade request said.
+struct Upgrade {
+    node: String,
+    project_id: String,
+}
+
+impl Connection {
+    async fn serve(self, tcp: TcpStream) -> Result<()> {
+        let config = &self.config;
+        let handshake = async {
+            let tls = self
+                .acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| Error::Handshake(format!("TLS: {e}")))?;
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .ok_or_else(|| Error::Handshake("no client certificate".to_owned()))?;
+            let cert_node = tls::node_of_certificate(cert)?;
+            let mut upgrade = None;
+            // The callback's shape (a full HTTP response as the error) is tungstenite's.
+            #[allow(clippy::result_large_err)]
+            let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                tls,
+                |req: &Request, resp: Response| match check_upgrade(req, &cert_node) {
+                    Ok(u) => {
+                        upgrade = Some(u);
+                        Ok(resp)
+                    }
+                    Err(reason) => Err(refuse(&reason)),
+                },
+                Some(ws_config(config.max_message_len)),
+            )
+            .await
+            .map_err(|e| Error::Handshake(format!("WebSocket upgrade: {e}")))?;
+            let upgrade =
+                upgrade.ok_or_else(|| Error::Handshake("no upgrade request".to_owned()))?;
+            Ok::<_, Error>((ws, upgrade))
+        };
+        let (ws, upgrade) = tokio::time::timeout(config.handshake_timeout, handshake)
+            .await
+            .map_err(|_| Error::HandshakeTimeout)??;
+
+        let (queue, mut to_peer) = mpsc::channel(config.node_queue_len.max(1));
+        let stop = self.shutdown.clone();
+        {
+            let mut sessions = self.handle.lock();
+            let replacing = sessions.by_node.contains_key(&upgrade.node);
+            if !replacing && sessions.by_node.len() >= config.node_limit {
+                return Err(Error::Handshake(format!(
+                    "node limit {} reached",
+                    config.node_limit
+                )));
+            }
+            let old = sessions.by_node.insert(
+                upgrade.node.clone(),
+                Session {
+                    id: self.id,
+                    queue,
+                    stop: stop.clone(),
+                },
+            );
+            if let Some(old) = old {
+                old.stop.cancel();
+            }
+        }
+        let node = upgrade.node.clone();
+        let _ = self
+            .events
+            .send(CloudEvent::Connected {
+                node: node.clone(),
+                project_id: upgrade.project_id,
+            })
+            .await;
+        let options = LinkOptions {
+            max_len: config.max_message_len,
+            read_deadline: Some(config.keepalive_timeout),
+            keepalive_every: None,
+        };
+        let events = self.events.clone();
+        let from_node = node.clone();
+        let end = run_link(
+            ws,
+            &mut to_peer,
+            async move |message: Message| {
+                events
+                    .send(CloudEvent::Message {
+                        node: from_node.clone(),
+                        message,
+                    })
+                    .await
+                    .is_ok()
+            },
+            &options,
+            &stop,
+        )
+        .await;
+        let end = {
+            let mut sessions = self.handle.lock();
+            match sessions.by_node.get(&node) {
+                Some(s) if s.id == self.id => {
+                    sessions.by_node.remove(&node);
+                    end
+                }
+                Some(_) => LinkEnd::Replaced,
+                None => end,
+            }
+        };
+        tracing::info!(node = %node, reason = %end, "edge session ended");
+        let _ = self
+            .events
+            .send(CloudEvent::Disconnected { node, reason: end })
+            .await;
+        Ok(())
+    }
+}
+
+/// Applies KubeEdge's upgrade rules (kubeedge-compat.md §2.3), stricter on identity: the path is
+/// not inspected; `ConnectionUse` must be `msg`; `node_id` must name the certificate's node.
+fn check_upgrade(req: &Request, cert_node: &str) -> Result<Upgrade, String> {
+    // The http crate matches header names case-insensitively (Go sends `Node_id`).
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let connection_use = header("connectionuse");
+    if connection_use != "msg" {
+        return Err(format!("ConnectionUse {connection_use:?} is not msg"));
+    }
+    let node = header("node_id");
+    if node.is_empty() {
+        return Err("no node_id header".to_owned());
+    }
+    if node != cert_node {
+        return Err(format!(
+            "node_id {node:?} does not match the certificate's node {cert_node:?}"
+        ));
+    }
+    Ok(Upgrade {
+        node: node.to_owned(),
+        project_id: header("project_id").to_owned(),
+    })
+}
+
+fn refuse(reason: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(reason.to_owned()));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp
+}

@@ -1,0 +1,57 @@
+//! The crate's error type.
+
+use std::sync::Arc;
+
+/// A `Result` whose error defaults to this crate's [`enum@Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the cloud-edge transport.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A TLS configuration could not be built from the given certificates and keys.
+    #[error("TLS configuration: {0}")]
+    TlsConfig(String),
+    /// The peer's TLS or WebSocket handshake failed or broke KubeEdge's rules.
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    /// The peer did not finish its handshake in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// A frame or message that is not a KubeEdge message, or is too large.
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    /// The node is not connected.
+    #[error("node {0} is not connected")]
+    NotConnected(String),
+    /// The hub has stopped.
+    #[error("the hub has stopped")]
+    Stopped,
+    /// A WebSocket protocol error.
+    #[error("WebSocket: {0}")]
+    WebSocket(Arc<tokio_tungstenite::tungstenite::Error>),
+    /// An I/O error.
+    #[error("I/O: {0}")]
+    Io(Arc<std::io::Error>),
+    /// A message that kubeedge-proto refused.
+    #[error(transparent)]
+    Proto(Arc<kubeedge_proto::Error>),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(Arc::new(e))
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Error {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Self::WebSocket(Arc::new(e))
+    }
+}
+
+impl From<kubeedge_proto::Error> for Error {
+    fn from(e: kubeedge_proto::Error) -> Self {
+        Self::Proto(Arc::new(e))
+    }
+}

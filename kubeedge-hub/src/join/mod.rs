@@ -1,0 +1,1 @@
+//! Node join: the cluster CA, certificates and bootstrap tokens (being written).

@@ -1,0 +1,164 @@
+//! One established WebSocket link, driven the same way on both sides: messages to the peer from
+//! a bounded queue, messages from the peer to the application (awaiting its capacity, so a slow
+//! application slows the peer down instead of growing a buffer), keepalives, a read deadline.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use kubeedge_proto::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+/// The WebSocket limits for messages of at most `max_len` bytes.
+pub(crate) fn ws_config(max_len: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_len))
+        .max_frame_size(Some(max_len))
+}
+
+/// Why a link ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// Our side shut down.
+    Shutdown,
+    /// A newer connection of the same node replaced this one.
+    Replaced,
+    /// The peer closed the connection.
+    PeerClosed,
+    /// Nothing arrived before the read deadline (the peer's keepalives stopped).
+    Timeout,
+    /// The peer sent something that is not a KubeEdge message; the reason is given.
+    BadFrame(String),
+    /// The connection failed; the error is given.
+    Broken(String),
+    /// The application stopped taking messages.
+    AppGone,
+}
+
+impl std::fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shutdown => f.write_str("shut down"),
+            Self::Replaced => f.write_str("replaced by a newer connection"),
+            Self::PeerClosed => f.write_str("closed by the peer"),
+            Self::Timeout => f.write_str("no keepalive before the deadline"),
+            Self::BadFrame(why) => write!(f, "bad frame: {why}"),
+            Self::Broken(why) => write!(f, "connection broken: {why}"),
+            Self::AppGone => f.write_str("the application stopped reading"),
+        }
+    }
+}
+
+/// How one link behaves.
+pub(crate) struct LinkOptions {
+    pub(crate) max_len: usize,
+    /// End the link when nothing arrives for this long.
+    pub(crate) read_deadline: Option<Duration>,
+    /// Send a keepalive this often.
+    pub(crate) keepalive_every: Option<Duration>,
+}
+
+/// Encodes a message as the text frame gorilla's `WriteJSON` writes: the JSON and `\n`.
+pub(crate) fn frame_of(msg: &Message) -> Result<Frame> {
+    let mut json = msg.to_json();
+    json.push(b'\n');
+    let text = String::from_utf8(json).map_err(|e| Error::BadFrame(e.to_string()))?;
+    Ok(Frame::text(text))
+}
+
+/// Decodes a data frame (text or binary, as gorilla's `ReadJSON` accepts) into a message.
+fn message_of(frame: Frame, max_len: usize) -> Result<Option<Message>, LinkEnd> {
+    let data: Bytes = match frame {
+        Frame::Text(text) => Bytes::from(text),
+        Frame::Binary(bytes) => bytes,
+        // tungstenite answers pings itself; pongs and raw frames carry nothing for us.
+        Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => return Ok(None),
+        Frame::Close(_) => return Err(LinkEnd::PeerClosed),
+    };
+    Message::decode_json(data, max_len)
+        .map(Some)
+        .map_err(|e| LinkEnd::BadFrame(e.to_string()))
+}
+
+/// Drives `ws` until it ends: writes what `to_peer` yields, hands what arrives to `from_peer`.
+pub(crate) async fn run_link<S, F>(
+    ws: WebSocketStream<S>,
+    to_peer: &mut mpsc::Receiver<Message>,
+    mut from_peer: F,
+    options: &LinkOptions,
+    stop: &CancellationToken,
+) -> LinkEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: AsyncFnMut(Message) -> bool,
+{
+    let (mut sink, mut stream) = ws.split();
+    let far_future = Duration::from_secs(86_400 * 365);
+    let mut deadline = Instant::now() + options.read_deadline.unwrap_or(far_future);
+    let keepalive_every = options.keepalive_every.unwrap_or(far_future);
+    let mut next_keepalive = Instant::now() + keepalive_every;
+    let end = loop {
+        tokio::select! {
+            () = stop.cancelled() => break LinkEnd::Shutdown,
+            () = tokio::time::sleep_until(deadline), if options.read_deadline.is_some() => {
+                break LinkEnd::Timeout;
+            }
+            () = tokio::time::sleep_until(next_keepalive), if options.keepalive_every.is_some() => {
+                next_keepalive = Instant::now() + keepalive_every;
+                let frame = match frame_of(&Message::keepalive()) {
+                    Ok(frame) => frame,
+                    Err(e) => break LinkEnd::Broken(e.to_string()),
+                };
+                if let Err(e) = sink.send(frame).await {
+                    break LinkEnd::Broken(e.to_string());
+                }
+            }
+            outgoing = to_peer.recv() => {
+                let Some(msg) = outgoing else { break LinkEnd::Shutdown };
+                let frame = match frame_of(&msg) {
+                    Ok(frame) => frame,
+                    Err(e) => break LinkEnd::Broken(e.to_string()),
+                };
+                if let Err(e) = sink.send(frame).await {
+                    break LinkEnd::Broken(e.to_string());
+                }
+            }
+            incoming = stream.next() => {
+                let frame = match incoming {
+                    None => break LinkEnd::PeerClosed,
+                    Some(Err(e)) => break LinkEnd::Broken(e.to_string()),
+                    Some(Ok(frame)) => frame,
+                };
+                match message_of(frame, options.max_len) {
+                    Ok(None) => {}
+                    Ok(Some(msg)) => {
+                        if let Some(d) = options.read_deadline {
+                            deadline = Instant::now() + d;
+                        }
+                        if !from_peer(msg).await {
+                            break LinkEnd::AppGone;
+                        }
+                    }
+                    Err(end) => break end,
+                }
+            }
+        }
+    };
+    // A polite close where the connection still works; KubeEdge itself just drops the TCP
+    // connection, and both are fine for either side.
+    if matches!(
+        end,
+        LinkEnd::Shutdown | LinkEnd::Timeout | LinkEnd::BadFrame(_)
+    ) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    }
+    end
+}
