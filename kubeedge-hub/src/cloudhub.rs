@@ -123,6 +123,20 @@ impl CloudHubHandle {
             .map_err(|_| Error::NotConnected(node.to_owned()))
     }
 
+    /// Queues `message` for `node` without waiting: gives the message back when the node's link
+    /// queue is full or the node is not connected.
+    // Giving the message back (not boxed) is the point: the caller keeps it without a copy.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, node: &str, message: Message) -> Result<(), Message> {
+        let queue = self.lock().by_node.get(node).map(|s| s.queue.clone());
+        match queue {
+            Some(queue) => queue.try_send(message).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+            }),
+            None => Err(message),
+        }
+    }
+
     /// The nodes connected right now.
     pub fn connected_nodes(&self) -> Vec<String> {
         let mut nodes: Vec<String> = self.lock().by_node.keys().cloned().collect();
@@ -319,19 +333,14 @@ impl Connection {
             read_deadline: Some(config.keepalive_timeout),
             keepalive_every: None,
         };
-        let events = self.events.clone();
         let from_node = node.clone();
         let end = run_link(
             ws,
             &mut to_peer,
-            async move |message: Message| {
-                events
-                    .send(CloudEvent::Message {
-                        node: from_node.clone(),
-                        message,
-                    })
-                    .await
-                    .is_ok()
+            &self.events,
+            move |message| CloudEvent::Message {
+                node: from_node.clone(),
+                message,
             },
             &options,
             &stop,

@@ -100,6 +100,16 @@ impl EdgeHubHandle {
     pub async fn send(&self, message: Message) -> Result<()> {
         self.queue.send(message).await.map_err(|_| Error::Stopped)
     }
+
+    /// Queues `message` without waiting; gives it back when the queue is full or the hub has
+    /// stopped.
+    // Giving the message back (not boxed) is the point: the caller keeps it without a copy.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, message: Message) -> Result<(), Message> {
+        self.queue.try_send(message).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+        })
+    }
 }
 
 /// The EdgeHub client: dials the CloudHub with KubeEdge's handshake, sends keepalives every
@@ -169,13 +179,11 @@ impl EdgeHub {
                 read_deadline: None,
                 keepalive_every: Some(self.config.heartbeat),
             };
-            let events = self.events.clone();
             let end = run_link(
                 ws,
                 &mut self.to_cloud,
-                async move |message: Message| {
-                    events.send(EdgeEvent::Message(message)).await.is_ok()
-                },
+                &self.events,
+                EdgeEvent::Message,
                 &options,
                 &shutdown,
             )

@@ -33,6 +33,9 @@ pub enum Error {
     /// An I/O error.
     #[error("I/O: {0}")]
     Io(Arc<std::io::Error>),
+    /// Node join: certificates, CSRs or tokens.
+    #[error(transparent)]
+    Join(#[from] crate::join::JoinError),
     /// A message that kubeedge-proto refused.
     #[error(transparent)]
     Proto(Arc<kubeedge_proto::Error>),

@@ -35,13 +35,19 @@
 //! - `thiserror`, `tracing`: the crate's error enum and its logs.
 
 mod cloudhub;
+mod delivery;
 mod edgehub;
 mod error;
 pub mod join;
 mod link;
 pub mod tls;
+mod upstream;
 
 pub use cloudhub::{CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle};
+pub use delivery::{
+    DeliveryConfig, DeliveryEvent, ReliableCloud, ReliableCloudHandle, ToNode, is_ack_tracked,
+};
 pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHubHandle};
 pub use error::{Error, Result};
 pub use link::LinkEnd;
+pub use upstream::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};

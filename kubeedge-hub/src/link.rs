@@ -88,23 +88,26 @@ fn message_of(frame: Frame, max_len: usize) -> Result<Option<Message>, LinkEnd> 
         .map_err(|e| LinkEnd::BadFrame(e.to_string()))
 }
 
-/// Drives `ws` until it ends: writes what `to_peer` yields, hands what arrives to `from_peer`.
-pub(crate) async fn run_link<S, F>(
+/// Drives `ws` until it ends: writes what `to_peer` yields, hands what arrives to `from_peer`
+/// (wrapped by `wrap`). While the application is not taking messages, reading pauses (TCP
+/// pushes back on the peer) but writing goes on, so neither side can wedge the other.
+pub(crate) async fn run_link<S, E>(
     ws: WebSocketStream<S>,
     to_peer: &mut mpsc::Receiver<Message>,
-    mut from_peer: F,
+    from_peer: &mpsc::Sender<E>,
+    wrap: impl Fn(Message) -> E,
     options: &LinkOptions,
     stop: &CancellationToken,
 ) -> LinkEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: AsyncFnMut(Message) -> bool,
 {
     let (mut sink, mut stream) = ws.split();
     let far_future = Duration::from_secs(86_400 * 365);
     let mut deadline = Instant::now() + options.read_deadline.unwrap_or(far_future);
     let keepalive_every = options.keepalive_every.unwrap_or(far_future);
     let mut next_keepalive = Instant::now() + keepalive_every;
+    let mut arrived: Option<Message> = None;
     let end = loop {
         tokio::select! {
             () = stop.cancelled() => break LinkEnd::Shutdown,
@@ -131,7 +134,13 @@ where
                     break LinkEnd::Broken(e.to_string());
                 }
             }
-            incoming = stream.next() => {
+            permit = from_peer.reserve(), if arrived.is_some() => {
+                let Ok(permit) = permit else { break LinkEnd::AppGone };
+                if let Some(msg) = arrived.take() {
+                    permit.send(wrap(msg));
+                }
+            }
+            incoming = stream.next(), if arrived.is_none() => {
                 let frame = match incoming {
                     None => break LinkEnd::PeerClosed,
                     Some(Err(e)) => break LinkEnd::Broken(e.to_string()),
@@ -143,9 +152,7 @@ where
                         if let Some(d) = options.read_deadline {
                             deadline = Instant::now() + d;
                         }
-                        if !from_peer(msg).await {
-                            break LinkEnd::AppGone;
-                        }
+                        arrived = Some(msg);
                     }
                     Err(end) => break end,
                 }

@@ -11,8 +11,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::{Error, Result};
 
-/// The common-name prefix of a node certificate.
-pub const NODE_CN_PREFIX: &str = "system:node:";
+use crate::join::NODE_COMMON_NAME_PREFIX;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -85,7 +84,7 @@ pub fn node_of_certificate(der: &[u8]) -> Result<String> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .ok_or_else(|| Error::Handshake("client certificate has no common name".to_owned()))?;
-    cn.strip_prefix(NODE_CN_PREFIX)
+    cn.strip_prefix(NODE_COMMON_NAME_PREFIX)
         .filter(|node| !node.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| {

@@ -2,7 +2,6 @@
 //! checks, hostile peers, keepalive timeouts, replacement and reconnection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,10 +10,6 @@ use kubeedge_hub::{
     LinkEnd, tls,
 };
 use kubeedge_proto::{Content, Message};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -23,78 +18,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-/// Deadline for anything a test waits for; a hung test fails here instead of hanging.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-struct Pair {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "KubeEdge");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            ca_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn server(&self) -> Pair {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "KubeEdge");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params)
-    }
-
-    fn node(&self, node: &str) -> Pair {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:nodes");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("system:node:{node}"));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
-    }
-
-    fn sign(&self, params: CertificateParams) -> Pair {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    fn client_tls(&self, node: &str) -> Arc<rustls::ClientConfig> {
-        let pair = self.node(node);
-        tls::client_config(
-            self.ca_pem.as_bytes(),
-            pair.cert_pem.as_bytes(),
-            pair.key_pem.as_bytes(),
-        )
-        .unwrap()
-    }
-}
+mod common;
+use common::{DEADLINE, Pki};
 
 struct Cloud {
     addr: SocketAddr,
@@ -109,13 +34,7 @@ async fn cloud(pki: &Pki, tune: impl FnOnce(&mut CloudHubConfig)) -> Cloud {
 }
 
 async fn cloud_at(pki: &Pki, listen: SocketAddr, tune: impl FnOnce(&mut CloudHubConfig)) -> Cloud {
-    let server = pki.server();
-    let tls = tls::server_config(
-        server.cert_pem.as_bytes(),
-        server.key_pem.as_bytes(),
-        pki.ca_pem.as_bytes(),
-    )
-    .unwrap();
+    let tls = pki.server_tls();
     let mut config = CloudHubConfig::new(listen, tls);
     tune(&mut config);
     let (hub, handle, events) = CloudHub::bind(config).await.unwrap();

@@ -1,0 +1,241 @@
+//! Bootstrap tokens: `<caHash>.<JWT>`, the JWT compact HS256 with only an `exp` claim, keyed with
+//! the CA private key's DER (KubeEdge's `pkg/security/token`, golang-jwt v5).
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{CertificateAuthority, JoinError, check_len};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The JWT header golang-jwt writes for HS256 (its map's keys sorted by `encoding/json`).
+const HEADER_JSON: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// The lowercase hex SHA-256 of a CA certificate's DER: the first part of a token (64
+/// characters).
+pub fn ca_hash(ca_der: &[u8]) -> String {
+    let digest = Sha256::digest(ca_der);
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Issuing and checking bootstrap tokens. Not a value: a namespace for the functions below.
+///
+/// A token is `<caHash>.<header>.<payload>.<signature>`: [`ca_hash`] of the CA certificate, then
+/// a compact JWT (unpadded base64url parts) with header `{"alg":"HS256","typ":"JWT"}`, payload
+/// `{"exp":<unix seconds>}` and an HMAC-SHA256 signature keyed with
+/// [`CertificateAuthority::key_der`].
+#[derive(Debug)]
+pub enum Token {}
+
+impl Token {
+    /// The longest token (or JWT, or `Authorization` header) accepted; KubeEdge's are about
+    /// 200 characters.
+    pub const MAX_LEN: usize = 8 * 1024;
+
+    /// KubeEdge's default `tokenRefreshDuration`: a new token every 12 hours.
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(12 * 60 * 60);
+
+    /// The validity of a token issued every `refresh`: twice that, so that a token fetched at
+    /// any moment is good for at least `refresh` (KubeEdge's rule).
+    pub fn validity_for_refresh(refresh: Duration) -> Duration {
+        refresh.saturating_mul(2)
+    }
+
+    /// Issues a token valid until `now + validity` (truncated to whole seconds, as golang-jwt
+    /// does). KubeEdge's default validity is
+    /// `Token::validity_for_refresh(Token::DEFAULT_REFRESH)`, 24 hours.
+    pub fn issue(ca: &CertificateAuthority, validity: Duration, now: SystemTime) -> String {
+        let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let exp = since_epoch.saturating_add(validity).as_secs();
+        let header = URL_SAFE_NO_PAD.encode(HEADER_JSON);
+        let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp}}}"#));
+        let signing_input = format!("{header}.{payload}");
+        let signature = hmac(ca.key_der())
+            .chain_update(signing_input.as_bytes())
+            .finalize()
+            .into_bytes();
+        format!(
+            "{}.{signing_input}.{}",
+            ca.ca_hash(),
+            URL_SAFE_NO_PAD.encode(signature)
+        )
+    }
+
+    /// Checks a whole token on the cloud side: its CA hash is this CA's and its JWT verifies
+    /// ([`verify_bearer`](Self::verify_bearer)).
+    pub fn verify(
+        token: &str,
+        ca: &CertificateAuthority,
+        now: SystemTime,
+    ) -> Result<(), JoinError> {
+        check_token_len(token.len())?;
+        let (hash, jwt) = token
+            .split_once('.')
+            .ok_or(JoinError::TokenMalformed("no CA hash"))?;
+        if hash != ca.ca_hash() {
+            return Err(JoinError::TokenCaHashMismatch {
+                expected: ca.ca_hash().to_owned(),
+                found: hash.to_owned(),
+            });
+        }
+        Self::verify_bearer(jwt, ca, now)
+    }
+
+    /// Checks the JWT an edge sends as its bearer token (the token without its CA hash), as
+    /// KubeEdge's `token.Verify` with golang-jwt v5: three unpadded base64url parts; the header
+    /// names HS256 (the only algorithm accepted); the HMAC-SHA256 with the CA key matches
+    /// (compared in constant time); the payload is a JSON object whose `exp` has not come
+    /// (`now < exp`) and whose `nbf`, if present, has.
+    ///
+    /// Stricter than golang-jwt: a token without `exp` is refused, and so are other HMAC
+    /// algorithms and base64 with non-zero trailing bits.
+    pub fn verify_bearer(
+        jwt: &str,
+        ca: &CertificateAuthority,
+        now: SystemTime,
+    ) -> Result<(), JoinError> {
+        check_token_len(jwt.len())?;
+        let mut parts = jwt.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JoinError::TokenMalformed(
+                "a JWT has three dot-separated parts",
+            ));
+        };
+
+        let header_json = decode("header", header)?;
+        let header_map = json_object("header", &header_json)?;
+        match header_map.get("alg") {
+            Some(Value::String(alg)) if alg == "HS256" => {}
+            Some(Value::String(alg)) => return Err(JoinError::TokenAlgorithm(alg.clone())),
+            Some(other) => return Err(JoinError::TokenAlgorithm(other.to_string())),
+            None => return Err(JoinError::TokenAlgorithm(String::new())),
+        }
+
+        let signature = decode("signature", signature)?;
+        let signing_input_len = header.len() + 1 + payload.len();
+        hmac(ca.key_der())
+            .chain_update(&jwt.as_bytes()[..signing_input_len])
+            .verify_slice(&signature)
+            .map_err(|_| JoinError::TokenSignature)?;
+
+        let payload_json = decode("payload", payload)?;
+        let claims = json_object("payload", &payload_json)?;
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let exp = claims.get("exp").ok_or(JoinError::TokenMissingExpiry)?;
+        if now >= numeric_date("exp", exp)? {
+            return Err(JoinError::TokenExpired);
+        }
+        if let Some(nbf) = claims.get("nbf")
+            && now < numeric_date("nbf", nbf)?
+        {
+            return Err(JoinError::TokenNotYetValid);
+        }
+        Ok(())
+    }
+
+    /// Checks an `Authorization` header value, `Bearer <JWT>`, as CloudHub's `/edge.crt` does
+    /// for a first certificate: two space-separated words, the second a JWT that
+    /// [verifies](Self::verify_bearer). Unlike KubeEdge, the first word must be `Bearer` (in any
+    /// case).
+    pub fn verify_authorization_header(
+        value: &str,
+        ca: &CertificateAuthority,
+        now: SystemTime,
+    ) -> Result<(), JoinError> {
+        check_token_len(value.len())?;
+        if value.is_empty() {
+            return Err(JoinError::AuthorizationHeader("empty"));
+        }
+        let mut words = value.split(' ');
+        let (Some(scheme), Some(jwt), None) = (words.next(), words.next(), words.next()) else {
+            return Err(JoinError::AuthorizationHeader(
+                "expected two space-separated words",
+            ));
+        };
+        if !scheme.eq_ignore_ascii_case("Bearer") {
+            return Err(JoinError::AuthorizationHeader("the scheme is not Bearer"));
+        }
+        Self::verify_bearer(jwt, ca, now)
+    }
+
+    /// The edge side (KubeEdge's `VerifyCAAndGetRealToken`): checks that `token` has four
+    /// dot-separated parts and that its first part is the hash of `ca_der` (the CA certificate
+    /// fetched from `/ca.crt`), and returns the rest, the JWT to send as bearer token.
+    pub fn split_for_edge(token: &str, ca_der: &[u8]) -> Result<String, JoinError> {
+        check_token_len(token.len())?;
+        if token.split('.').count() != 4 {
+            return Err(JoinError::TokenMalformed(
+                "a token has four dot-separated parts",
+            ));
+        }
+        let (hash, jwt) = token
+            .split_once('.')
+            .ok_or(JoinError::TokenMalformed("no CA hash"))?;
+        let expected = ca_hash(ca_der);
+        if hash != expected {
+            return Err(JoinError::TokenCaHashMismatch {
+                expected,
+                found: hash.to_owned(),
+            });
+        }
+        Ok(jwt.to_owned())
+    }
+}
+
+fn check_token_len(len: usize) -> Result<(), JoinError> {
+    check_len("token", len, Token::MAX_LEN)
+}
+
+fn hmac(key: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length (longer ones are hashed), so this cannot fail.
+    <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
+fn decode(part: &'static str, text: &str) -> Result<Vec<u8>, JoinError> {
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| JoinError::TokenBase64 { part })
+}
+
+fn json_object(part: &'static str, json: &[u8]) -> Result<Map<String, Value>, JoinError> {
+    serde_json::from_slice(json).map_err(|e| JoinError::TokenJson {
+        part,
+        reason: e.to_string(),
+    })
+}
+
+/// A JWT NumericDate (seconds since the epoch, integer or fraction) as a duration since the
+/// epoch; dates before the epoch become the epoch.
+fn numeric_date(claim: &'static str, value: &Value) -> Result<Duration, JoinError> {
+    let invalid = || JoinError::TokenJson {
+        part: "payload",
+        reason: format!("claim {claim} is not a number"),
+    };
+    let Value::Number(n) = value else {
+        return Err(invalid());
+    };
+    if let Some(secs) = n.as_u64() {
+        return Ok(Duration::from_secs(secs));
+    }
+    if n.is_i64() {
+        return Ok(Duration::ZERO);
+    }
+    let secs = n.as_f64().ok_or_else(invalid)?;
+    if secs <= 0.0 {
+        return Ok(Duration::ZERO);
+    }
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
