@@ -332,6 +332,7 @@ impl Connection {
             max_len: config.max_message_len,
             read_deadline: Some(config.keepalive_timeout),
             keepalive_every: None,
+            rate_limit: None,
         };
         let from_node = node.clone();
         let end = run_link(

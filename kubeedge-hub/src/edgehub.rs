@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{LinkEnd, LinkOptions, run_link, ws_config};
+use crate::link::{LinkEnd, LinkOptions, RateLimit, run_link, ws_config};
 use crate::{Error, Result};
 
 /// KubeEdge's default project id.
@@ -41,6 +41,8 @@ pub struct EdgeHubConfig {
     pub max_backoff: Duration,
     /// The largest message accepted.
     pub max_message_len: usize,
+    /// Upstream rate limit (KubeEdge: 30 messages/s, bursts of 60); `None` for none.
+    pub rate_limit: Option<RateLimit>,
     /// Messages queued for the cloud before senders wait.
     pub queue_len: usize,
     /// Events queued for the application before the hub waits for it.
@@ -66,6 +68,10 @@ impl EdgeHubConfig {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            rate_limit: Some(RateLimit {
+                per_second: 30.0,
+                burst: 60,
+            }),
             queue_len: 1024,
             events_len: 1024,
         }
@@ -178,6 +184,7 @@ impl EdgeHub {
                 max_len: self.config.max_message_len,
                 read_deadline: None,
                 keepalive_every: Some(self.config.heartbeat),
+                rate_limit: self.config.rate_limit,
             };
             let end = run_link(
                 ws,

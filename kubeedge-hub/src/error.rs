@@ -18,6 +18,9 @@ pub enum Error {
     /// The peer did not finish its handshake in time.
     #[error("handshake timed out")]
     HandshakeTimeout,
+    /// No reply arrived before the caller's deadline.
+    #[error("no reply within the deadline")]
+    ReplyTimeout,
     /// A frame or message that is not a KubeEdge message, or is too large.
     #[error("bad frame: {0}")]
     BadFrame(String),

@@ -49,5 +49,5 @@ pub use delivery::{
 };
 pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHubHandle};
 pub use error::{Error, Result};
-pub use link::LinkEnd;
+pub use link::{LinkEnd, RateLimit};
 pub use upstream::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};

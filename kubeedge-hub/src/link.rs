@@ -64,6 +64,50 @@ pub(crate) struct LinkOptions {
     pub(crate) read_deadline: Option<Duration>,
     /// Send a keepalive this often.
     pub(crate) keepalive_every: Option<Duration>,
+    /// Limit on messages written to the peer (keepalives are not counted).
+    pub(crate) rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket: `per_second` messages on average, bursts of up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained messages per second (KubeEdge's `edgeHub.messageQPS`: 30).
+    pub per_second: f64,
+    /// Messages that may go at once (KubeEdge's `edgeHub.messageBurst`: 60).
+    pub burst: u32,
+}
+
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            tokens: f64::from(limit.burst.max(1)),
+            last: Instant::now(),
+        }
+    }
+
+    /// `None` when a message may go now (and takes its token); else when the next token comes.
+    fn next_token(&mut self, now: Instant) -> Option<Instant> {
+        let rate = self.limit.per_second.max(f64::MIN_POSITIVE);
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(f64::from(self.limit.burst.max(1)));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            None
+        } else {
+            Some(now + Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+
+    fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
 }
 
 /// Encodes a message as the text frame gorilla's `WriteJSON` writes: the JSON and `\n`.
@@ -108,8 +152,12 @@ where
     let keepalive_every = options.keepalive_every.unwrap_or(far_future);
     let mut next_keepalive = Instant::now() + keepalive_every;
     let mut arrived: Option<Message> = None;
+    let mut bucket = options.rate_limit.map(Bucket::new);
     let end = loop {
+        // Writing waits for a token; reading and keepalives go on meanwhile.
+        let throttled_until = bucket.as_mut().and_then(|b| b.next_token(Instant::now()));
         tokio::select! {
+            () = tokio::time::sleep_until(throttled_until.unwrap_or_else(Instant::now)), if throttled_until.is_some() => {}
             () = stop.cancelled() => break LinkEnd::Shutdown,
             () = tokio::time::sleep_until(deadline), if options.read_deadline.is_some() => {
                 break LinkEnd::Timeout;
@@ -124,8 +172,11 @@ where
                     break LinkEnd::Broken(e.to_string());
                 }
             }
-            outgoing = to_peer.recv() => {
+            outgoing = to_peer.recv(), if throttled_until.is_none() => {
                 let Some(msg) = outgoing else { break LinkEnd::Shutdown };
+                if let Some(bucket) = bucket.as_mut() {
+                    bucket.take();
+                }
                 let frame = match frame_of(&msg) {
                     Ok(frame) => frame,
                     Err(e) => break LinkEnd::Broken(e.to_string()),
@@ -159,6 +210,18 @@ where
             }
         }
     };
+    // Shutting down: what is already queued for the peer still goes (for a bounded time).
+    if end == LinkEnd::Shutdown {
+        let drain = async {
+            while let Ok(msg) = to_peer.try_recv() {
+                let Ok(frame) = frame_of(&msg) else { continue };
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
     // A polite close where the connection still works; KubeEdge itself just drops the TCP
     // connection, and both are fine for either side.
     if matches!(
@@ -168,4 +231,40 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_bursts_then_paces() {
+        let start = Instant::now();
+        let mut bucket = Bucket {
+            limit: RateLimit {
+                per_second: 10.0,
+                burst: 3,
+            },
+            tokens: 3.0,
+            last: start,
+        };
+        for _ in 0..3 {
+            assert_eq!(bucket.next_token(start), None);
+            bucket.take();
+        }
+        let next = bucket.next_token(start).expect("burst used up");
+        assert_eq!(next.duration_since(start), Duration::from_millis(100));
+        // A tenth of a second later one token is back, and only one.
+        let later = start + Duration::from_millis(100);
+        assert_eq!(bucket.next_token(later), None);
+        bucket.take();
+        assert!(bucket.next_token(later).is_some());
+        // Idle time refills up to the burst, no further.
+        let much_later = later + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(bucket.next_token(much_later), None);
+            bucket.take();
+        }
+        assert!(bucket.next_token(much_later).is_some());
+    }
 }

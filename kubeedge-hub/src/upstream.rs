@@ -151,7 +151,7 @@ impl<J: MessageJournal> ReliableEdgeHandle<J> {
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {
                 lock(&self.waiters).remove(&id);
-                Err(Error::HandshakeTimeout)
+                Err(Error::ReplyTimeout)
             }
         }
     }

@@ -134,6 +134,8 @@ fn start_edge(
     config.min_backoff = Duration::from_millis(5);
     config.max_backoff = Duration::from_millis(50);
     config.heartbeat = Duration::from_millis(500);
+    // This test is about loss and duplicates, not pacing.
+    config.rate_limit = None;
     let (hub, link, raw) = EdgeHub::new(config);
     let upstream = UpstreamConfig {
         resend_interval: Duration::from_millis(300),
