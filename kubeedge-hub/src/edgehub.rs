@@ -118,6 +118,41 @@ impl EdgeHubHandle {
     }
 }
 
+/// Sending to the cloud as a `tower::Service<Message>`: `poll_ready` waits for room in the
+/// link queue, `call` queues the message.
+pub struct ToCloud {
+    queue: tokio_util::sync::PollSender<Message>,
+}
+
+impl std::fmt::Debug for ToCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToCloud").finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<Message> for ToCloud {
+    type Response = ();
+    type Error = Error;
+    type Future = std::future::Ready<Result<()>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+        self.queue.poll_reserve(cx).map_err(|_| Error::Stopped)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        std::future::ready(self.queue.send_item(message).map_err(|_| Error::Stopped))
+    }
+}
+
+impl EdgeHubHandle {
+    /// A `tower::Service` sending to the cloud, with `poll_ready` backpressure.
+    pub fn to_cloud(&self) -> ToCloud {
+        ToCloud {
+            queue: tokio_util::sync::PollSender::new(self.queue.clone()),
+        }
+    }
+}
+
 /// The EdgeHub client: dials the CloudHub with KubeEdge's handshake, sends keepalives every
 /// `heartbeat`, and reconnects with exponential backoff and jitter when the link drops.
 pub struct EdgeHub {

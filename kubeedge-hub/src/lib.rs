@@ -47,7 +47,7 @@ pub use cloudhub::{CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle};
 pub use delivery::{
     DeliveryConfig, DeliveryEvent, ReliableCloud, ReliableCloudHandle, ToNode, is_ack_tracked,
 };
-pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHubHandle};
+pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHubHandle, ToCloud};
 pub use error::{Error, Result};
 pub use link::{LinkEnd, RateLimit};
 pub use upstream::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};

@@ -447,3 +447,82 @@ async fn a_new_connection_replaces_the_old_and_the_edge_reconnects() {
     assert_eq!(node, "edge-2");
     edge_stop.cancel();
 }
+
+/// edgecore's upgrade request, byte for byte from the capture (only Host differs), over TLS:
+/// the answer is `101 Switching Protocols` with the right `Sec-WebSocket-Accept`.
+#[tokio::test]
+async fn the_captured_upgrade_request_is_accepted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new();
+    let mut cloud = cloud(&pki, |_| {}).await;
+    let tcp = TcpStream::connect(cloud.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(pki.client_tls("ke-edge-test"))
+        .connect(ServerName::IpAddress(cloud.addr.ip().into()), tcp)
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /e632aba927ea4ac2b575ec1603d56f10/ke-edge-test/events HTTP/1.1\r\nHost: {}\r\nUser-Agent: Go-http-client/1.1\r\nConnection: Upgrade\r\nConnectionuse: msg\r\nNode_id: ke-edge-test\r\nProject_id: e632aba927ea4ac2b575ec1603d56f10\r\nSec-WebSocket-Key: +F0Y8BDXyP7OXMP/hvGzLg==\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n\r\n",
+        cloud.addr
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, tls.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "connection closed during the response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    // The captured cloudcore answered this key with this accept value.
+    assert!(
+        head.contains("sec-websocket-accept: tsfvg4rmt7jj/6sykfnnbzgen2c=\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("upgrade: websocket\r\n") && head.contains("connection: upgrade\r\n"));
+    assert!(matches!(
+        next(&mut cloud.events).await,
+        CloudEvent::Connected { .. }
+    ));
+}
+
+/// A frame whose header announces more bytes than ever come: the node is dropped at the
+/// keepalive deadline, having held only what it sent.
+#[tokio::test]
+async fn a_frame_that_never_ends_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+
+    let pki = Pki::new();
+    let mut cloud = cloud(&pki, |c| c.keepalive_timeout = Duration::from_millis(300)).await;
+    let mut ws = raw_client(
+        &pki,
+        cloud.addr,
+        "edge-stall",
+        &kubeedge_headers("edge-stall"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        next(&mut cloud.events).await,
+        CloudEvent::Connected { .. }
+    ));
+    // FIN + text, masked, 16-bit length 1000, mask key, then 10 of the 1000 bytes.
+    let mut partial = vec![0x81, 0x80 | 126, 0x03, 0xe8, 1, 2, 3, 4];
+    partial.extend_from_slice(b"{\"header\":");
+    ws.get_mut().write_all(&partial).await.unwrap();
+    ws.get_mut().flush().await.unwrap();
+    assert_eq!(
+        next(&mut cloud.events).await,
+        CloudEvent::Disconnected {
+            node: "edge-stall".into(),
+            reason: LinkEnd::Timeout
+        }
+    );
+}

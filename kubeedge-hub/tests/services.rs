@@ -1,0 +1,110 @@
+//! The tower services: `poll_ready` is real backpressure. A node's queue that is full makes
+//! `ToNode::poll_ready` pending until the node acknowledges; `ToCloud` queues to the cloud.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use kubeedge_hub::{
+    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub, EdgeHubConfig,
+    ReliableCloud,
+};
+use kubeedge_proto::{Content, Message};
+use rustls::pki_types::ServerName;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+mod common;
+use common::{DEADLINE, Pki};
+
+fn pod(i: usize) -> Message {
+    let json = format!(r#"{{"metadata":{{"name":"p{i}","uid":"uid-{i}","resourceVersion":"1"}}}}"#);
+    Message::new(
+        "edgecontroller",
+        "resource",
+        "insert",
+        format!("default/pod/p{i}"),
+        Content::try_from(json.as_str()).unwrap(),
+    )
+    .with_resource_version("1")
+}
+
+#[tokio::test]
+async fn poll_ready_waits_for_acknowledgements() {
+    let pki = Pki::new();
+    let stop = CancellationToken::new();
+    let (hub, hub_handle, raw) = CloudHub::bind(CloudHubConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        pki.server_tls(),
+    ))
+    .await
+    .unwrap();
+    let addr = hub.local_addr().unwrap();
+    tokio::spawn(hub.run(stop.clone()));
+    let config = DeliveryConfig {
+        node_capacity: 2,
+        ..DeliveryConfig::default()
+    };
+    let (reliable, cloud, mut cloud_events) = ReliableCloud::new(hub_handle, raw, config);
+    tokio::spawn(reliable.run(stop.clone()));
+
+    // The node is not connected yet: two messages fill its queue, the third must wait.
+    let mut to_node = cloud.to_node("edge-1");
+    for i in 0..2 {
+        to_node.ready().await.unwrap().call(pod(i)).await.unwrap();
+    }
+    assert!(matches!(
+        poll_fn(|cx| Poll::Ready(to_node.poll_ready(cx))).await,
+        Poll::Pending
+    ));
+    assert_eq!(cloud.pending("edge-1"), 2);
+
+    // An edge connects and acknowledges what it gets; room appears, the third goes too.
+    let mut edge_config = EdgeHubConfig::new(
+        addr.to_string(),
+        ServerName::IpAddress(addr.ip().into()),
+        pki.client_tls("edge-1"),
+        "edge-1",
+    );
+    edge_config.rate_limit = None;
+    let (edge, edge_handle, mut edge_events) = EdgeHub::new(edge_config);
+    tokio::spawn(edge.run(stop.clone()));
+    let acks = edge_handle.clone();
+    tokio::spawn(async move {
+        let mut to_cloud = acks.to_cloud();
+        while let Some(event) = edge_events.recv().await {
+            if let EdgeEvent::Message(msg) = event {
+                to_cloud
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(msg.ack())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    tokio::time::timeout(DEADLINE, to_node.ready())
+        .await
+        .unwrap()
+        .unwrap()
+        .call(pod(2))
+        .await
+        .unwrap();
+    let mut delivered = 0;
+    while delivered < 3 {
+        match tokio::time::timeout(DEADLINE, cloud_events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            DeliveryEvent::Delivered { node, .. } => {
+                assert_eq!(node, "edge-1");
+                delivered += 1;
+            }
+            DeliveryEvent::Connected { .. } | DeliveryEvent::Message { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(cloud.pending("edge-1"), 0);
+    stop.cancel();
+}
