@@ -98,6 +98,8 @@ struct Sessions {
 #[derive(Clone)]
 pub struct CloudHubHandle {
     sessions: Arc<Mutex<Sessions>>,
+    /// The event stream, so that a restarted hub reports where its predecessor did.
+    events: mpsc::Sender<CloudEvent>,
 }
 
 impl std::fmt::Debug for CloudHubHandle {
@@ -184,6 +186,7 @@ impl CloudHub {
         let (events, rx) = mpsc::channel(config.events_len.max(1));
         let handle = CloudHubHandle {
             sessions: Arc::default(),
+            events: events.clone(),
         };
         Ok((
             Self {
@@ -195,6 +198,19 @@ impl CloudHub {
             handle,
             rx,
         ))
+    }
+
+    /// Binds a new listener that serves through an earlier hub's handle and event stream: a
+    /// restart of the server (after the earlier hub's `run` returned) that the layers above, such
+    /// as [`ReliableCloud`](crate::ReliableCloud), do not notice except as nodes reconnecting.
+    pub async fn rebind(config: CloudHubConfig, handle: &CloudHubHandle) -> Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            config,
+            listener,
+            handle: handle.clone(),
+            events: handle.events.clone(),
+        })
     }
 
     /// The address the hub listens on.
