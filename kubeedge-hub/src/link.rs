@@ -17,12 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
-/// The WebSocket limits for messages of at most `max_len` bytes.
+/// The WebSocket limits for messages of at most `max_len` bytes. The read buffer starts small
+/// (tungstenite allocates 128 KiB per connection by default, which is most of an idle node's
+/// cost on a cloud holding thousands) and grows for larger frames up to the limit.
 pub(crate) fn ws_config(max_len: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(max_len))
         .max_frame_size(Some(max_len))
 }
+
+/// The initial WebSocket read buffer per connection.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Why a link ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
