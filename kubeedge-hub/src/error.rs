@@ -39,6 +39,41 @@ pub enum Error {
     /// Node join: certificates, CSRs or tokens.
     #[error(transparent)]
     Join(#[from] crate::join::JoinError),
+    /// A bootstrap server URL that is not `https://<host>[:<port>]`.
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A first certificate is needed and no token was given.
+    #[error("no usable certificate and no bootstrap token to ask for one")]
+    NoToken,
+    /// A TLS handshake with the bootstrap server failed (for example because its certificate
+    /// does not verify against the CA).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// An HTTP exchange failed (connection closed, malformed response, response too large).
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// The bootstrap server answered with a status other than 200.
+    #[error("{path} answered {status}: {body}")]
+    Status {
+        /// The request path (`/ca.crt`, `/edge.crt`).
+        path: &'static str,
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body, which says why (KubeEdge answers in plain text).
+        body: String,
+    },
+    /// A request did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// Certificate files, or a certificate the server returned, are unusable: unparsable, not
+    /// signed by the CA, expired, for another node, or not matching the key.
+    #[error("unusable certificate: {0}")]
+    Certificate(String),
     /// A message that kubeedge-proto refused.
     #[error(transparent)]
     Proto(Arc<kubeedge_proto::Error>),

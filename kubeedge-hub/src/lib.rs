@@ -13,6 +13,10 @@
 //!   heartbeat (15 s), reconnects with exponential backoff and jitter.
 //! - [`tls`]: rustls configurations for both sides from PEM files.
 //! - [`join`]: the cluster CA, certificates and bootstrap tokens of node join.
+//! - [`bootstrap`]: node join over HTTPS (KubeEdge's port 10002): the cloud's `/ca.crt`,
+//!   `/edge.crt` and `/node/{name}` endpoints, and the edge side that fetches and checks the CA
+//!   against its token, asks for a certificate, keeps the files, reuses them after a restart and
+//!   rotates them at 70–90 % of their lifetime.
 //!
 //! - [`ReliableCloud`]: acknowledged cloud-to-edge delivery: per-node queues keyed by object
 //!   uid (the newest version replaces an unsent older one), a window of messages in flight,
@@ -56,9 +60,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Status (issue 4): the link layer, reliable delivery both ways, the tower services and the
-//! join CA, certificates and tokens are done; the join HTTPS endpoints and the edge-swarm load
-//! generator are being written.
+//! Status (issue 4): done but for the edge-swarm load figures.
 //!
 //! ## Why each dependency is here
 //!
@@ -68,10 +70,12 @@
 //!   certificates, no OpenSSL.
 //! - `x509-parser`: reading the node name out of a client certificate.
 //! - `rcgen`, `hmac`, `sha2`, `base64`: the cluster CA, node certificates and join tokens.
+//! - `hyper`, `hyper-util`, `http-body-util`: the HTTP/1.1 server and client of node join.
 //! - `futures-util`: splitting a WebSocket into sink and stream.
 //! - `kubeedge-proto`, `bytes`, `serde`, `serde_json`: the messages carried.
 //! - `thiserror`, `tracing`: the crate's error enum and its logs.
 
+pub mod bootstrap;
 mod cloudhub;
 mod delivery;
 mod edgehub;
@@ -89,3 +93,6 @@ pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHub
 pub use error::{Error, Result};
 pub use link::{LinkEnd, RateLimit};
 pub use upstream::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};
+
+// bootstrap (node join over HTTPS)
+pub use bootstrap::{BootstrapConfig, BootstrapServer, CertPaths, EdgeBootstrap, EdgeCredentials};

@@ -1,0 +1,139 @@
+//! Node join over HTTPS: CloudCore's certificate server on port 10002 and edgecore's side of it
+//! (KubeEdge's `cloud/pkg/cloudhub/servers/httpserver` and `edge/pkg/edgehub/certificate`).
+//!
+//! The certificates, CSRs and tokens themselves are in [`join`](crate::join); this module moves
+//! them over HTTP/1.1 and TLS:
+//!
+//! - [`BootstrapServer`] (the cloud) answers `GET /ca.crt` with the CA certificate's DER,
+//!   `GET /edge.crt` by signing the DER CSR in the request body for a node that proves itself with
+//!   a bootstrap token (`Authorization: Bearer <JWT>`) or with its current client certificate,
+//!   and `GET /node/{nodename}` with whether the node exists.
+//! - [`EdgeBootstrap`] (the edge) reuses the certificate files it finds, or joins with a token:
+//!   it downloads the CA without verifying the server, checks it against the token's CA hash,
+//!   sends a CSR for a fresh key, and writes `ca/rootCA.crt`, `certs/server.crt` and
+//!   `certs/server.key`. It renews the certificate over mutual TLS before it expires
+//!   ([`EdgeBootstrap::renew`], [`EdgeBootstrap::rotate`], [`renew_at`]). The result,
+//!   [`EdgeCredentials`], gives the EdgeHub its TLS configuration.
+//!
+//! Where this differs from KubeEdge (all of it stricter, none of it visible to a well-behaved
+//! edgecore or CloudCore):
+//!
+//! - `/edge.crt` answers a body over 1 MiB with 413 and an unreadable CSR or `ExtKeyUsages`
+//!   header with 400 (KubeEdge: 500 for both). Unknown paths get 404 and other methods than
+//!   `GET` on the three routes 405, as from go-restful.
+//! - When the request is authenticated with a client certificate, the CSR must ask for that
+//!   node's name, `O=system:nodes, CN=system:node:<NodeName>` (a legacy `CN=kubeedge.io`
+//!   certificate may also renew into a legacy one): a node can renew its own certificate, not
+//!   obtain another node's. A token still allows any node name, as in KubeEdge.
+//! - The edge reuses its files only if the certificate chains to the saved CA, is valid now, is
+//!   for this node and matches the key; otherwise it joins again with the token.
+//! - Every connection has deadlines (TLS handshake, request headers, whole request, whole
+//!   connection) and the server holds a bounded number of connections.
+
+mod client;
+mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use client::{CertPaths, EdgeBootstrap, EdgeCredentials, random_jitter, renew_at};
+pub use server::{BootstrapConfig, BootstrapServer, NodeExists, server_tls_config};
+
+/// CloudCore's HTTPS port for node join (`modules.cloudHub.https.port`).
+pub const DEFAULT_PORT: u16 = 10002;
+
+/// The path of the CA certificate (`constants.DefaultCAURL`).
+pub const CA_PATH: &str = "/ca.crt";
+
+/// The path of the certificate signing endpoint (`constants.DefaultCertURL`).
+pub const CERT_PATH: &str = "/edge.crt";
+
+/// The prefix of the node existence check, `/node/{nodename}`.
+pub const NODE_PATH_PREFIX: &str = "/node/";
+
+/// The request header naming the node a certificate is for (`types.HeaderNodeName`).
+pub const NODE_NAME_HEADER: &str = "NodeName";
+
+/// The request header listing the extended key usages asked for (`types.HeaderExtKeyUsages`).
+pub const EXT_KEY_USAGES_HEADER: &str = "ExtKeyUsages";
+
+/// The largest response body the edge reads (KubeEdge's `MaxRespBodyLength`, 1 MiB).
+pub const MAX_RESPONSE_LEN: usize = 1 << 20;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn signature_algorithms() -> WebPkiSupportedAlgorithms {
+    rustls::crypto::ring::default_provider().signature_verification_algorithms
+}
+
+/// Every `CERTIFICATE` block of `pem`; an error if there is none.
+fn pem_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{what}: no certificate in the PEM"));
+    }
+    Ok(certs)
+}
+
+/// The first private key block of `pem` (`EC PRIVATE KEY`, `PRIVATE KEY`, ...).
+fn pem_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("private key: {e}"))
+}
+
+/// PEM-encodes `der` with the label `label`, 64 characters a line, as Go's `pem.Encode`.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    let mut rest = b64.as_str();
+    while !rest.is_empty() {
+        // base64 is ASCII, so any byte index is a character boundary.
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        out.push_str(line);
+        out.push('\n');
+        rest = tail;
+    }
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    out
+}
+
+/// `t` seconds after (or before) the Unix epoch.
+fn system_time(secs: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(magnitude).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(magnitude).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// A uniformly random `u64` from the operating system (through ring).
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .is_err()
+    {
+        // Only jitter and temporary file names use this; the clock is good enough for those.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        return (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32);
+    }
+    u64::from_le_bytes(bytes)
+}
