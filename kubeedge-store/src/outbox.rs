@@ -201,7 +201,7 @@ impl Outbox {
     }
 }
 
-/// The outbox is the durable [`MessageJournal`] a hub appends to before it sends, confirms on
+/// The outbox is the durable [`MessageJournal`](kubeedge_proto::journal::MessageJournal) a hub appends to before it sends, confirms on
 /// the cloud's reply and replays after a reconnect or restart.
 impl kubeedge_proto::journal::MessageJournal for Outbox {
     type Error = Error;
