@@ -94,17 +94,10 @@ pub fn is_ack_tracked(msg: &Message) -> bool {
 
 /// The object a message is about: `content.metadata.uid`, as KubeEdge keys its per-node store.
 fn object_key(msg: &Message) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Object {
-        metadata: Metadata,
-    }
-    #[derive(serde::Deserialize)]
-    struct Metadata {
-        #[serde(default)]
-        uid: String,
-    }
-    let obj: Object = serde_json::from_slice(msg.content.as_json()).ok()?;
-    (!obj.metadata.uid.is_empty()).then_some(obj.metadata.uid)
+    msg.content
+        .object_meta()
+        .map(|meta| meta.uid)
+        .filter(|uid| !uid.is_empty())
 }
 
 struct Entry {

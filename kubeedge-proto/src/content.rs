@@ -236,6 +236,56 @@ impl Content {
     }
 }
 
+/// The `metadata` fields of a Kubernetes object that KubeEdge keys and orders things by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace` (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.resourceVersion`, as sent (a decimal integer in Kubernetes).
+    pub resource_version: String,
+}
+
+impl ObjectMeta {
+    /// Reads the metadata of an object's JSON; `None` if it is not an object with `metadata`.
+    pub fn of(json: &[u8]) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Object {
+            metadata: Metadata,
+        }
+        #[derive(serde::Deserialize)]
+        struct Metadata {
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            namespace: String,
+            #[serde(default)]
+            uid: String,
+            #[serde(default, rename = "resourceVersion")]
+            resource_version: String,
+        }
+        let obj: Object = serde_json::from_slice(json).ok()?;
+        let m = obj.metadata;
+        Some(Self {
+            name: m.name,
+            namespace: m.namespace,
+            uid: m.uid,
+            resource_version: m.resource_version,
+        })
+    }
+}
+
+impl Content {
+    /// The metadata of the Kubernetes object in this content (as an object or as a string that
+    /// holds it).
+    pub fn object_meta(&self) -> Option<ObjectMeta> {
+        ObjectMeta::of(&self.data())
+    }
+}
+
 impl Default for Content {
     fn default() -> Self {
         Self::null()
@@ -288,6 +338,26 @@ fn base64_std(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_metadata() {
+        let pod = r#"{"kind":"Pod","metadata":{"name":"p","namespace":"default","uid":"u1","resourceVersion":"7"}}"#;
+        let meta = Content::try_from(pod).unwrap().object_meta().unwrap();
+        assert_eq!(
+            (
+                meta.name.as_str(),
+                meta.uid.as_str(),
+                meta.resource_version.as_str()
+            ),
+            ("p", "u1", "7")
+        );
+        assert_eq!(
+            Content::string(pod).object_meta().unwrap().namespace,
+            "default"
+        );
+        assert!(Content::ok().object_meta().is_none());
+        assert!(Content::try_from("{}").unwrap().object_meta().is_none());
+    }
 
     #[test]
     fn kinds() {

@@ -66,7 +66,7 @@ pub mod frame;
 #[cfg(feature = "dmi")]
 pub mod dmi;
 
-pub use content::{Content, ContentKind};
+pub use content::{Content, ContentKind, ObjectMeta};
 pub use error::{Error, QUOTE_LIMIT, Result};
 pub use message::{
     DEFAULT_MAX_MESSAGE_LEN, Message, MessageHeader, MessageRoute, new_message_id, now_millis,

@@ -33,21 +33,10 @@ impl ObjectVersion {
     /// Reads `metadata.uid` and `metadata.resourceVersion` from an object's JSON; `None` when
     /// either is missing or the version is not a decimal integer.
     pub fn of(json: &[u8]) -> Option<Self> {
-        #[derive(serde::Deserialize)]
-        struct Object {
-            metadata: Metadata,
-        }
-        #[derive(serde::Deserialize)]
-        struct Metadata {
-            #[serde(default)]
-            uid: String,
-            #[serde(default, rename = "resourceVersion")]
-            resource_version: String,
-        }
-        let obj: Object = serde_json::from_slice(json).ok()?;
-        let resource_version = obj.metadata.resource_version.parse().ok()?;
-        (!obj.metadata.uid.is_empty()).then_some(Self {
-            uid: obj.metadata.uid,
+        let meta = kubeedge_proto::ObjectMeta::of(json)?;
+        let resource_version = meta.resource_version.parse().ok()?;
+        (!meta.uid.is_empty()).then_some(Self {
+            uid: meta.uid,
             resource_version,
         })
     }

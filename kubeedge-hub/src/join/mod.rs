@@ -242,7 +242,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], JoinError> {
 }
 
 /// PEM-encodes `der` with the label `label`, 64 characters a line, as Go's `pem.Encode`.
-fn pem_encode(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
