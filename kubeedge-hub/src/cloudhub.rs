@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{LinkEnd, LinkOptions, run_link, ws_config};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::link::{LinkEnd, LinkOptions, encode, run_link, ws_config};
 use crate::{Error, Result, tls};
 
 /// Settings for a [`CloudHub`].
@@ -85,7 +87,7 @@ pub enum CloudEvent {
 
 struct Session {
     id: u64,
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Utf8Bytes>,
     stop: CancellationToken,
 }
 
@@ -120,7 +122,7 @@ impl CloudHubHandle {
             .map(|s| s.queue.clone())
             .ok_or_else(|| Error::NotConnected(node.to_owned()))?;
         queue
-            .send(message)
+            .send(encode(&message)?)
             .await
             .map_err(|_| Error::NotConnected(node.to_owned()))
     }
@@ -131,11 +133,12 @@ impl CloudHubHandle {
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, node: &str, message: Message) -> Result<(), Message> {
         let queue = self.lock().by_node.get(node).map(|s| s.queue.clone());
-        match queue {
-            Some(queue) => queue.try_send(message).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-            }),
-            None => Err(message),
+        let Some(queue) = queue else {
+            return Err(message);
+        };
+        match encode(&message).map(|text| queue.try_send(text)) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(message),
         }
     }
 
@@ -309,7 +312,9 @@ impl Connection {
                 upgrade.ok_or_else(|| Error::Handshake("no upgrade request".to_owned()))?;
             Ok::<_, Error>((ws, upgrade))
         };
-        let (ws, upgrade) = tokio::time::timeout(config.handshake_timeout, handshake)
+        let (ws, upgrade) = // Boxed: the handshake's state is freed once it is done, instead of sizing the
+        // connection task (which lives as long as the node is connected) for it.
+        tokio::time::timeout(config.handshake_timeout, Box::pin(handshake))
             .await
             .map_err(|_| Error::HandshakeTimeout)??;
 

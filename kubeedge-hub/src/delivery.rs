@@ -14,7 +14,7 @@
 //! Messages from the edge are de-duplicated by `msg_id` (a bounded window per node) before the
 //! application sees them; ACKs are consumed here and reported as [`DeliveryEvent::Delivered`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, PollSemaphore};
 
+use crate::dedupe::RecentIds;
 use crate::{CloudEvent, CloudHubHandle, Error, LinkEnd, Result};
 
 /// Settings for [`ReliableCloud`].
@@ -35,8 +36,11 @@ pub struct DeliveryConfig {
     pub window: usize,
     /// How long to wait for an ACK before sending the same message again (KubeEdge: 5 s).
     pub retry_interval: Duration,
-    /// How many recent message ids per node are remembered to drop duplicates.
+    /// How many recent message ids per node are remembered to drop duplicates (keepalives are
+    /// not counted).
     pub dedupe_window: usize,
+    /// How many of the application's recent replies per node are kept to answer duplicates.
+    pub reply_cache: usize,
     /// Events queued for the application.
     pub events_len: usize,
 }
@@ -48,6 +52,7 @@ impl Default for DeliveryConfig {
             window: 16,
             retry_interval: Duration::from_secs(5),
             dedupe_window: 4096,
+            reply_cache: 64,
             events_len: 4096,
         }
     }
@@ -70,7 +75,8 @@ pub enum DeliveryEvent {
         /// Why.
         reason: LinkEnd,
     },
-    /// A message from a node, the first time its `msg_id` was seen.
+    /// A message from a node, the first time its `msg_id` was seen (keepalives are consumed
+    /// here).
     Message {
         /// The node.
         node: String,
@@ -129,26 +135,21 @@ struct NodeQueue {
     in_flight: HashMap<String, Flight>,
     keys_in_flight: HashSet<String>,
     online: bool,
-    seen: HashSet<String>,
-    seen_order: VecDeque<String>,
-    /// Replies the application sent to this node's messages, by the id they answer: a duplicate
-    /// of an answered message is answered again from here (its first reply may have been lost).
-    replies: HashMap<String, Message>,
+    /// Recent message ids from the node and the replies sent to them.
+    recent: RecentIds,
 }
 
 impl NodeQueue {
-    fn new(capacity: usize) -> Self {
+    fn new(config: &DeliveryConfig) -> Self {
         Self {
-            capacity: Arc::new(Semaphore::new(capacity.max(1))),
+            capacity: Arc::new(Semaphore::new(config.node_capacity.max(1))),
             next_seq: 0,
             waiting: BTreeMap::new(),
             seq_of_key: HashMap::new(),
             in_flight: HashMap::new(),
             keys_in_flight: HashSet::new(),
             online: false,
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
-            replies: HashMap::new(),
+            recent: RecentIds::new(config.dedupe_window, config.reply_cache),
         }
     }
 
@@ -264,32 +265,6 @@ impl NodeQueue {
         }
         true
     }
-
-    /// Whether `msg_id` is new (and remembers it).
-    fn first_sight(&mut self, msg_id: &str, window: usize) -> bool {
-        if msg_id.is_empty() {
-            return true;
-        }
-        if !self.seen.insert(msg_id.to_owned()) {
-            return false;
-        }
-        self.seen_order.push_back(msg_id.to_owned());
-        while self.seen_order.len() > window {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-                self.replies.remove(&old);
-            }
-        }
-        true
-    }
-
-    /// Remembers a reply the application sent, if it answers a message still remembered.
-    fn remember_reply(&mut self, reply: &Message) {
-        let parent = &reply.header.parent_id;
-        if !parent.is_empty() && self.seen.contains(parent) {
-            self.replies.insert(parent.clone(), reply.clone());
-        }
-    }
 }
 
 type Nodes = Arc<Mutex<HashMap<String, NodeQueue>>>;
@@ -315,7 +290,7 @@ impl ReliableCloudHandle {
         let mut nodes = lock(&self.nodes);
         let queue = nodes
             .entry(node.to_owned())
-            .or_insert_with(|| NodeQueue::new(self.config.node_capacity));
+            .or_insert_with(|| NodeQueue::new(&self.config));
         Arc::clone(&queue.capacity)
     }
 
@@ -323,7 +298,7 @@ impl ReliableCloudHandle {
         let mut nodes = lock(&self.nodes);
         let queue = nodes
             .entry(node.to_owned())
-            .or_insert_with(|| NodeQueue::new(self.config.node_capacity));
+            .or_insert_with(|| NodeQueue::new(&self.config));
         queue.enqueue(message, permit);
         drop(nodes);
         self.wake.send(node.to_owned()).map_err(|_| Error::Stopped)
@@ -350,7 +325,7 @@ impl ReliableCloudHandle {
 
     fn reply(&self, node: &str, message: Message) -> Result<()> {
         if let Some(queue) = lock(&self.nodes).get_mut(node) {
-            queue.remember_reply(&message);
+            queue.recent.remember_reply(&message);
         }
         // A full or closed link drops it; the node's re-send brings it back from memory.
         let _ = self.hub.try_send(node, message);
@@ -525,7 +500,7 @@ impl ReliableCloud {
                     let mut nodes = lock(&self.nodes);
                     let q = nodes
                         .entry(node.clone())
-                        .or_insert_with(|| NodeQueue::new(self.config.node_capacity));
+                        .or_insert_with(|| NodeQueue::new(&self.config));
                     q.online = true;
                     let now = Instant::now();
                     let mut msgs = q.overdue(self.config.retry_interval, now, true);
@@ -544,11 +519,14 @@ impl ReliableCloud {
                 }
                 DeliveryEvent::Disconnected { node, reason }
             }
+            // Keepalives only keep the link alive (the CloudHub's read deadline); the
+            // application hears about liveness through Connected and Disconnected.
+            CloudEvent::Message { message, .. } if message.is_keepalive() => return true,
             CloudEvent::Message { node, message } => {
                 let mut nodes = lock(&self.nodes);
                 let q = nodes
                     .entry(node.clone())
-                    .or_insert_with(|| NodeQueue::new(self.config.node_capacity));
+                    .or_insert_with(|| NodeQueue::new(&self.config));
                 if message.is_ack() {
                     // An ACK of something no longer in flight repeats one already counted.
                     if !q.acknowledge(&message.header.parent_id) {
@@ -561,11 +539,11 @@ impl ReliableCloud {
                         node,
                         msg_id: message.header.parent_id,
                     }
-                } else if q.first_sight(&message.header.id, self.config.dedupe_window) {
+                } else if q.recent.first_sight(&message) {
                     DeliveryEvent::Message { node, message }
                 } else {
                     // A duplicate: its sender did not get our reply; send that again.
-                    let reply = q.replies.get(&message.header.id).cloned();
+                    let reply = q.recent.reply_to(&message.header.id).cloned();
                     drop(nodes);
                     if let Some(reply) = reply {
                         let _ = self.hub.try_send(&node, reply);

@@ -12,7 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::link::{LinkEnd, LinkOptions, RateLimit, run_link, ws_config};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::link::{LinkEnd, LinkOptions, RateLimit, encode, run_link, ws_config};
 use crate::{Error, Result};
 
 /// KubeEdge's default project id.
@@ -97,14 +99,17 @@ pub enum EdgeEvent {
 /// Sends to the cloud; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct EdgeHubHandle {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::Sender<Utf8Bytes>,
 }
 
 impl EdgeHubHandle {
     /// Queues `message` for the cloud, waiting while the queue is full (backpressure). Queued
     /// messages wait through disconnects; the durable path is the outbox journal.
     pub async fn send(&self, message: Message) -> Result<()> {
-        self.queue.send(message).await.map_err(|_| Error::Stopped)
+        self.queue
+            .send(encode(&message)?)
+            .await
+            .map_err(|_| Error::Stopped)
     }
 
     /// Queues `message` without waiting; gives it back when the queue is full or the hub has
@@ -112,16 +117,17 @@ impl EdgeHubHandle {
     // Giving the message back (not boxed) is the point: the caller keeps it without a copy.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, message: Message) -> Result<(), Message> {
-        self.queue.try_send(message).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-        })
+        match encode(&message).map(|text| self.queue.try_send(text)) {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(message),
+        }
     }
 }
 
 /// Sending to the cloud as a `tower::Service<Message>`: `poll_ready` waits for room in the
 /// link queue, `call` queues the message.
 pub struct ToCloud {
-    queue: tokio_util::sync::PollSender<Message>,
+    queue: tokio_util::sync::PollSender<Utf8Bytes>,
 }
 
 impl std::fmt::Debug for ToCloud {
@@ -140,7 +146,9 @@ impl tower::Service<Message> for ToCloud {
     }
 
     fn call(&mut self, message: Message) -> Self::Future {
-        std::future::ready(self.queue.send_item(message).map_err(|_| Error::Stopped))
+        let sent = encode(&message)
+            .and_then(|text| self.queue.send_item(text).map_err(|_| Error::Stopped));
+        std::future::ready(sent)
     }
 }
 
@@ -157,7 +165,7 @@ impl EdgeHubHandle {
 /// `heartbeat`, and reconnects with exponential backoff and jitter when the link drops.
 pub struct EdgeHub {
     config: EdgeHubConfig,
-    to_cloud: mpsc::Receiver<Message>,
+    to_cloud: mpsc::Receiver<Utf8Bytes>,
     events: mpsc::Sender<EdgeEvent>,
 }
 

@@ -77,6 +77,7 @@
 
 pub mod bootstrap;
 mod cloudhub;
+mod dedupe;
 mod delivery;
 mod edgehub;
 mod error;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -116,12 +117,13 @@ impl Bucket {
     }
 }
 
-/// Encodes a message as the text frame gorilla's `WriteJSON` writes: the JSON and `\n`.
-pub(crate) fn frame_of(msg: &Message) -> Result<Frame> {
+/// Encodes a message as the payload of the text frame gorilla's `WriteJSON` writes: the JSON
+/// and `\n`. Link queues hold encoded frames (32 bytes a slot, however large the message type).
+pub(crate) fn encode(msg: &Message) -> Result<Utf8Bytes> {
     let mut json = msg.to_json();
     json.push(b'\n');
     let text = String::from_utf8(json).map_err(|e| Error::BadFrame(e.to_string()))?;
-    Ok(Frame::text(text))
+    Ok(Utf8Bytes::from(text))
 }
 
 /// Decodes a data frame (text or binary, as gorilla's `ReadJSON` accepts) into a message.
@@ -143,7 +145,7 @@ fn message_of(frame: Frame, max_len: usize) -> Result<Option<Message>, LinkEnd> 
 /// pushes back on the peer) but writing goes on, so neither side can wedge the other.
 pub(crate) async fn run_link<S, E>(
     ws: WebSocketStream<S>,
-    to_peer: &mut mpsc::Receiver<Message>,
+    to_peer: &mut mpsc::Receiver<Utf8Bytes>,
     from_peer: &mpsc::Sender<E>,
     wrap: impl Fn(Message) -> E,
     options: &LinkOptions,
@@ -170,8 +172,8 @@ where
             }
             () = tokio::time::sleep_until(next_keepalive), if options.keepalive_every.is_some() => {
                 next_keepalive = Instant::now() + keepalive_every;
-                let frame = match frame_of(&Message::keepalive()) {
-                    Ok(frame) => frame,
+                let frame = match encode(&Message::keepalive()) {
+                    Ok(text) => Frame::Text(text),
                     Err(e) => break LinkEnd::Broken(e.to_string()),
                 };
                 if let Err(e) = sink.send(frame).await {
@@ -179,15 +181,11 @@ where
                 }
             }
             outgoing = to_peer.recv(), if throttled_until.is_none() => {
-                let Some(msg) = outgoing else { break LinkEnd::Shutdown };
+                let Some(text) = outgoing else { break LinkEnd::Shutdown };
                 if let Some(bucket) = bucket.as_mut() {
                     bucket.take();
                 }
-                let frame = match frame_of(&msg) {
-                    Ok(frame) => frame,
-                    Err(e) => break LinkEnd::Broken(e.to_string()),
-                };
-                if let Err(e) = sink.send(frame).await {
+                if let Err(e) = sink.send(Frame::Text(text)).await {
                     break LinkEnd::Broken(e.to_string());
                 }
             }
@@ -219,9 +217,8 @@ where
     // Shutting down: what is already queued for the peer still goes (for a bounded time).
     if end == LinkEnd::Shutdown {
         let drain = async {
-            while let Ok(msg) = to_peer.try_recv() {
-                let Ok(frame) = frame_of(&msg) else { continue };
-                if sink.send(frame).await.is_err() {
+            while let Ok(text) = to_peer.try_recv() {
+                if sink.send(Frame::Text(text)).await.is_err() {
                     break;
                 }
             }

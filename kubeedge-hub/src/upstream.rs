@@ -9,7 +9,7 @@
 //! ([`ReliableEdgeHandle::call`]). Cloud messages are de-duplicated by `msg_id` (a bounded
 //! window) before the application sees them.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use kubeedge_proto::journal::MessageJournal;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::dedupe::RecentIds;
 use crate::{EdgeEvent, EdgeHubHandle, Error, LinkEnd, Result};
 
 /// Settings for [`ReliableEdge`].
@@ -29,6 +30,8 @@ pub struct UpstreamConfig {
     pub window: usize,
     /// How many recent cloud message ids are remembered to drop duplicates.
     pub dedupe_window: usize,
+    /// How many of the application's recent replies are kept to answer duplicates.
+    pub reply_cache: usize,
     /// Events queued for the application.
     pub events_len: usize,
 }
@@ -39,6 +42,7 @@ impl Default for UpstreamConfig {
             resend_interval: Duration::from_secs(60),
             window: 64,
             dedupe_window: 4096,
+            reply_cache: 64,
             events_len: 1024,
         }
     }
@@ -63,16 +67,8 @@ pub enum UpstreamEvent {
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 
-/// The ids of recent cloud messages (to drop duplicates) and the replies the application sent
-/// to them (a duplicate means the reply was lost: it is sent again from here).
-#[derive(Default)]
-struct Recent {
-    seen: HashSet<String>,
-    order: VecDeque<String>,
-    replies: HashMap<String, Message>,
-}
-
-type Shared = Arc<Mutex<Recent>>;
+/// Recent cloud message ids and the replies the application sent to them.
+type Shared = Arc<Mutex<RecentIds>>;
 
 /// Sends to the cloud reliably; cheap to clone.
 pub struct ReliableEdgeHandle<J> {
@@ -121,16 +117,10 @@ impl<J: MessageJournal> ReliableEdgeHandle<J> {
     /// link at once and remembered, so that if the cloud re-sends what it answers (the reply was
     /// lost) the reply goes again. Applications can therefore answer from their event loop.
     pub async fn send(&self, message: Message) -> Result<()> {
-        let parent = message.header.parent_id.clone();
-        if parent.is_empty() {
+        if message.header.parent_id.is_empty() {
             return self.link.send(message).await;
         }
-        {
-            let mut recent = lock_recent(&self.recent);
-            if recent.seen.contains(&parent) {
-                recent.replies.insert(parent, message.clone());
-            }
-        }
+        lock_recent(&self.recent).remember_reply(&message);
         // A full queue drops it; the cloud's re-send brings it back from memory.
         let _ = self.link.try_send(message);
         Ok(())
@@ -207,7 +197,10 @@ impl<J: MessageJournal> ReliableEdge<J> {
         config: UpstreamConfig,
     ) -> (Self, ReliableEdgeHandle<J>, mpsc::Receiver<UpstreamEvent>) {
         let waiters: Waiters = Arc::default();
-        let recent: Shared = Arc::default();
+        let recent: Shared = Arc::new(Mutex::new(RecentIds::new(
+            config.dedupe_window,
+            config.reply_cache,
+        )));
         let sender: Arc<SenderState> = Arc::default();
         let (events, rx) = mpsc::channel(config.events_len.max(1));
         let handle = ReliableEdgeHandle {
@@ -295,24 +288,13 @@ impl<J: MessageJournal> ReliableEdge<J> {
                 return None;
             }
         }
-        let id = message.header.id.clone();
-        if id.is_empty() {
-            return Some(message);
-        }
         let resend = {
             let mut recent = lock_recent(&self.recent);
-            if recent.seen.insert(id.clone()) {
-                recent.order.push_back(id);
-                while recent.order.len() > self.config.dedupe_window {
-                    if let Some(old) = recent.order.pop_front() {
-                        recent.seen.remove(&old);
-                        recent.replies.remove(&old);
-                    }
-                }
+            if recent.first_sight(&message) {
                 None
             } else {
                 // A duplicate: the cloud did not get our reply; send that again.
-                Some(recent.replies.get(&id).cloned())
+                Some(recent.reply_to(&message.header.id).cloned())
             }
         };
         match resend {
@@ -362,8 +344,19 @@ async fn send_journal<J: MessageJournal>(
                 continue;
             }
         };
+        // The window spans journal positions, not just a count of entries: no entry goes out more
+        // than `window` positions past the oldest unanswered one. So between two sends of an
+        // unanswered entry the cloud sees at most `window` new journaled ids, and its duplicate
+        // window keeps recognising it.
+        let Some(base) = oldest.first().map(|e| e.seq) else {
+            continue;
+        };
+        let limit = base.saturating_add(window as u64);
         let already_sent = sent_upto;
-        for entry in oldest.into_iter().filter(|e| e.seq > already_sent) {
+        for entry in oldest
+            .into_iter()
+            .filter(|e| e.seq > already_sent && e.seq < limit)
+        {
             sent_upto = entry.seq;
             if link.send(entry.message).await.is_err() {
                 return;
@@ -372,7 +365,7 @@ async fn send_journal<J: MessageJournal>(
     }
 }
 
-fn lock_recent(recent: &Shared) -> std::sync::MutexGuard<'_, Recent> {
+fn lock_recent(recent: &Shared) -> std::sync::MutexGuard<'_, RecentIds> {
     recent
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
