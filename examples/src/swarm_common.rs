@@ -1,0 +1,133 @@
+//! What `hub-server` and `edge-swarm` share: flag parsing, process figures read from `/proc`,
+//! the open-file limit, percentiles. Included by both binaries with `#[path]`.
+
+// Each binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// `--name value` flags, each given at most once.
+pub(crate) struct Flags {
+    values: HashMap<String, String>,
+}
+
+impl Flags {
+    /// Parses `--name value` pairs; `known` lists the accepted names (without `--`).
+    pub(crate) fn parse(
+        args: impl Iterator<Item = String>,
+        known: &[&str],
+    ) -> Result<Self, String> {
+        let mut values = HashMap::new();
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}"));
+            };
+            if !known.contains(&name) {
+                return Err(format!("unknown flag --{name}"));
+            }
+            let value = args
+                .next()
+                .ok_or_else(|| format!("--{name} needs a value"))?;
+            if values.insert(name.to_owned(), value).is_some() {
+                return Err(format!("--{name} given twice"));
+            }
+        }
+        Ok(Self { values })
+    }
+
+    /// The value of `--name`, if given.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    /// The value of `--name` parsed, or `default` when not given.
+    pub(crate) fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|e| format!("--{name} {v:?}: {e}")),
+        }
+    }
+
+    /// The value of `--name` parsed; an error when not given.
+    pub(crate) fn required<T: std::str::FromStr>(&self, name: &str) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v = self
+            .get(name)
+            .ok_or_else(|| format!("--{name} is required"))?;
+        v.parse().map_err(|e| format!("--{name} {v:?}: {e}"))
+    }
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `RssAnon`, ...), in KiB; 0 if unreadable.
+pub(crate) fn status_kib(field: &str) -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The resident set size of this process, in KiB.
+pub(crate) fn rss_kib() -> u64 {
+    status_kib("VmRSS")
+}
+
+/// CPU time (user + system, all threads) this process has used so far.
+pub(crate) fn cpu_time() -> Duration {
+    // Fields 14 and 15 of /proc/self/stat, in USER_HZ ticks (100 per second on Linux).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the resulting soft limit.
+pub(crate) fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!("cannot raise RLIMIT_NOFILE to the hard limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// The `p`-quantile (0..=1) of sorted `values`, nearest rank; zero when empty.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A duration in milliseconds with one decimal, for the report lines.
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
