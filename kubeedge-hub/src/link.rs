@@ -29,7 +29,7 @@ pub(crate) fn ws_config(max_len: usize) -> WebSocketConfig {
 }
 
 /// The initial WebSocket read buffer per connection.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// Why a link ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
