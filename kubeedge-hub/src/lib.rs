@@ -60,8 +60,6 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Status (issue 4): done but for the edge-swarm load figures.
-//!
 //! ## Why each dependency is here
 //!
 //! - `tokio`, `tokio-util`: the runtime and cancellation of long-running components.
