@@ -36,9 +36,132 @@ pub enum Error {
     /// An I/O error.
     #[error("I/O: {0}")]
     Io(Arc<std::io::Error>),
-    /// Node join: certificates, CSRs or tokens.
-    #[error(transparent)]
-    Join(#[from] crate::join::JoinError),
+    // Node join: the CA, certificates, CSRs and tokens.
+    /// An input is larger than this module accepts; it was not parsed.
+    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// What was too large (`"CSR"`, `"certificate"`, `"token"`, ...).
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A PEM document without a block of the expected kind, or with broken base64.
+    #[error("invalid PEM {what}: {reason}")]
+    Pem {
+        /// What was expected (`"certificate"`, `"private key"`).
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The CA certificate cannot be parsed or used as a CA.
+    #[error("invalid CA certificate: {0}")]
+    CaCertificate(String),
+    /// A private key that is not a P-256 or P-384 ECDSA key in SEC1 or PKCS #8 DER.
+    #[error("invalid private key: {0}")]
+    PrivateKey(String),
+    /// The CA private key does not belong to the CA certificate.
+    #[error("the CA private key does not match the CA certificate")]
+    KeyMismatch,
+    /// A time before 1970 or too far in the future to be written into a certificate.
+    #[error("time out of range: {0}")]
+    TimeOutOfRange(String),
+    /// A name that cannot be written into a certificate (for example a non-ASCII DNS name).
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Generating a key or signing a certificate or CSR failed.
+    #[error("certificate generation failed: {0}")]
+    Generation(String),
+    /// A certificate signing request that cannot be parsed.
+    #[error("invalid certificate signing request: {0}")]
+    CsrInvalid(String),
+    /// A certificate signing request whose signature does not verify with its own key.
+    #[error("the certificate signing request's signature does not verify")]
+    CsrSignature,
+    /// A certificate signing request without a common name.
+    #[error("the certificate signing request has no common name")]
+    CsrMissingCommonName,
+    /// A certificate signing request whose public key cannot be put into a certificate.
+    #[error("unsupported public key in the certificate signing request: {0}")]
+    CsrPublicKey(String),
+    /// An `ExtKeyUsages` header that is not a JSON array of integers.
+    #[error("invalid ExtKeyUsages header: {0}")]
+    ExtKeyUsagesHeader(String),
+    /// An extended key usage number that Go's `x509.ExtKeyUsage` does not define.
+    #[error("unknown extended key usage {0}")]
+    UnknownExtKeyUsage(i64),
+    /// A signing request with an empty list of extended key usages.
+    #[error("at least one extended key usage must be given")]
+    NoExtKeyUsages,
+    /// A client certificate that does not verify against the CA for client authentication
+    /// (bad signature, another CA, expired, wrong extended key usage, unparsable, ...).
+    #[error("client certificate rejected: {0}")]
+    ClientCertUntrusted(String),
+    /// A client certificate without an organization in its subject.
+    #[error("client certificate has no organization in its subject")]
+    ClientCertNoOrganization,
+    /// A valid client certificate that does not belong to the node named in the request.
+    #[error(
+        "client certificate (O={organization:?}, CN={common_name:?}) does not belong to node {node:?}"
+    )]
+    ClientCertWrongNode {
+        /// The node named in the request (`NodeName` header).
+        node: String,
+        /// The first organization of the certificate's subject.
+        organization: String,
+        /// The certificate's common name.
+        common_name: String,
+    },
+    /// A token that does not have the shape `<caHash>.<header>.<payload>.<signature>` (or a JWT
+    /// that is not `<header>.<payload>.<signature>`).
+    #[error("malformed token: {0}")]
+    TokenMalformed(&'static str),
+    /// The token's CA hash is not the SHA-256 of this CA certificate.
+    #[error("the token's CA hash {found:?} does not match the CA certificate's hash {expected}")]
+    TokenCaHashMismatch {
+        /// The hash of the CA certificate at hand.
+        expected: String,
+        /// The hash in the token.
+        found: String,
+    },
+    /// A JWT part that is not unpadded base64url.
+    #[error("the token's {part} is not base64url")]
+    TokenBase64 {
+        /// `"header"`, `"payload"` or `"signature"`.
+        part: &'static str,
+    },
+    /// A JWT header or payload that is not the expected JSON object.
+    #[error("the token's {part} is not valid JSON: {reason}")]
+    TokenJson {
+        /// `"header"` or `"payload"`.
+        part: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A JWT signed with another algorithm than HS256.
+    #[error("token algorithm {0:?} is not HS256")]
+    TokenAlgorithm(String),
+    /// A JWT whose HMAC does not verify with this CA's key.
+    #[error("the token's signature does not verify")]
+    TokenSignature,
+    /// A JWT without an `exp` claim.
+    #[error("the token has no expiry")]
+    TokenMissingExpiry,
+    /// A JWT whose `exp` has passed.
+    #[error("the token has expired")]
+    TokenExpired,
+    /// A JWT whose `nbf` has not come yet.
+    #[error("the token is not valid yet")]
+    TokenNotYetValid,
+    /// An `Authorization` header that is not `Bearer <token>`.
+    #[error("invalid Authorization header: {0}")]
+    AuthorizationHeader(&'static str),
     /// A bootstrap server URL that is not `https://<host>[:<port>]`.
     #[error("invalid server URL {url:?}: {reason}")]
     BadUrl {

@@ -17,9 +17,7 @@ use kubeedge_hub::Error;
 use kubeedge_hub::bootstrap::{
     BootstrapConfig, BootstrapServer, EdgeBootstrap, EdgeCredentials, renew_at,
 };
-use kubeedge_hub::join::{
-    CertificateAuthority, EdgeCsr, ExtKeyUsage, JoinError, MAX_CSR_LEN, Token,
-};
+use kubeedge_hub::join::{CertificateAuthority, EdgeCsr, ExtKeyUsage, MAX_CSR_LEN, Token};
 use kubeedge_hub::tls;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -292,7 +290,7 @@ async fn join_writes_the_files_and_the_certificate_authenticates_the_node() {
         cloud
             .ca
             .authorize_client_cert(credentials.cert_der(), "edge-2"),
-        Err(JoinError::ClientCertWrongNode { .. })
+        Err(Error::ClientCertWrongNode { .. })
     ));
     assert_eq!(
         tls::node_of_certificate(credentials.cert_der()).unwrap(),
@@ -478,7 +476,7 @@ async fn a_token_for_another_ca_is_refused_before_any_csr_is_sent() {
 
     let result = within("join", edge.bootstrap()).await;
     match result {
-        Err(Error::Join(JoinError::TokenCaHashMismatch { expected, found })) => {
+        Err(Error::TokenCaHashMismatch { expected, found }) => {
             assert_eq!(expected, ca.ca_hash());
             assert_eq!(found, other_ca.ca_hash());
         }
@@ -493,7 +491,7 @@ async fn a_token_for_another_ca_is_refused_before_any_csr_is_sent() {
     let edge = EdgeBootstrap::new(format!("https://{addr}"), "abc.def", "edge-1", dir.path());
     assert!(matches!(
         within("join", edge.join()).await,
-        Err(Error::Join(JoinError::TokenMalformed(_)))
+        Err(Error::TokenMalformed(_))
     ));
     assert_eq!(ca_requests.load(Ordering::SeqCst), 1);
 }

@@ -30,7 +30,7 @@ use super::{
     CA_PATH, CERT_PATH, MAX_RESPONSE_LEN, NODE_NAME_HEADER, pem_certs, pem_encode, pem_key,
     provider, random_u64, signature_algorithms, system_time,
 };
-use crate::join::{EdgeCsr, JoinError, MAX_CERT_LEN, Token};
+use crate::join::{EdgeCsr, MAX_CERT_LEN, Token};
 use crate::{Error, tls};
 
 /// Where the edge keeps its certificates (edgecore's `tlsCaFile`, `tlsCertFile`,
@@ -101,12 +101,11 @@ impl EdgeCredentials {
             ("key", &key_pem),
         ] {
             if pem.len() > MAX_CERT_LEN {
-                return Err(JoinError::TooLarge {
+                return Err(crate::Error::TooLarge {
                     what,
                     len: pem.len(),
                     max: MAX_CERT_LEN,
-                }
-                .into());
+                });
             }
         }
         let first = |pem: &str, what: &str| {
@@ -397,14 +396,16 @@ impl EdgeBootstrap {
     /// checks it against the token's CA hash, asks `/edge.crt` (now verifying the server against
     /// that CA) to sign a CSR for a fresh key, and writes the three files.
     ///
-    /// A token that does not match the CA fails with [`JoinError::TokenCaHashMismatch`] before
+    /// A token that does not match the CA fails with [`crate::Error::TokenCaHashMismatch`] before
     /// anything else is sent.
     pub async fn join(&self) -> Result<EdgeCredentials, Error> {
         if self.token.is_empty() {
             return Err(Error::NoToken);
         }
         if self.token.split('.').count() != 4 {
-            return Err(JoinError::TokenMalformed("a token has four dot-separated parts").into());
+            return Err(
+                crate::Error::TokenMalformed("a token has four dot-separated parts"),
+            );
         }
         check_node_name(&self.node_name)?;
         let target = Target::parse(&self.server)?;
@@ -550,11 +551,10 @@ impl EdgeBootstrap {
 
 fn check_node_name(node: &str) -> Result<(), Error> {
     if node.is_empty() {
-        return Err(JoinError::InvalidName {
+        return Err(crate::Error::InvalidName {
             name: String::new(),
             reason: "the node name is empty".to_owned(),
-        }
-        .into());
+        });
     }
     Ok(())
 }

@@ -32,8 +32,8 @@ use super::{
     pem_key, provider, signature_algorithms,
 };
 use crate::join::{
-    CertificateAuthority, DEFAULT_EDGE_CERT_VALIDITY_DAYS, ExtKeyUsage, JoinError,
-    LEGACY_EDGE_COMMON_NAME, MAX_CSR_LEN, NODE_ORGANIZATION, PROJECT_NAME, Token, node_common_name,
+    CertificateAuthority, DEFAULT_EDGE_CERT_VALIDITY_DAYS, ExtKeyUsage, LEGACY_EDGE_COMMON_NAME,
+    MAX_CSR_LEN, NODE_ORGANIZATION, PROJECT_NAME, Token, node_common_name,
 };
 use crate::{Error, Result};
 
@@ -539,7 +539,7 @@ async fn edge_cert(
         }
         Err(e) => {
             let status = match e {
-                JoinError::Generation(_) | JoinError::TimeOutOfRange(_) => {
+                crate::Error::Generation(_) | crate::Error::TimeOutOfRange(_) => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 _ => StatusCode::BAD_REQUEST,

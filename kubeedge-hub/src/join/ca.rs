@@ -21,8 +21,8 @@ use x509_parser::prelude::FromDer;
 
 use super::csr::{ExtKeyUsage, parse_csr};
 use super::{
-    CA_VALIDITY_DAYS, JoinError, LEGACY_EDGE_COMMON_NAME, MAX_CERT_LEN, NODE_ORGANIZATION,
-    PROJECT_NAME, check_len, node_common_name, pem_encode, random_bytes, unix_secs,
+    CA_VALIDITY_DAYS, LEGACY_EDGE_COMMON_NAME, MAX_CERT_LEN, NODE_ORGANIZATION, PROJECT_NAME,
+    check_len, node_common_name, pem_encode, random_bytes, unix_secs,
 };
 
 /// The CA certificate's serial number (KubeEdge's `big.NewInt(1024)`).
@@ -80,12 +80,12 @@ impl CertificateAuthority {
     /// `CN=KubeEdge`, serial 1024, valid from now for 100 × 364 days, a CA (basic constraints
     /// without a path length), key usage keyEncipherment + digitalSignature + keyCertSign,
     /// extended key usage serverAuth + clientAuth.
-    pub fn generate() -> Result<Self, JoinError> {
+    pub fn generate() -> Result<Self, crate::Error> {
         Self::generate_at(SystemTime::now())
     }
 
     /// [`generate`](Self::generate) with the validity starting at `now`.
-    pub fn generate_at(now: SystemTime) -> Result<Self, JoinError> {
+    pub fn generate_at(now: SystemTime) -> Result<Self, crate::Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generation)?;
         let mut params = CertificateParams::default();
         params.serial_number = Some(SerialNumber::from(CA_SERIAL));
@@ -108,10 +108,10 @@ impl CertificateAuthority {
 
     /// Loads a CA from DER: the certificate and its private key, SEC1 (as KubeEdge stores it)
     /// or PKCS #8. ECDSA P-256 and P-384 keys are accepted.
-    pub fn from_der(cert_der: &[u8], key_der: &[u8]) -> Result<Self, JoinError> {
+    pub fn from_der(cert_der: &[u8], key_der: &[u8]) -> Result<Self, crate::Error> {
         check_len("CA private key", key_der.len(), MAX_CERT_LEN)?;
         let key =
-            PrivateKeyDer::try_from(key_der).map_err(|e| JoinError::PrivateKey(e.to_owned()))?;
+            PrivateKeyDer::try_from(key_der).map_err(|e| crate::Error::PrivateKey(e.to_owned()))?;
         Self::load(cert_der, &key)
     }
 
@@ -120,24 +120,24 @@ impl CertificateAuthority {
     pub fn from_pem(
         cert_pem: impl AsRef<[u8]>,
         key_pem: impl AsRef<[u8]>,
-    ) -> Result<Self, JoinError> {
+    ) -> Result<Self, crate::Error> {
         let (cert_pem, key_pem) = (cert_pem.as_ref(), key_pem.as_ref());
         check_len("CA certificate PEM", cert_pem.len(), MAX_CERT_LEN)?;
         check_len("CA private key PEM", key_pem.len(), MAX_CERT_LEN)?;
-        let cert = CertificateDer::from_pem_slice(cert_pem).map_err(|e| JoinError::Pem {
+        let cert = CertificateDer::from_pem_slice(cert_pem).map_err(|e| crate::Error::Pem {
             what: "certificate",
             reason: e.to_string(),
         })?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| JoinError::Pem {
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| crate::Error::Pem {
             what: "private key",
             reason: e.to_string(),
         })?;
         Self::load(&cert, &key)
     }
 
-    fn load(cert_der: &[u8], key: &PrivateKeyDer<'_>) -> Result<Self, JoinError> {
+    fn load(cert_der: &[u8], key: &PrivateKeyDer<'_>) -> Result<Self, crate::Error> {
         check_len("CA certificate", cert_der.len(), MAX_CERT_LEN)?;
-        let cert = parse_certificate(cert_der).map_err(JoinError::CaCertificate)?;
+        let cert = parse_certificate(cert_der).map_err(crate::Error::CaCertificate)?;
         let spki = cert.public_key();
         let cert_curve = spki
             .algorithm
@@ -147,7 +147,7 @@ impl CertificateAuthority {
             .map(|oid| oid.as_bytes().to_vec());
         let (key_pair, key_der) = load_key(key, cert_curve.as_deref())?;
         if key_pair.public_key_raw() != spki.subject_public_key.data.as_ref() {
-            return Err(JoinError::KeyMismatch);
+            return Err(crate::Error::KeyMismatch);
         }
         Self::assemble(CertificateDer::from(cert_der.to_vec()), key_der, key_pair)
     }
@@ -156,18 +156,18 @@ impl CertificateAuthority {
         cert_der: CertificateDer<'static>,
         key_der: Vec<u8>,
         key: KeyPair,
-    ) -> Result<Self, JoinError> {
+    ) -> Result<Self, crate::Error> {
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-            .map_err(|e| JoinError::CaCertificate(e.to_string()))?;
+            .map_err(|e| crate::Error::CaCertificate(e.to_string()))?;
         let mut roots = RootCertStore::empty();
         roots
             .add(cert_der.clone())
-            .map_err(|e| JoinError::CaCertificate(e.to_string()))?;
+            .map_err(|e| crate::Error::CaCertificate(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| JoinError::CaCertificate(e.to_string()))?;
+                .map_err(|e| crate::Error::CaCertificate(e.to_string()))?;
         let hash = super::ca_hash(&cert_der);
         Ok(Self {
             cert_der,
@@ -224,7 +224,7 @@ impl CertificateAuthority {
         &self,
         ips: &[IpAddr],
         dns_names: &[impl AsRef<str>],
-    ) -> Result<IssuedCert, JoinError> {
+    ) -> Result<IssuedCert, crate::Error> {
         self.issue_server_cert_at(ips, dns_names, SystemTime::now())
     }
 
@@ -234,7 +234,7 @@ impl CertificateAuthority {
         ips: &[IpAddr],
         dns_names: &[impl AsRef<str>],
         now: SystemTime,
-    ) -> Result<IssuedCert, JoinError> {
+    ) -> Result<IssuedCert, crate::Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generation)?;
         let mut params = leaf_params(now, CA_VALIDITY_DAYS)?;
         params.distinguished_name = go_name(Some(PROJECT_NAME), PROJECT_NAME);
@@ -269,7 +269,7 @@ impl CertificateAuthority {
         csr_der: &[u8],
         ext_key_usages: &[ExtKeyUsage],
         validity_days: u32,
-    ) -> Result<Vec<u8>, JoinError> {
+    ) -> Result<Vec<u8>, crate::Error> {
         self.sign_edge_csr_at(csr_der, ext_key_usages, validity_days, SystemTime::now())
     }
 
@@ -280,10 +280,10 @@ impl CertificateAuthority {
         ext_key_usages: &[ExtKeyUsage],
         validity_days: u32,
         now: SystemTime,
-    ) -> Result<Vec<u8>, JoinError> {
+    ) -> Result<Vec<u8>, crate::Error> {
         let csr = parse_csr(csr_der)?;
         if ext_key_usages.is_empty() {
-            return Err(JoinError::NoExtKeyUsages);
+            return Err(crate::Error::NoExtKeyUsages);
         }
         if csr.organizations.len() > 1 {
             tracing::warn!(
@@ -310,7 +310,11 @@ impl CertificateAuthority {
     /// the certificate must chain to this CA, be valid now and allow clientAuth, and its subject
     /// must be `O=system:nodes, CN=system:node:<node_name>` or the legacy
     /// `O=KubeEdge, CN=kubeedge.io` (any node).
-    pub fn authorize_client_cert(&self, cert_der: &[u8], node_name: &str) -> Result<(), JoinError> {
+    pub fn authorize_client_cert(
+        &self,
+        cert_der: &[u8],
+        node_name: &str,
+    ) -> Result<(), crate::Error> {
         self.authorize_client_cert_at(cert_der, node_name, SystemTime::now())
     }
 
@@ -320,7 +324,7 @@ impl CertificateAuthority {
         cert_der: &[u8],
         node_name: &str,
         now: SystemTime,
-    ) -> Result<(), JoinError> {
+    ) -> Result<(), crate::Error> {
         check_len("client certificate", cert_der.len(), MAX_CERT_LEN)?;
         let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         self.client_verifier
@@ -329,14 +333,14 @@ impl CertificateAuthority {
                 &[],
                 UnixTime::since_unix_epoch(since_epoch),
             )
-            .map_err(|e| JoinError::ClientCertUntrusted(e.to_string()))?;
-        let cert = parse_certificate(cert_der).map_err(JoinError::ClientCertUntrusted)?;
+            .map_err(|e| crate::Error::ClientCertUntrusted(e.to_string()))?;
+        let cert = parse_certificate(cert_der).map_err(crate::Error::ClientCertUntrusted)?;
         let subject = cert.subject();
         // Go's pkix.Name: Organization collects every O in order; CommonName is the last CN.
         let organization = subject
             .iter_organization()
             .find_map(|o| o.as_str().ok())
-            .ok_or(JoinError::ClientCertNoOrganization)?;
+            .ok_or(crate::Error::ClientCertNoOrganization)?;
         let common_name = subject
             .iter_common_name()
             .filter_map(|cn| cn.as_str().ok())
@@ -347,7 +351,7 @@ impl CertificateAuthority {
         if legacy || node {
             Ok(())
         } else {
-            Err(JoinError::ClientCertWrongNode {
+            Err(crate::Error::ClientCertWrongNode {
                 node: node_name.to_owned(),
                 organization: organization.to_owned(),
                 common_name: common_name.to_owned(),
@@ -356,8 +360,8 @@ impl CertificateAuthority {
     }
 }
 
-fn generation(e: rcgen::Error) -> JoinError {
-    JoinError::Generation(e.to_string())
+fn generation(e: rcgen::Error) -> crate::Error {
+    crate::Error::Generation(e.to_string())
 }
 
 /// Parses a whole DER certificate (no trailing bytes, as Go's `x509.ParseCertificate`).
@@ -372,7 +376,7 @@ fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, String> {
 /// Parameters shared by the server and edge certificates KubeEdge signs (`SignCerts`): random
 /// 63-bit serial, validity, key usage keyEncipherment + digitalSignature, not a CA, an authority
 /// key identifier.
-fn leaf_params(now: SystemTime, validity_days: u32) -> Result<CertificateParams, JoinError> {
+fn leaf_params(now: SystemTime, validity_days: u32) -> Result<CertificateParams, crate::Error> {
     let mut params = CertificateParams::default();
     let serial = u64::from_be_bytes(random_bytes::<8>()?) & (u64::MAX >> 1);
     params.serial_number = Some(SerialNumber::from(serial.max(1)));
@@ -390,16 +394,16 @@ fn set_validity(
     params: &mut CertificateParams,
     now: SystemTime,
     days: u32,
-) -> Result<(), JoinError> {
+) -> Result<(), crate::Error> {
     use x509_parser::time::ASN1Time;
     let start = unix_secs(now)?;
     let end = start
         .checked_add(i64::from(days) * SECS_PER_DAY)
-        .ok_or_else(|| JoinError::TimeOutOfRange(format!("{days} days after {start}")))?;
+        .ok_or_else(|| crate::Error::TimeOutOfRange(format!("{days} days after {start}")))?;
     let at = |secs: i64| {
         ASN1Time::from_timestamp(secs)
             .map(|t| t.to_datetime())
-            .map_err(|e| JoinError::TimeOutOfRange(format!("{secs} s after 1970: {e}")))
+            .map_err(|e| crate::Error::TimeOutOfRange(format!("{secs} s after 1970: {e}")))
     };
     params.not_before = at(start)?;
     params.not_after = at(end)?;
@@ -435,14 +439,15 @@ pub(super) fn go_string(s: &str) -> DnValue {
 fn sans(
     dns_names: &[impl AsRef<str>],
     ips: impl Iterator<Item = IpAddr>,
-) -> Result<Vec<SanType>, JoinError> {
+) -> Result<Vec<SanType>, crate::Error> {
     let mut out = Vec::new();
     for name in dns_names {
         let name = name.as_ref();
-        let ia5 = rcgen::string::Ia5String::try_from(name).map_err(|e| JoinError::InvalidName {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let ia5 =
+            rcgen::string::Ia5String::try_from(name).map_err(|e| crate::Error::InvalidName {
+                name: name.to_owned(),
+                reason: e.to_string(),
+            })?;
         out.push(SanType::DnsName(ia5));
     }
     out.extend(ips.map(SanType::IpAddress));
@@ -481,15 +486,15 @@ fn scalar_len(curve: &[u8]) -> Option<usize> {
 fn load_key(
     key: &PrivateKeyDer<'_>,
     cert_curve: Option<&[u8]>,
-) -> Result<(KeyPair, Vec<u8>), JoinError> {
+) -> Result<(KeyPair, Vec<u8>), crate::Error> {
     match key {
         PrivateKeyDer::Sec1(sec1) => {
             let sec1 = sec1.secret_sec1_der();
             let curve = sec1_curve(sec1)
                 .or(cert_curve)
-                .ok_or_else(|| JoinError::PrivateKey("unknown elliptic curve".to_owned()))?;
+                .ok_or_else(|| crate::Error::PrivateKey("unknown elliptic curve".to_owned()))?;
             if scalar_len(curve).is_none() {
-                return Err(JoinError::PrivateKey(
+                return Err(crate::Error::PrivateKey(
                     "only P-256 and P-384 keys are supported".to_owned(),
                 ));
             }
@@ -502,18 +507,18 @@ fn load_key(
             let sec1 = sec1_from_key_pair(&key_pair)?;
             Ok((key_pair, sec1))
         }
-        _ => Err(JoinError::PrivateKey(
+        _ => Err(crate::Error::PrivateKey(
             "only ECDSA keys (SEC1 or PKCS #8) are supported".to_owned(),
         )),
     }
 }
 
-fn key_pair_from_pkcs8(pkcs8: Vec<u8>) -> Result<KeyPair, JoinError> {
+fn key_pair_from_pkcs8(pkcs8: Vec<u8>) -> Result<KeyPair, crate::Error> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
-    let key_pair = KeyPair::try_from(&key).map_err(|e| JoinError::PrivateKey(e.to_string()))?;
+    let key_pair = KeyPair::try_from(&key).map_err(|e| crate::Error::PrivateKey(e.to_string()))?;
     let alg = key_pair.algorithm();
     if alg != &PKCS_ECDSA_P256_SHA256 && alg != &PKCS_ECDSA_P384_SHA384 {
-        return Err(JoinError::PrivateKey(
+        return Err(crate::Error::PrivateKey(
             "only P-256 and P-384 ECDSA keys are supported".to_owned(),
         ));
     }
@@ -522,8 +527,8 @@ fn key_pair_from_pkcs8(pkcs8: Vec<u8>) -> Result<KeyPair, JoinError> {
 
 /// The SEC1 DER of an ECDSA key pair, laid out as Go's `x509.MarshalECPrivateKey`: version 1,
 /// the scalar padded to the curve size, the curve OID and the uncompressed public key.
-pub(super) fn sec1_from_key_pair(key: &KeyPair) -> Result<Vec<u8>, JoinError> {
-    let bad = || JoinError::PrivateKey("unexpected PKCS #8 layout".to_owned());
+pub(super) fn sec1_from_key_pair(key: &KeyPair) -> Result<Vec<u8>, crate::Error> {
+    let bad = || crate::Error::PrivateKey("unexpected PKCS #8 layout".to_owned());
     let (curve, scalar) = pkcs8_ec_parts(key.serialized_der()).ok_or_else(bad)?;
     let len = scalar_len(curve).ok_or_else(bad)?;
     let scalar = strip_leading_zeros(scalar);

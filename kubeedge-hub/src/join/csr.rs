@@ -12,7 +12,7 @@ use x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME;
 use x509_parser::prelude::FromDer;
 
 use super::ca::{go_string, sec1_from_key_pair};
-use super::{JoinError, MAX_CSR_LEN, NODE_ORGANIZATION, check_len, node_common_name, pem_encode};
+use super::{MAX_CSR_LEN, NODE_ORGANIZATION, check_len, node_common_name, pem_encode};
 
 /// The longest `ExtKeyUsages` header value read.
 const MAX_EXT_KEY_USAGES_HEADER_LEN: usize = 4096;
@@ -88,7 +88,7 @@ impl ExtKeyUsage {
     /// Reads an `ExtKeyUsages` header value as KubeEdge does: empty (or absent) means
     /// [`DEFAULT`](Self::DEFAULT); otherwise a JSON array of Go's numbers (`null` and `[]` give
     /// an empty list, which signing then refuses). Unknown numbers are an error.
-    pub fn parse_header(value: &str) -> Result<Vec<Self>, JoinError> {
+    pub fn parse_header(value: &str) -> Result<Vec<Self>, crate::Error> {
         check_len(
             "ExtKeyUsages header",
             value.len(),
@@ -99,11 +99,11 @@ impl ExtKeyUsage {
             return Ok(Self::DEFAULT.to_vec());
         }
         let numbers: Option<Vec<i64>> = serde_json::from_str(value)
-            .map_err(|e| JoinError::ExtKeyUsagesHeader(e.to_string()))?;
+            .map_err(|e| crate::Error::ExtKeyUsagesHeader(e.to_string()))?;
         numbers
             .unwrap_or_default()
             .into_iter()
-            .map(|n| Self::from_go(n).ok_or(JoinError::UnknownExtKeyUsage(n)))
+            .map(|n| Self::from_go(n).ok_or(crate::Error::UnknownExtKeyUsage(n)))
             .collect()
     }
 
@@ -159,9 +159,9 @@ impl EdgeCsr {
     /// A new ECDSA P-256 key and a CSR for it with the subject
     /// `C=CN, ST=Zhejiang, L=Hangzhou, O=system:nodes, CN=system:node:<node_name>`, no SANs and
     /// no extensions, signed with ECDSA-SHA256.
-    pub fn new(node_name: &str) -> Result<Self, JoinError> {
+    pub fn new(node_name: &str) -> Result<Self, crate::Error> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| JoinError::Generation(e.to_string()))?;
+            .map_err(|e| crate::Error::Generation(e.to_string()))?;
         // Go's pkix.Name order: C, ST, L, O, CN.
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CountryName, go_string("CN"));
@@ -173,7 +173,7 @@ impl EdgeCsr {
         params.distinguished_name = dn;
         let csr = params
             .serialize_request(&key)
-            .map_err(|e| JoinError::Generation(e.to_string()))?;
+            .map_err(|e| crate::Error::Generation(e.to_string()))?;
         let key_der = sec1_from_key_pair(&key)?;
         Ok(Self {
             key_pem: pem_encode("EC PRIVATE KEY", &key_der),
@@ -195,17 +195,17 @@ pub(super) struct ParsedCsr {
 }
 
 /// Parses a DER CSR and checks its signature.
-pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, JoinError> {
+pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, crate::Error> {
     check_len("CSR", der.len(), MAX_CSR_LEN)?;
     let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| JoinError::CsrInvalid(e.to_string()))?;
+        .map_err(|e| crate::Error::CsrInvalid(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(JoinError::CsrInvalid(
+        return Err(crate::Error::CsrInvalid(
             "trailing data after the CSR".to_owned(),
         ));
     }
     csr.verify_signature()
-        .map_err(|_| JoinError::CsrSignature)?;
+        .map_err(|_| crate::Error::CsrSignature)?;
     let info = &csr.certification_request_info;
 
     let common_name = info
@@ -214,7 +214,7 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, JoinError> {
         .filter_map(|cn| cn.as_str().ok())
         .last()
         .filter(|cn| !cn.is_empty())
-        .ok_or(JoinError::CsrMissingCommonName)?
+        .ok_or(crate::Error::CsrMissingCommonName)?
         .to_owned();
     let organizations = info
         .subject
@@ -234,7 +234,7 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, JoinError> {
                 continue;
             }
             let ParsedExtension::SubjectAlternativeName(san) = extension.parsed_extension() else {
-                return Err(JoinError::CsrInvalid(
+                return Err(crate::Error::CsrInvalid(
                     "unreadable subject alternative names".to_owned(),
                 ));
             };
@@ -249,7 +249,7 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, JoinError> {
     }
 
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-        .map_err(|e| JoinError::CsrPublicKey(e.to_string()))?;
+        .map_err(|e| crate::Error::CsrPublicKey(e.to_string()))?;
     Ok(ParsedCsr {
         common_name,
         organizations,
@@ -259,14 +259,14 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, JoinError> {
     })
 }
 
-fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, JoinError> {
+fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, crate::Error> {
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         return Ok(IpAddr::from(v4));
     }
     if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
         return Ok(IpAddr::from(v6));
     }
-    Err(JoinError::CsrInvalid(format!(
+    Err(crate::Error::CsrInvalid(format!(
         "IP address SAN of {} bytes",
         bytes.len()
     )))

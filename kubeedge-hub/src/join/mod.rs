@@ -37,7 +37,7 @@
 //! what Go's `x509.ParseECPrivateKey` on the cloud side requires of a CA key.
 //!
 //! Every function here takes hostile input (CSRs, client certificates, tokens, PEM files) and
-//! answers bad input with a [`JoinError`], never with a panic.
+//! answers bad input with a [`crate::Error`], never with a panic.
 
 mod ca;
 mod csr;
@@ -81,160 +81,29 @@ pub fn node_common_name(node: &str) -> String {
     format!("{NODE_COMMON_NAME_PREFIX}{node}")
 }
 
-/// Everything that can go wrong in node join.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum JoinError {
-    /// An input is larger than this module accepts; it was not parsed.
-    #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge {
-        /// What was too large (`"CSR"`, `"certificate"`, `"token"`, ...).
-        what: &'static str,
-        /// Its size.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A PEM document without a block of the expected kind, or with broken base64.
-    #[error("invalid PEM {what}: {reason}")]
-    Pem {
-        /// What was expected (`"certificate"`, `"private key"`).
-        what: &'static str,
-        /// Why it was rejected.
-        reason: String,
-    },
-    /// The CA certificate cannot be parsed or used as a CA.
-    #[error("invalid CA certificate: {0}")]
-    CaCertificate(String),
-    /// A private key that is not a P-256 or P-384 ECDSA key in SEC1 or PKCS #8 DER.
-    #[error("invalid private key: {0}")]
-    PrivateKey(String),
-    /// The CA private key does not belong to the CA certificate.
-    #[error("the CA private key does not match the CA certificate")]
-    KeyMismatch,
-    /// A time before 1970 or too far in the future to be written into a certificate.
-    #[error("time out of range: {0}")]
-    TimeOutOfRange(String),
-    /// A name that cannot be written into a certificate (for example a non-ASCII DNS name).
-    #[error("invalid name {name:?}: {reason}")]
-    InvalidName {
-        /// The name.
-        name: String,
-        /// Why it was rejected.
-        reason: String,
-    },
-    /// Generating a key or signing a certificate or CSR failed.
-    #[error("certificate generation failed: {0}")]
-    Generation(String),
-    /// A certificate signing request that cannot be parsed.
-    #[error("invalid certificate signing request: {0}")]
-    CsrInvalid(String),
-    /// A certificate signing request whose signature does not verify with its own key.
-    #[error("the certificate signing request's signature does not verify")]
-    CsrSignature,
-    /// A certificate signing request without a common name.
-    #[error("the certificate signing request has no common name")]
-    CsrMissingCommonName,
-    /// A certificate signing request whose public key cannot be put into a certificate.
-    #[error("unsupported public key in the certificate signing request: {0}")]
-    CsrPublicKey(String),
-    /// An `ExtKeyUsages` header that is not a JSON array of integers.
-    #[error("invalid ExtKeyUsages header: {0}")]
-    ExtKeyUsagesHeader(String),
-    /// An extended key usage number that Go's `x509.ExtKeyUsage` does not define.
-    #[error("unknown extended key usage {0}")]
-    UnknownExtKeyUsage(i64),
-    /// A signing request with an empty list of extended key usages.
-    #[error("at least one extended key usage must be given")]
-    NoExtKeyUsages,
-    /// A client certificate that does not verify against the CA for client authentication
-    /// (bad signature, another CA, expired, wrong extended key usage, unparsable, ...).
-    #[error("client certificate rejected: {0}")]
-    ClientCertUntrusted(String),
-    /// A client certificate without an organization in its subject.
-    #[error("client certificate has no organization in its subject")]
-    ClientCertNoOrganization,
-    /// A valid client certificate that does not belong to the node named in the request.
-    #[error(
-        "client certificate (O={organization:?}, CN={common_name:?}) does not belong to node {node:?}"
-    )]
-    ClientCertWrongNode {
-        /// The node named in the request (`NodeName` header).
-        node: String,
-        /// The first organization of the certificate's subject.
-        organization: String,
-        /// The certificate's common name.
-        common_name: String,
-    },
-    /// A token that does not have the shape `<caHash>.<header>.<payload>.<signature>` (or a JWT
-    /// that is not `<header>.<payload>.<signature>`).
-    #[error("malformed token: {0}")]
-    TokenMalformed(&'static str),
-    /// The token's CA hash is not the SHA-256 of this CA certificate.
-    #[error("the token's CA hash {found:?} does not match the CA certificate's hash {expected}")]
-    TokenCaHashMismatch {
-        /// The hash of the CA certificate at hand.
-        expected: String,
-        /// The hash in the token.
-        found: String,
-    },
-    /// A JWT part that is not unpadded base64url.
-    #[error("the token's {part} is not base64url")]
-    TokenBase64 {
-        /// `"header"`, `"payload"` or `"signature"`.
-        part: &'static str,
-    },
-    /// A JWT header or payload that is not the expected JSON object.
-    #[error("the token's {part} is not valid JSON: {reason}")]
-    TokenJson {
-        /// `"header"` or `"payload"`.
-        part: &'static str,
-        /// Why it was rejected.
-        reason: String,
-    },
-    /// A JWT signed with another algorithm than HS256.
-    #[error("token algorithm {0:?} is not HS256")]
-    TokenAlgorithm(String),
-    /// A JWT whose HMAC does not verify with this CA's key.
-    #[error("the token's signature does not verify")]
-    TokenSignature,
-    /// A JWT without an `exp` claim.
-    #[error("the token has no expiry")]
-    TokenMissingExpiry,
-    /// A JWT whose `exp` has passed.
-    #[error("the token has expired")]
-    TokenExpired,
-    /// A JWT whose `nbf` has not come yet.
-    #[error("the token is not valid yet")]
-    TokenNotYetValid,
-    /// An `Authorization` header that is not `Bearer <token>`.
-    #[error("invalid Authorization header: {0}")]
-    AuthorizationHeader(&'static str),
-}
-
 /// Rejects `input` if it is longer than `max`.
-fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), JoinError> {
+fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), crate::Error> {
     if len > max {
-        return Err(JoinError::TooLarge { what, len, max });
+        return Err(crate::Error::TooLarge { what, len, max });
     }
     Ok(())
 }
 
 /// Seconds since the Unix epoch, for times that go into certificates.
-fn unix_secs(now: SystemTime) -> Result<i64, JoinError> {
+fn unix_secs(now: SystemTime) -> Result<i64, crate::Error> {
     let secs = now
         .duration_since(UNIX_EPOCH)
-        .map_err(|_| JoinError::TimeOutOfRange("before 1970".to_owned()))?
+        .map_err(|_| crate::Error::TimeOutOfRange("before 1970".to_owned()))?
         .as_secs();
-    i64::try_from(secs).map_err(|_| JoinError::TimeOutOfRange(format!("{secs} s after 1970")))
+    i64::try_from(secs).map_err(|_| crate::Error::TimeOutOfRange(format!("{secs} s after 1970")))
 }
 
 /// `N` bytes from the operating system's CSPRNG (through ring, by way of a throwaway key).
-fn random_bytes<const N: usize>() -> Result<[u8; N], JoinError> {
+fn random_bytes<const N: usize>() -> Result<[u8; N], crate::Error> {
     use sha2::{Digest, Sha512};
     const { assert!(N <= 64) };
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| JoinError::Generation(e.to_string()))?;
+        .map_err(|e| crate::Error::Generation(e.to_string()))?;
     let digest = Sha512::digest(key.serialized_der());
     let mut out = [0u8; N];
     out.copy_from_slice(&digest[..N]);

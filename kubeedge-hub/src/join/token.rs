@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{CertificateAuthority, JoinError, check_len};
+use super::{CertificateAuthority, check_len};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -78,13 +78,13 @@ impl Token {
         token: &str,
         ca: &CertificateAuthority,
         now: SystemTime,
-    ) -> Result<(), JoinError> {
+    ) -> Result<(), crate::Error> {
         check_token_len(token.len())?;
         let (hash, jwt) = token
             .split_once('.')
-            .ok_or(JoinError::TokenMalformed("no CA hash"))?;
+            .ok_or(crate::Error::TokenMalformed("no CA hash"))?;
         if hash != ca.ca_hash() {
-            return Err(JoinError::TokenCaHashMismatch {
+            return Err(crate::Error::TokenCaHashMismatch {
                 expected: ca.ca_hash().to_owned(),
                 found: hash.to_owned(),
             });
@@ -104,13 +104,13 @@ impl Token {
         jwt: &str,
         ca: &CertificateAuthority,
         now: SystemTime,
-    ) -> Result<(), JoinError> {
+    ) -> Result<(), crate::Error> {
         check_token_len(jwt.len())?;
         let mut parts = jwt.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(JoinError::TokenMalformed(
+            return Err(crate::Error::TokenMalformed(
                 "a JWT has three dot-separated parts",
             ));
         };
@@ -119,9 +119,9 @@ impl Token {
         let header_map = json_object("header", &header_json)?;
         match header_map.get("alg") {
             Some(Value::String(alg)) if alg == "HS256" => {}
-            Some(Value::String(alg)) => return Err(JoinError::TokenAlgorithm(alg.clone())),
-            Some(other) => return Err(JoinError::TokenAlgorithm(other.to_string())),
-            None => return Err(JoinError::TokenAlgorithm(String::new())),
+            Some(Value::String(alg)) => return Err(crate::Error::TokenAlgorithm(alg.clone())),
+            Some(other) => return Err(crate::Error::TokenAlgorithm(other.to_string())),
+            None => return Err(crate::Error::TokenAlgorithm(String::new())),
         }
 
         let signature = decode("signature", signature)?;
@@ -129,19 +129,19 @@ impl Token {
         hmac(ca.key_der())
             .chain_update(&jwt.as_bytes()[..signing_input_len])
             .verify_slice(&signature)
-            .map_err(|_| JoinError::TokenSignature)?;
+            .map_err(|_| crate::Error::TokenSignature)?;
 
         let payload_json = decode("payload", payload)?;
         let claims = json_object("payload", &payload_json)?;
         let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let exp = claims.get("exp").ok_or(JoinError::TokenMissingExpiry)?;
+        let exp = claims.get("exp").ok_or(crate::Error::TokenMissingExpiry)?;
         if now >= numeric_date("exp", exp)? {
-            return Err(JoinError::TokenExpired);
+            return Err(crate::Error::TokenExpired);
         }
         if let Some(nbf) = claims.get("nbf")
             && now < numeric_date("nbf", nbf)?
         {
-            return Err(JoinError::TokenNotYetValid);
+            return Err(crate::Error::TokenNotYetValid);
         }
         Ok(())
     }
@@ -154,19 +154,21 @@ impl Token {
         value: &str,
         ca: &CertificateAuthority,
         now: SystemTime,
-    ) -> Result<(), JoinError> {
+    ) -> Result<(), crate::Error> {
         check_token_len(value.len())?;
         if value.is_empty() {
-            return Err(JoinError::AuthorizationHeader("empty"));
+            return Err(crate::Error::AuthorizationHeader("empty"));
         }
         let mut words = value.split(' ');
         let (Some(scheme), Some(jwt), None) = (words.next(), words.next(), words.next()) else {
-            return Err(JoinError::AuthorizationHeader(
+            return Err(crate::Error::AuthorizationHeader(
                 "expected two space-separated words",
             ));
         };
         if !scheme.eq_ignore_ascii_case("Bearer") {
-            return Err(JoinError::AuthorizationHeader("the scheme is not Bearer"));
+            return Err(crate::Error::AuthorizationHeader(
+                "the scheme is not Bearer",
+            ));
         }
         Self::verify_bearer(jwt, ca, now)
     }
@@ -174,19 +176,19 @@ impl Token {
     /// The edge side (KubeEdge's `VerifyCAAndGetRealToken`): checks that `token` has four
     /// dot-separated parts and that its first part is the hash of `ca_der` (the CA certificate
     /// fetched from `/ca.crt`), and returns the rest, the JWT to send as bearer token.
-    pub fn split_for_edge(token: &str, ca_der: &[u8]) -> Result<String, JoinError> {
+    pub fn split_for_edge(token: &str, ca_der: &[u8]) -> Result<String, crate::Error> {
         check_token_len(token.len())?;
         if token.split('.').count() != 4 {
-            return Err(JoinError::TokenMalformed(
+            return Err(crate::Error::TokenMalformed(
                 "a token has four dot-separated parts",
             ));
         }
         let (hash, jwt) = token
             .split_once('.')
-            .ok_or(JoinError::TokenMalformed("no CA hash"))?;
+            .ok_or(crate::Error::TokenMalformed("no CA hash"))?;
         let expected = ca_hash(ca_der);
         if hash != expected {
-            return Err(JoinError::TokenCaHashMismatch {
+            return Err(crate::Error::TokenCaHashMismatch {
                 expected,
                 found: hash.to_owned(),
             });
@@ -195,7 +197,7 @@ impl Token {
     }
 }
 
-fn check_token_len(len: usize) -> Result<(), JoinError> {
+fn check_token_len(len: usize) -> Result<(), crate::Error> {
     check_len("token", len, Token::MAX_LEN)
 }
 
@@ -204,14 +206,14 @@ fn hmac(key: &[u8]) -> HmacSha256 {
     <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
-fn decode(part: &'static str, text: &str) -> Result<Vec<u8>, JoinError> {
+fn decode(part: &'static str, text: &str) -> Result<Vec<u8>, crate::Error> {
     URL_SAFE_NO_PAD
         .decode(text)
-        .map_err(|_| JoinError::TokenBase64 { part })
+        .map_err(|_| crate::Error::TokenBase64 { part })
 }
 
-fn json_object(part: &'static str, json: &[u8]) -> Result<Map<String, Value>, JoinError> {
-    serde_json::from_slice(json).map_err(|e| JoinError::TokenJson {
+fn json_object(part: &'static str, json: &[u8]) -> Result<Map<String, Value>, crate::Error> {
+    serde_json::from_slice(json).map_err(|e| crate::Error::TokenJson {
         part,
         reason: e.to_string(),
     })
@@ -219,8 +221,8 @@ fn json_object(part: &'static str, json: &[u8]) -> Result<Map<String, Value>, Jo
 
 /// A JWT NumericDate (seconds since the epoch, integer or fraction) as a duration since the
 /// epoch; dates before the epoch become the epoch.
-fn numeric_date(claim: &'static str, value: &Value) -> Result<Duration, JoinError> {
-    let invalid = || JoinError::TokenJson {
+fn numeric_date(claim: &'static str, value: &Value) -> Result<Duration, crate::Error> {
+    let invalid = || crate::Error::TokenJson {
         part: "payload",
         reason: format!("claim {claim} is not a number"),
     };
