@@ -403,9 +403,9 @@ impl EdgeBootstrap {
             return Err(Error::NoToken);
         }
         if self.token.split('.').count() != 4 {
-            return Err(
-                crate::Error::TokenMalformed("a token has four dot-separated parts"),
-            );
+            return Err(crate::Error::TokenMalformed(
+                "a token has four dot-separated parts",
+            ));
         }
         check_node_name(&self.node_name)?;
         let target = Target::parse(&self.server)?;
