@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use kubeedge_hub::{
-    CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle, EdgeEvent, EdgeHub, EdgeHubConfig,
-    LinkEnd, tls,
+    CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle, EdgeEvent, EdgeHub, LinkEnd, tls,
 };
 use kubeedge_proto::{Content, Message};
 use rustls::pki_types::ServerName;
@@ -67,18 +66,6 @@ async fn next_cloud(rx: &mut mpsc::Receiver<CloudEvent>) -> CloudEvent {
     }
 }
 
-fn edge_config(pki: &Pki, cloud: SocketAddr, node: &str) -> EdgeHubConfig {
-    let mut config = EdgeHubConfig::new(
-        cloud.to_string(),
-        ServerName::IpAddress(cloud.ip().into()),
-        pki.client_tls(node),
-        node,
-    );
-    config.min_backoff = Duration::from_millis(20);
-    config.max_backoff = Duration::from_millis(200);
-    config
-}
-
 /// A raw KubeEdge-style client: TLS, then the upgrade with edgecore's exact headers.
 async fn raw_client(
     pki: &Pki,
@@ -117,7 +104,7 @@ fn kubeedge_headers(node: &str) -> Vec<(&'static str, &str)> {
 async fn edgehub_and_cloudhub_exchange_messages_and_keepalives() {
     let pki = Pki::new();
     let mut cloud = cloud(&pki, |_| {}).await;
-    let mut config = edge_config(&pki, cloud.addr, "edge-1");
+    let mut config = pki.edge_config(cloud.addr, "edge-1");
     config.heartbeat = Duration::from_millis(100);
     let (edge, edge_handle, mut edge_events) = EdgeHub::new(config);
     let edge_stop = CancellationToken::new();
@@ -428,7 +415,7 @@ async fn a_new_connection_replaces_the_old_and_the_edge_reconnects() {
     );
 
     // An EdgeHub rides out a cloud restart on the same address.
-    let (edge, _handle, mut edge_events) = EdgeHub::new(edge_config(&pki, cloud.addr, "edge-2"));
+    let (edge, _handle, mut edge_events) = EdgeHub::new(pki.edge_config(cloud.addr, "edge-2"));
     let edge_stop = CancellationToken::new();
     tokio::spawn(edge.run(edge_stop.clone()));
     assert_eq!(next(&mut edge_events).await, EdgeEvent::Connected);

@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kubeedge_hub::{
-    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeHub, EdgeHubConfig, ReliableCloud,
-    ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent,
+    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeHub, ReliableCloud, ReliableEdge,
+    ReliableEdgeHandle, UpstreamConfig, UpstreamEvent,
 };
 use kubeedge_proto::journal::{MemoryJournal, MessageJournal};
 use kubeedge_proto::{Content, Message};
-use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -126,12 +125,7 @@ fn start_edge(
     seen: Arc<Mutex<EdgeSeen>>,
     lifetime: usize,
 ) -> (ReliableEdgeHandle<MemoryJournal>, CancellationToken) {
-    let mut config = EdgeHubConfig::new(
-        proxy.to_string(),
-        ServerName::IpAddress(proxy.ip().into()),
-        pki.client_tls("edge-1"),
-        "edge-1",
-    );
+    let mut config = pki.edge_config(proxy, "edge-1");
     config.min_backoff = Duration::from_millis(5);
     config.max_backoff = Duration::from_millis(50);
     config.heartbeat = Duration::from_millis(500);

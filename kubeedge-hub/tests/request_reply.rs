@@ -5,12 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubeedge_hub::{
-    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeHub, EdgeHubConfig, Error,
-    ReliableCloud, ReliableEdge, UpstreamConfig, UpstreamEvent,
+    DeliveryConfig, DeliveryEvent, EdgeHub, Error, ReliableEdge, UpstreamConfig, UpstreamEvent,
 };
 use kubeedge_proto::journal::{MemoryJournal, MessageJournal};
 use kubeedge_proto::{Content, Message};
-use rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -20,17 +18,8 @@ use common::{DEADLINE, Pki};
 async fn calls_get_their_replies_and_unanswered_calls_time_out() {
     let pki = Pki::new();
     let stop = CancellationToken::new();
-    let (hub, hub_handle, raw) = CloudHub::bind(CloudHubConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        pki.server_tls(),
-    ))
-    .await
-    .unwrap();
-    let addr = hub.local_addr().unwrap();
-    tokio::spawn(hub.run(stop.clone()));
-    let (reliable, cloud, mut cloud_events) =
-        ReliableCloud::new(hub_handle, raw, DeliveryConfig::default());
-    tokio::spawn(reliable.run(stop.clone()));
+    let (addr, cloud, mut cloud_events) =
+        pki.reliable_cloud(DeliveryConfig::default(), &stop).await;
     // The cloud answers queries (like edgecontroller answering a node registration) and
     // ignores everything else.
     tokio::spawn(async move {
@@ -46,12 +35,7 @@ async fn calls_get_their_replies_and_unanswered_calls_time_out() {
         }
     });
 
-    let config = EdgeHubConfig::new(
-        addr.to_string(),
-        ServerName::IpAddress(addr.ip().into()),
-        pki.client_tls("edge-1"),
-        "edge-1",
-    );
+    let config = pki.edge_config(addr, "edge-1");
     let (edge, link, raw) = EdgeHub::new(config);
     tokio::spawn(edge.run(stop.clone()));
     let journal = Arc::new(MemoryJournal::new(100));

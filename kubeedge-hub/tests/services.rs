@@ -4,12 +4,8 @@
 use std::future::poll_fn;
 use std::task::Poll;
 
-use kubeedge_hub::{
-    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub, EdgeHubConfig,
-    ReliableCloud,
-};
+use kubeedge_hub::{DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub};
 use kubeedge_proto::{Content, Message};
-use rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
@@ -32,20 +28,11 @@ fn pod(i: usize) -> Message {
 async fn poll_ready_waits_for_acknowledgements() {
     let pki = Pki::new();
     let stop = CancellationToken::new();
-    let (hub, hub_handle, raw) = CloudHub::bind(CloudHubConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        pki.server_tls(),
-    ))
-    .await
-    .unwrap();
-    let addr = hub.local_addr().unwrap();
-    tokio::spawn(hub.run(stop.clone()));
     let config = DeliveryConfig {
         node_capacity: 2,
         ..DeliveryConfig::default()
     };
-    let (reliable, cloud, mut cloud_events) = ReliableCloud::new(hub_handle, raw, config);
-    tokio::spawn(reliable.run(stop.clone()));
+    let (addr, cloud, mut cloud_events) = pki.reliable_cloud(config, &stop).await;
 
     // The node is not connected yet: two messages fill its queue, the third must wait.
     let mut to_node = cloud.to_node("edge-1");
@@ -59,12 +46,7 @@ async fn poll_ready_waits_for_acknowledgements() {
     assert_eq!(cloud.pending("edge-1"), 2);
 
     // An edge connects and acknowledges what it gets; room appears, the third goes too.
-    let mut edge_config = EdgeHubConfig::new(
-        addr.to_string(),
-        ServerName::IpAddress(addr.ip().into()),
-        pki.client_tls("edge-1"),
-        "edge-1",
-    );
+    let mut edge_config = pki.edge_config(addr, "edge-1");
     edge_config.rate_limit = None;
     let (edge, edge_handle, mut edge_events) = EdgeHub::new(edge_config);
     tokio::spawn(edge.run(stop.clone()));

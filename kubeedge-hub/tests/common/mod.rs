@@ -4,11 +4,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubeedge_hub::tls;
+use std::net::SocketAddr;
+
+use kubeedge_hub::{
+    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeHubConfig, ReliableCloud,
+    ReliableCloudHandle, tls,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::ServerName;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Deadline for anything a test waits for; a hung test fails here instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -95,5 +103,40 @@ impl Pki {
             self.ca_pem.as_bytes(),
         )
         .unwrap()
+    }
+}
+
+impl Pki {
+    /// An EdgeHub configuration for `node` against the hub at `cloud`, reconnecting quickly.
+    pub fn edge_config(&self, cloud: SocketAddr, node: &str) -> EdgeHubConfig {
+        let mut config = EdgeHubConfig::new(
+            cloud.to_string(),
+            ServerName::IpAddress(cloud.ip().into()),
+            self.client_tls(node),
+            node,
+        );
+        config.min_backoff = Duration::from_millis(20);
+        config.max_backoff = Duration::from_millis(200);
+        config
+    }
+
+    /// A CloudHub on a free loopback port with a ReliableCloud on top, both running until
+    /// `stop`: its address, the reliable handle and the application's events.
+    pub async fn reliable_cloud(
+        &self,
+        delivery: DeliveryConfig,
+        stop: &CancellationToken,
+    ) -> (
+        SocketAddr,
+        ReliableCloudHandle,
+        mpsc::Receiver<DeliveryEvent>,
+    ) {
+        let config = CloudHubConfig::new("127.0.0.1:0".parse().unwrap(), self.server_tls());
+        let (hub, hub_handle, raw) = CloudHub::bind(config).await.unwrap();
+        let addr = hub.local_addr().unwrap();
+        tokio::spawn(hub.run(stop.clone()));
+        let (reliable, cloud, events) = ReliableCloud::new(hub_handle, raw, delivery);
+        tokio::spawn(reliable.run(stop.clone()));
+        (addr, cloud, events)
     }
 }
