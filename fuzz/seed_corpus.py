@@ -29,6 +29,8 @@ def main():
             put("resource_path", res.encode())
             put("resource_path", ("node/ke-edge-test/" + res).encode())
         content = msg["content"]
+        if isinstance(content, dict) and content.get("kind") in ("Device", "DeviceModel"):
+            put("twin_inputs", json.dumps(content, separators=(",", ":")).encode())
         if isinstance(content, str) and content.startswith("{"):
             put("twin_payloads", content.encode())
         elif isinstance(content, dict) and "kind" not in content:
@@ -37,13 +39,19 @@ def main():
     put("json_lines", b"\x07" + b"".join(payloads[:12]))
     put("json_lines", b"\x40" + b"".join(payloads[40:60]))
     for line in (VECTORS / "mqtt-v1.22.2.jsonl").read_text().splitlines():
-        put("twin_payloads", json.loads(line)["payload"].encode())
+        rec = json.loads(line)
+        put("twin_payloads", rec["payload"].encode())
+        put("twin_inputs", rec["payload"].encode())
+        put("twin_inputs", rec["topic"].encode())
     put("twin_payloads", b'{"Object":{"kind":"Node"},"Err":null}')
     put("twin_payloads", b'{"Object":null,"Err":{"ErrStatus":{"message":"x","code":409}}}')
     frames = VECTORS / "frames-v1.22.jsonl"
     if frames.exists():
         for line in frames.read_text().splitlines():
             put("binary_frame", bytes.fromhex(json.loads(line)["frame_hex"]))
+    for text in [b"\x00apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata: {name: m}\nspec:\n  protocol: modbus\n  properties:\n  - {name: t, type: INT, accessMode: ReadWrite}\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata: {name: d, namespace: default}\nspec:\n  deviceModelRef: {name: m}\n  protocol: {protocolName: modbus, configData: {ip: 127.0.0.1, port: 502, slaveID: 1}}\n  properties:\n  - name: t\n    collectCycle: 1000\n    reportCycle: 1000\n    visitors: {protocolName: modbus, configData: {register: HoldingRegister, offset: 0, limit: 1}}\n",
+                 b"\x40\x00\x19\x41\xc8\x00\x00", b"\x81{\"a\":{\"b\":[0,{\"c\":21.5}]}}", b"\xc2T=21.5", b"\xc0H,45,%"]:
+        put("mapper_inputs", text)
     put("dmi_messages", b"\x12\x0e\x0a\x06modbus\x22\x04/tmp")
 
 

@@ -70,6 +70,7 @@ pub use content::{Content, ContentKind, ObjectMeta};
 pub use error::{Error, QUOTE_LIMIT, Result};
 pub use message::{
     DEFAULT_MAX_MESSAGE_LEN, Message, MessageHeader, MessageRoute, new_message_id, now_millis,
+    rfc3339_utc,
 };
 pub use names::{Group, Operation, ResourceType, Source};
 pub use object_resp::ObjectResp;

@@ -86,6 +86,38 @@ pub fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC: `2026-11-23T04:31:09Z` (Go's
+/// `time.RFC3339`, the form of KubeEdge's `lastOnlineTime`), or with `.mmm` milliseconds when
+/// `millis_fraction` is set.
+///
+/// ```
+/// assert_eq!(kubeedge_proto::rfc3339_utc(1_795_408_269_851, false), "2026-11-23T04:31:09Z");
+/// assert_eq!(kubeedge_proto::rfc3339_utc(951_782_400_123, true), "2000-02-29T00:00:00.123Z");
+/// assert_eq!(kubeedge_proto::rfc3339_utc(-1, true), "1969-12-31T23:59:59.999Z");
+/// ```
+pub fn rfc3339_utc(millis: i64, millis_fraction: bool) -> String {
+    let secs = millis.div_euclid(1000);
+    let ms = millis.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (tod / 3600, tod % 3600 / 60, tod % 60);
+    if millis_fraction {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    }
+}
+
 /// A fresh message id: a random UUID v4 in the hyphenated lowercase form.
 pub fn new_message_id() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string()

@@ -60,6 +60,6 @@ pub use error::{Error, Result};
 pub use metamanager::{
     CloudOutcome, EdgeOutcome, Forward, LocalTarget, MetaManager, MetaManagerConfig,
 };
-pub use outbox::{FullPolicy, Outbox, Pending, Pushed};
+pub use outbox::{FullPolicy, Outbox, Pending, Pushed, Staged};
 pub use schema::SCHEMA_VERSION;
 pub use store::{Durability, Store, StoreConfig};

@@ -77,6 +77,32 @@ impl Outbox {
     /// Appends `msg` durably (the future resolves after the commit). With a coalescing key, a
     /// pending message with the same key is replaced.
     pub async fn push(&self, msg: &Message, coalesce_key: Option<String>) -> Result<Pushed> {
+        let staged = self.stage(msg, coalesce_key)?;
+        self.store.write(move |db| staged.apply(db)).await
+    }
+
+    /// Prepares `msg` for an append that commits together with other changes: call
+    /// [`Staged::apply`] inside a [`Store::write`] closure, so that the message is queued if and
+    /// only if those changes commit (a twin update and the report of it to the cloud, say).
+    ///
+    /// ```
+    /// # use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
+    /// # use kubeedge_proto::{Content, Group, Message, Operation, Source};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> kubeedge_store::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(StoreConfig::new(dir.path().join("edge.db")))?;
+    /// let outbox = Outbox::new(store.clone(), 1000, FullPolicy::Reject);
+    /// let report = Message::new(Source::Twin, Group::Resource, Operation::Update,
+    ///     "device/default/t1/state/update", Content::string("online"));
+    /// let staged = outbox.stage(&report, None)?;
+    /// store.write(move |db| {
+    ///     db.execute("UPDATE device SET state = 'online' WHERE id = 'default/t1'", [])?;
+    ///     staged.apply(db)
+    /// }).await?;
+    /// assert_eq!(outbox.len().await?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn stage(&self, msg: &Message, coalesce_key: Option<String>) -> Result<Staged> {
         let json =
             String::from_utf8(msg.to_json()).map_err(|e| Error::InvalidMessage(e.to_string()))?;
         self.store.check_len("outbox message", json.len())?;
@@ -86,66 +112,13 @@ impl Outbox {
                 "an outbox message needs a msg_id".to_owned(),
             ));
         }
-        let (capacity, policy) = (self.capacity, self.policy);
-        let pushed = self
-            .store
-            .write(move |db| {
-                let queued: Option<i64> = db
-                    .query_row("SELECT seq FROM kubeedge_rs_outbox WHERE msg_id = ?1", [&msg_id], |row| {
-                        row.get(0)
-                    })
-                    .optional()?;
-                if queued.is_some() {
-                    return Ok(Pushed::AlreadyQueued);
-                }
-                let mut outcome = Pushed::Appended;
-                if let Some(key) = &coalesce_key {
-                    let replaced: Option<String> = db
-                        .query_row(
-                            "DELETE FROM kubeedge_rs_outbox WHERE coalesce_key = ?1 RETURNING msg_id",
-                            [key],
-                            |row| row.get(0),
-                        )
-                        .optional()?;
-                    if let Some(replaced) = replaced {
-                        outcome = Pushed::Coalesced { replaced };
-                    }
-                }
-                let len: i64 =
-                    db.query_row("SELECT count(*) FROM kubeedge_rs_outbox", [], |row| row.get(0))?;
-                if usize::try_from(len).unwrap_or(usize::MAX) >= capacity {
-                    match policy {
-                        FullPolicy::Reject => return Err(Error::OutboxFull { capacity }),
-                        FullPolicy::DropOldest => {
-                            let dropped: String = db.query_row(
-                                "DELETE FROM kubeedge_rs_outbox
-                                 WHERE seq = (SELECT min(seq) FROM kubeedge_rs_outbox)
-                                 RETURNING msg_id",
-                                [],
-                                |row| row.get(0),
-                            )?;
-                            outcome = Pushed::DroppedOldest { dropped };
-                        }
-                    }
-                }
-                db.execute(
-                    "INSERT INTO kubeedge_rs_outbox (msg_id, coalesce_key, message, enqueued_at)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![msg_id, coalesce_key, json, now_millis()],
-                )?;
-                Ok(outcome)
-            })
-            .await;
-        match &pushed {
-            Ok(Pushed::DroppedOldest { dropped }) => {
-                tracing::warn!(dropped = %dropped, capacity, "outbox full: dropped the oldest message");
-            }
-            Err(Error::OutboxFull { capacity }) => {
-                tracing::warn!(capacity, msg_id = %msg.header.id, "outbox full: message refused");
-            }
-            _ => {}
-        }
-        pushed
+        Ok(Staged {
+            msg_id,
+            json,
+            coalesce_key,
+            capacity: self.capacity,
+            policy: self.policy,
+        })
     }
 
     /// Removes the message the cloud answered: the one whose id is `parent_msg_id` of the reply.
@@ -198,6 +171,84 @@ impl Outbox {
     /// Whether nothing is pending.
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.len().await? == 0)
+    }
+}
+
+/// A message ready to be appended inside a write transaction; see [`Outbox::stage`].
+#[derive(Debug)]
+pub struct Staged {
+    msg_id: String,
+    json: String,
+    coalesce_key: Option<String>,
+    capacity: usize,
+    policy: FullPolicy,
+}
+
+impl Staged {
+    /// The id of the staged message.
+    pub fn msg_id(&self) -> &str {
+        &self.msg_id
+    }
+
+    /// Appends the message on `db`, which must be the connection of a [`Store::write`] closure.
+    /// When the outbox is full and the policy is [`FullPolicy::Reject`], fails with
+    /// [`Error::OutboxFull`] (which rolls back the whole closure if returned from it).
+    pub fn apply(self, db: &rusqlite::Connection) -> Result<Pushed> {
+        let Self {
+            msg_id,
+            json,
+            coalesce_key,
+            capacity,
+            policy,
+        } = self;
+        let queued: Option<i64> = db
+            .prepare_cached("SELECT seq FROM kubeedge_rs_outbox WHERE msg_id = ?1")?
+            .query_row([&msg_id], |row| row.get(0))
+            .optional()?;
+        if queued.is_some() {
+            return Ok(Pushed::AlreadyQueued);
+        }
+        let mut outcome = Pushed::Appended;
+        if let Some(key) = &coalesce_key {
+            let replaced: Option<String> = db
+                .prepare_cached(
+                    "DELETE FROM kubeedge_rs_outbox WHERE coalesce_key = ?1 RETURNING msg_id",
+                )?
+                .query_row([key], |row| row.get(0))
+                .optional()?;
+            if let Some(replaced) = replaced {
+                outcome = Pushed::Coalesced { replaced };
+            }
+        }
+        let len: i64 = db
+            .prepare_cached("SELECT count(*) FROM kubeedge_rs_outbox")?
+            .query_row([], |row| row.get(0))?;
+        if usize::try_from(len).unwrap_or(usize::MAX) >= capacity {
+            match policy {
+                FullPolicy::Reject => {
+                    // Logged here, where it is decided, for every way a message is queued.
+                    tracing::warn!(capacity, msg_id = %msg_id, "outbox full: message refused");
+                    return Err(Error::OutboxFull { capacity });
+                }
+                FullPolicy::DropOldest => {
+                    let dropped: String = db.query_row(
+                        "DELETE FROM kubeedge_rs_outbox
+                         WHERE seq = (SELECT min(seq) FROM kubeedge_rs_outbox)
+                         RETURNING msg_id",
+                        [],
+                        |row| row.get(0),
+                    )?;
+                    tracing::warn!(dropped = %dropped, capacity, "outbox full: dropped the oldest message");
+                    outcome = Pushed::DroppedOldest { dropped };
+                }
+            }
+        }
+        db.prepare_cached(
+            "INSERT INTO kubeedge_rs_outbox (msg_id, coalesce_key, message, enqueued_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![msg_id, coalesce_key, json, now_millis()])?;
+        Ok(outcome)
     }
 }
 

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::Result;
 
 /// The schema version this crate writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Migration `n` brings a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -91,6 +91,11 @@ const MIGRATIONS: &[&str] = &[
         message      text NOT NULL,
         enqueued_at  integer NOT NULL
     );
+    "#,
+    // 1 -> 2: the device twin reads and writes twins and attributes by (device, name).
+    r#"
+    CREATE INDEX IF NOT EXISTS kubeedge_rs_device_twin_key ON device_twin (deviceid, name);
+    CREATE INDEX IF NOT EXISTS kubeedge_rs_device_attr_key ON device_attr (deviceid, name);
     "#,
 ];
 

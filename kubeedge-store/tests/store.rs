@@ -465,3 +465,48 @@ async fn the_outbox_is_a_message_journal() {
         exercise(&MemoryJournal::new(10)).await
     );
 }
+
+/// Checkpoints run off the writer, and the WAL stays bounded: 2,000 one-row transactions of
+/// 4 KiB values would leave a WAL of more than 20 MiB without checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_checkpoints_bound_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir);
+    cfg.checkpoint_pages = 64;
+    cfg.max_batch = 1;
+    let wal = cfg.path.with_extension("db-wal");
+    let store = Store::open(cfg.clone()).unwrap();
+    let value = "x".repeat(4096);
+    let mut largest = 0;
+    for i in 0..2000 {
+        let value = value.clone();
+        store
+            .write(move |db| {
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, type, value) VALUES (?1, 'blob', ?2)",
+                    rusqlite::params![format!("default/blob/b{}", i % 100), value],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    }
+    // Under back-to-back writes the background checkpoints never catch up with the writer (a
+    // WAL starts over only when fully checkpointed), so the writer checkpoints itself at
+    // 8 x 64 pages: ~2.1 MB.
+    assert!(largest < 4 * 1024 * 1024, "WAL grew to {largest} bytes");
+    store.close().await.unwrap();
+    let store = Store::open(cfg).unwrap();
+    let rows: i64 = store
+        .read(|db| {
+            Ok(
+                db.query_row("SELECT count(*) FROM meta WHERE type = 'blob'", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, 100);
+}

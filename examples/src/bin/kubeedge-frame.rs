@@ -194,7 +194,7 @@ fn show(out: &mut impl Write, number: u64, msg: &Message) -> io::Result<()> {
         "  msg_id {:?}  timestamp {} ({})",
         h.id,
         h.timestamp,
-        utc(h.timestamp)
+        kubeedge_proto::rfc3339_utc(h.timestamp, true)
     )?;
     if !h.parent_id.is_empty() {
         write!(out, "  parent {:?}", h.parent_id)?;
@@ -279,30 +279,6 @@ fn describe(resource: &Resource) -> String {
     }
 }
 
-/// Formats milliseconds since the epoch as an RFC 3339 UTC time.
-fn utc(millis: i64) -> String {
-    let secs = millis.div_euclid(1000);
-    let ms = millis.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the whole i64 range of days used here.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,12 +333,5 @@ mod tests {
         );
         assert!(out.contains("2026-11-23T04:30:08.347Z"), "{out}");
         assert!(out.contains("resourceversion \"247\""), "{out}");
-    }
-
-    #[test]
-    fn utc_formatting() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(utc(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(utc(-1), "1969-12-31T23:59:59.999Z");
     }
 }
