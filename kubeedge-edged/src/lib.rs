@@ -3,5 +3,9 @@
 //! The pod runtime of kubeedge-rs: a pod sync loop over CRI (containerd), with restart policy,
 //! probes, volumes, pod and node status, that restarts pods from the local store while the cloud is
 //! unreachable.
-//!
-//! Status: not written yet.
+
+mod error;
+pub mod runtime;
+
+pub use error::{Error, Result};
+pub use runtime::PodRuntime;
