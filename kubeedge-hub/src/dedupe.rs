@@ -6,13 +6,32 @@
 //! application sent to them: a duplicate is dropped, and answered again with the remembered
 //! reply, because a duplicate means the first answer was lost.
 //!
+//! A duplicate of a message that was answered but whose answer has since been forgotten (more
+//! than `replies` later answers went out first, which a cut link can cause by reordering
+//! re-sends) is handed to the application again: without an answer its sender would re-send it
+//! forever and, with a window of unanswered messages, stop. Applications apply by message id
+//! idempotently, so a rare second delivery is safe; a stuck link is not. Size the reply cache at
+//! least twice the peer's window of unanswered messages and it does not happen.
+//!
 //! Keepalives are never remembered: they are not worth de-duplicating, and at one every 15 s they
 //! would otherwise fill a node's window with nothing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 
 use kubeedge_proto::Message;
+
+/// What [`RecentIds::sight`] found.
+// Returned once per message and matched at once; boxing the reply would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, PartialEq)]
+pub(crate) enum Sight {
+    /// Deliver it to the application: new, or answered with an answer no longer remembered.
+    Deliver,
+    /// A duplicate: answer it again with this reply if there is one (none yet: the application
+    /// has not answered the first copy).
+    Duplicate(Option<Message>),
+}
 
 /// Recently seen message ids and the replies sent to them, both bounded.
 #[derive(Debug)]
@@ -20,7 +39,8 @@ pub(crate) struct RecentIds {
     /// Keyed with a per-instance random key, so a peer cannot choose colliding ids.
     hasher: RandomState,
     window: usize,
-    seen: HashSet<u64>,
+    /// Seen ids, and whether the application answered them.
+    seen: HashMap<u64, bool>,
     order: VecDeque<u64>,
     reply_capacity: usize,
     replies: HashMap<u64, Message>,
@@ -33,7 +53,7 @@ impl RecentIds {
         Self {
             hasher: RandomState::new(),
             window: window.max(1),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             order: VecDeque::new(),
             reply_capacity,
             replies: HashMap::new(),
@@ -41,23 +61,32 @@ impl RecentIds {
         }
     }
 
-    /// Whether `msg` is seen for the first time (it is remembered then). Messages without an
-    /// id and keepalives always count as new and are not remembered.
-    pub(crate) fn first_sight(&mut self, msg: &Message) -> bool {
+    /// Whether `msg` goes to the application (it is remembered then) or is a duplicate.
+    /// Messages without an id and keepalives always go and are not remembered.
+    pub(crate) fn sight(&mut self, msg: &Message) -> Sight {
         if msg.header.id.is_empty() || msg.is_keepalive() {
-            return true;
+            return Sight::Deliver;
         }
         let key = self.hasher.hash_one(&msg.header.id);
-        if !self.seen.insert(key) {
-            return false;
+        match self.seen.get(&key) {
+            None => {}
+            Some(false) => return Sight::Duplicate(None),
+            Some(true) => {
+                return match self.replies.get(&key) {
+                    Some(reply) => Sight::Duplicate(Some(reply.clone())),
+                    // Answered, answer forgotten: deliver again (see the module docs).
+                    None => Sight::Deliver,
+                };
+            }
         }
+        self.seen.insert(key, false);
         self.order.push_back(key);
         while self.order.len() > self.window {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        true
+        Sight::Deliver
     }
 
     /// Remembers `reply` if it answers a message still remembered.
@@ -67,9 +96,10 @@ impl RecentIds {
             return;
         }
         let key = self.hasher.hash_one(parent);
-        if !self.seen.contains(&key) {
+        let Some(answered) = self.seen.get_mut(&key) else {
             return;
-        }
+        };
+        *answered = true;
         if self.replies.insert(key, reply.clone()).is_none() {
             self.reply_order.push_back(key);
         }
@@ -78,11 +108,6 @@ impl RecentIds {
                 self.replies.remove(&old);
             }
         }
-    }
-
-    /// The reply remembered for the message with id `msg_id`.
-    pub(crate) fn reply_to(&self, msg_id: &str) -> Option<&Message> {
-        self.replies.get(&self.hasher.hash_one(msg_id))
     }
 }
 
@@ -106,39 +131,34 @@ mod tests {
     fn drops_duplicates_within_the_window_and_forgets_beyond_it() {
         let mut recent = RecentIds::new(3, 2);
         let msgs: Vec<Message> = (0..4).map(msg).collect();
-        assert!(recent.first_sight(&msgs[0]));
-        assert!(!recent.first_sight(&msgs[0]));
+        assert_eq!(recent.sight(&msgs[0]), Sight::Deliver);
+        assert_eq!(recent.sight(&msgs[0]), Sight::Duplicate(None));
         for m in &msgs[1..] {
-            assert!(recent.first_sight(m));
+            assert_eq!(recent.sight(m), Sight::Deliver);
         }
         // msgs[0] fell out of the 3-id window.
-        assert!(recent.first_sight(&msgs[0]));
+        assert_eq!(recent.sight(&msgs[0]), Sight::Deliver);
         // Keepalives are never remembered.
         let keepalive = Message::keepalive();
-        assert!(recent.first_sight(&keepalive));
-        assert!(recent.first_sight(&keepalive));
+        assert_eq!(recent.sight(&keepalive), Sight::Deliver);
+        assert_eq!(recent.sight(&keepalive), Sight::Deliver);
     }
 
     #[test]
-    fn keeps_the_last_replies_to_remembered_messages() {
+    fn answers_duplicates_with_the_last_replies_and_redelivers_when_the_reply_is_forgotten() {
         let mut recent = RecentIds::new(10, 2);
         let msgs: Vec<Message> = (0..3).map(msg).collect();
         for m in &msgs {
-            recent.first_sight(m);
+            assert_eq!(recent.sight(m), Sight::Deliver);
             recent.remember_reply(&m.ack());
         }
-        assert!(
-            recent.reply_to(&msgs[0].header.id).is_none(),
-            "only the last two replies stay"
-        );
-        assert_eq!(
-            recent
-                .reply_to(&msgs[2].header.id)
-                .unwrap()
-                .header
-                .parent_id,
-            msgs[2].header.id
-        );
+        match recent.sight(&msgs[2]) {
+            Sight::Duplicate(Some(reply)) => assert_eq!(reply.header.parent_id, msgs[2].header.id),
+            other => panic!("expected the remembered reply, got {other:?}"),
+        }
+        // Only the last two replies stay: msgs[0] was answered, its answer is gone, so it goes
+        // to the application again rather than staying unanswered forever.
+        assert_eq!(recent.sight(&msgs[0]), Sight::Deliver);
         // A reply to something never seen is not kept.
         recent.remember_reply(&msg(9).ack());
         assert_eq!(recent.replies.len(), 2);

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, PollSemaphore};
 
-use crate::dedupe::RecentIds;
+use crate::dedupe::{RecentIds, Sight};
 use crate::{CloudEvent, CloudHubHandle, Error, LinkEnd, Result};
 
 /// Settings for [`ReliableCloud`].
@@ -39,7 +39,9 @@ pub struct DeliveryConfig {
     /// How many recent message ids per node are remembered to drop duplicates (keepalives are
     /// not counted).
     pub dedupe_window: usize,
-    /// How many of the application's recent replies per node are kept to answer duplicates.
+    /// How many of the application's recent replies per node are kept to answer duplicates. At
+    /// least twice the edges' upstream window ([`UpstreamConfig::window`](crate::UpstreamConfig),
+    /// 32 by default); a duplicate whose reply was forgotten goes to the application again.
     pub reply_cache: usize,
     /// Events queued for the application.
     pub events_len: usize,
@@ -539,16 +541,18 @@ impl ReliableCloud {
                         node,
                         msg_id: message.header.parent_id,
                     }
-                } else if q.recent.first_sight(&message) {
-                    DeliveryEvent::Message { node, message }
                 } else {
-                    // A duplicate: its sender did not get our reply; send that again.
-                    let reply = q.recent.reply_to(&message.header.id).cloned();
-                    drop(nodes);
-                    if let Some(reply) = reply {
-                        let _ = self.hub.try_send(&node, reply);
+                    match q.recent.sight(&message) {
+                        Sight::Deliver => DeliveryEvent::Message { node, message },
+                        // A duplicate: its sender did not get our reply; send that again.
+                        Sight::Duplicate(reply) => {
+                            drop(nodes);
+                            if let Some(reply) = reply {
+                                let _ = self.hub.try_send(&node, reply);
+                            }
+                            return true;
+                        }
                     }
-                    return true;
                 }
             }
         };

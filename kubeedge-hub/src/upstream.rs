@@ -18,7 +18,7 @@ use kubeedge_proto::journal::MessageJournal;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::dedupe::RecentIds;
+use crate::dedupe::{RecentIds, Sight};
 use crate::{EdgeEvent, EdgeHubHandle, Error, LinkEnd, Result};
 
 /// Settings for [`ReliableEdge`].
@@ -26,7 +26,10 @@ use crate::{EdgeEvent, EdgeHubHandle, Error, LinkEnd, Result};
 pub struct UpstreamConfig {
     /// How often unanswered journaled messages are sent again while connected.
     pub resend_interval: Duration,
-    /// How many journaled messages may be unanswered on the link at once.
+    /// How many journal positions past the oldest unanswered message may be on the link. Keep it
+    /// at most half the cloud's reply cache ([`DeliveryConfig::reply_cache`](crate::DeliveryConfig),
+    /// 64 by default): after a cut, re-sends arrive out of order, and the cloud answers a re-sent
+    /// message from that cache only while fewer than two windows of answers went out since.
     pub window: usize,
     /// How many recent cloud message ids are remembered to drop duplicates.
     pub dedupe_window: usize,
@@ -40,7 +43,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             resend_interval: Duration::from_secs(60),
-            window: 64,
+            window: 32,
             dedupe_window: 4096,
             reply_cache: 64,
             events_len: 1024,
@@ -288,20 +291,13 @@ impl<J: MessageJournal> ReliableEdge<J> {
                 return None;
             }
         }
-        let resend = {
-            let mut recent = lock_recent(&self.recent);
-            if recent.first_sight(&message) {
-                None
-            } else {
-                // A duplicate: the cloud did not get our reply; send that again.
-                Some(recent.reply_to(&message.header.id).cloned())
-            }
-        };
-        match resend {
-            None => Some(message),
-            Some(reply) => {
-                // Without waiting: this loop must keep taking the link's events. If the queue is
-                // full the cloud re-sends, and we answer then.
+        let sight = lock_recent(&self.recent).sight(&message);
+        match sight {
+            Sight::Deliver => Some(message),
+            // A duplicate: the cloud did not get our reply; send that again, without waiting:
+            // this loop must keep taking the link's events. If the queue is full the cloud
+            // re-sends, and we answer then.
+            Sight::Duplicate(reply) => {
                 if let Some(reply) = reply {
                     let _ = self.link.try_send(reply);
                 }
