@@ -3,7 +3,7 @@
 //! The trait is the Container Runtime Interface (CRI, `runtime.v1`) cut down to what a kubelet
 //! needs, with plain Rust types instead of the generated protobuf ones, so that another runtime
 //! (a different CRI client, a runtime driven over its own API, a VM-based one) plugs in by
-//! implementing these methods. [`crate::cri::CriRuntime`] implements it over gRPC against
+//! implementing these methods. `cri::CriRuntime` implements it over gRPC against
 //! containerd's CRI plugin.
 //!
 //! Sandboxes and containers are found again after an edged restart by their labels
