@@ -6,7 +6,12 @@
 #   scripts/containerd-env.sh up     install the packages if missing, build two test images,
 #                                    start containerd, import the images, run a smoke container
 #   scripts/containerd-env.sh down   remove every container and sandbox, stop containerd and its
-#                                    shims, unmount, delete the bridge and the directory
+#                                    shims, unmount, delete the bridge and the directory; leaves
+#                                    no process, mount, netns or bridge behind, also when
+#                                    containerd had died (it is restarted to clean up, and runc
+#                                    deletes what is left if even that fails)
+# `up` on a running environment does nothing; `up` over a dead one runs `down` first.
+# Assumes no other containerd uses $EDGED_CTRD_DIR or the bridge name edgedbr0.
 #
 # After `up`:
 #   CRI endpoint  unix://$EDGED_CTRD_DIR/containerd.sock  (default /tmp/edged-ctrd/containerd.sock)
@@ -66,8 +71,38 @@ mkimage() {
     rm -rf "$w"
 }
 
+# Is the containerd of $D alive (not a zombie, and not another process that got its PID)?
 running() {
-    [[ -f "$D/containerd.pid" ]] && kill -0 "$(cat "$D/containerd.pid")" 2>/dev/null
+    [[ -f "$D/containerd.pid" ]] || return 1
+    local pid state
+    pid=$(cat "$D/containerd.pid")
+    state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]] &&
+        { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "--config $D/config.toml"
+}
+
+# "<namespace> <id>" of every task containerd started for $D (its task state directories).
+own_tasks() {
+    local dir
+    for dir in "$D"/state/io.containerd.runtime.v2.task/*/*; do
+        [[ -d $dir ]] && echo "$(basename "$(dirname "$dir")") $(basename "$dir")"
+    done
+    return 0
+}
+
+# Starts containerd on $D/config.toml and waits until it answers (at most 10 s).
+start_containerd() {
+    mkdir -p "$D/logs"
+    containerd --config "$D/config.toml" >>"$D/logs/containerd.log" 2>&1 </dev/null &
+    echo $! >"$D/containerd.pid"
+    for _ in $(seq 100); do
+        ctr_ version >/dev/null 2>&1 && return 0
+        running || break
+        sleep 0.1
+    done
+    log "containerd did not answer on $SOCK; the end of its log:"
+    tail -n 40 "$D/logs/containerd.log" >&2
+    return 1
 }
 
 up() {
@@ -132,23 +167,7 @@ EOT
  "ipam":{"type":"host-local","ranges":[[{"subnet":"$SUBNET"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"$D/cni/ipam"}}]}
 EOT
 
-    containerd --config "$D/config.toml" >"$D/logs/containerd.log" 2>&1 </dev/null &
-    echo $! >"$D/containerd.pid"
-    local i
-    for i in $(seq 100); do
-        ctr_ version >/dev/null 2>&1 && break
-        if ! running; then
-            log "containerd exited; its log:"
-            tail -n 40 "$D/logs/containerd.log" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    if ! ctr_ version >/dev/null 2>&1; then
-        log "containerd did not answer on $SOCK within 10 s; its log:"
-        tail -n 40 "$D/logs/containerd.log" >&2
-        exit 1
-    fi
+    start_containerd || exit 1
     ctr_ -n k8s.io images import "$D/img/busybox.tar" >/dev/null
     ctr_ -n k8s.io images import "$D/img/pause.tar" >/dev/null
     local out
@@ -165,12 +184,18 @@ EOT
 own_pids() {
     local p
     for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK " && echo "${p#/proc/}"
+        { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $SOCK " && echo "${p#/proc/}"
     done
     return 0
 }
 
 down() {
+    # containerd died and left its containers running: start it again on the same state, so it
+    # can remove them properly.
+    if ! running && [[ -f "$D/config.toml" && -n "$(own_pids)$(own_tasks)" ]]; then
+        log "containerd is not running but its containers may be: restarting it to clean up"
+        start_containerd || true
+    fi
     if running; then
         # Remove everything through containerd first; it tears down what it set up.
         local ns t c
@@ -188,11 +213,18 @@ down() {
         local pid
         pid=$(cat "$D/containerd.pid")
         kill "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do running || break; sleep 0.1; done
+        running && kill -KILL "$pid" 2>/dev/null
     fi
-    # Shims (and so containers) that survived: end them by PID.
-    local p
+    # What survived (containerd could not be started again): delete the containers with runc
+    # (it kills their processes and removes their cgroups), then end the shims by PID and remove
+    # their sockets (/run/containerd/s/<sha256 of "$SOCK/<namespace>/<id>">, fixed in 1.6).
+    local ns id p
+    while read -r ns id; do
+        [[ -n $id ]] || continue
+        runc --root "/run/containerd/runc/$ns" delete -f "$id" >/dev/null 2>&1 || true
+        rm -f "/run/containerd/s/$(printf '%s' "$SOCK/$ns/$id" | sha256sum | cut -d' ' -f1)"
+    done < <(own_tasks)
     for p in $(own_pids); do kill -KILL "$p" 2>/dev/null || true; done
     # Mounts under $D: rootfs overlays, shm, the pods' network namespaces (deepest first).
     if [[ -n $D && -d $D ]]; then
@@ -202,6 +234,9 @@ down() {
     ip link delete "$BRIDGE" 2>/dev/null || true
     # The empty parent cgroups containerd made for the pods (rmdir fails on any non-empty one).
     rmdir /sys/fs/cgroup/*/k8s.io 2>/dev/null || true
+    # The shims' fixed directories, if empty (a system containerd would keep them in use).
+    rmdir /run/containerd/runc/k8s.io /run/containerd/runc/default /run/containerd/runc \
+        /run/containerd/fifo /run/containerd/s /run/containerd 2>/dev/null || true
     rm -rf "$D"
     log "down: $D removed"
 }
