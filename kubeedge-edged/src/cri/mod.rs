@@ -10,6 +10,10 @@
 //! [`Error::NotFound`](crate::Error::NotFound) (except in stop and remove calls, which succeed as
 //! the CRI specifies), and every response is bounded before it is kept.
 //!
+//! Timestamps are passed on as the runtime reports them. containerd 1.6 stamps `started_at`
+//! when the start call returns, so a container that exits at once can show a `finished_at`
+//! slightly *before* its `started_at`.
+//!
 //! ```no_run
 //! use kubeedge_edged::{CriRuntime, PodRuntime};
 //!
