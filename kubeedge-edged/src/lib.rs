@@ -6,6 +6,7 @@
 
 mod error;
 pub mod runtime;
+pub mod volumes;
 
 pub use error::{Error, Result};
 pub use runtime::PodRuntime;
