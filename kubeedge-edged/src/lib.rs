@@ -13,6 +13,7 @@
 pub mod cri;
 mod error;
 pub mod runtime;
+pub mod volumes;
 
 pub use error::{Error, Result};
 pub use runtime::PodRuntime;
