@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pod_spec::{PodObjects, PodRef};
 use crate::pod_worker::{PodWorker, Snapshot, WorkerConfig};
-use crate::runtime::PodRuntime;
+use crate::runtime::{LABEL_NODE, PodRuntime};
 use crate::volumes::{ObjectLookup, VolumeManager};
 use crate::{Error, Result};
 
@@ -165,7 +165,15 @@ impl<R: PodRuntime> Edged<R> {
         }
         self.workers.retain(|_, w| !w.task.is_finished());
         // Sandboxes nobody owns (a pod deleted while edged was down): same path.
-        let sandboxes = self.runtime.list_sandboxes().await?;
+        let node = self.config.node_name.clone();
+        let node = node.as_str();
+        let sandboxes = self
+            .runtime
+            .list_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|s| s.labels.get(LABEL_NODE).map(String::as_str) == Some(node))
+            .collect();
         let snapshot = Snapshot::new(sandboxes, Vec::new());
         for (uid, list) in snapshot.sandboxes {
             if uid.is_empty() || desired.contains(&uid) || self.workers.contains_key(&uid) {
@@ -174,7 +182,7 @@ impl<R: PodRuntime> Edged<R> {
             let Some(s) = list.first() else { continue };
             let orphan: Pod = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": s.name, "namespace": s.namespace, "uid": uid},
-                "spec": {"containers": [], "terminationGracePeriodSeconds": 2}
+                "spec": {"containers": [], "nodeName": node, "terminationGracePeriodSeconds": 2}
             }))?;
             let Ok(id) = PodRef::of(&orphan) else { continue };
             tracing::info!(pod = %id.key(), uid = %uid, "removing a sandbox no stored pod owns");

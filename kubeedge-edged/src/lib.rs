@@ -11,10 +11,17 @@
 
 #[cfg(feature = "cri")]
 pub mod cri;
+mod edged;
 mod error;
+pub mod pod_spec;
+pub mod pod_status;
+pub mod pod_worker;
+pub mod probe;
+pub mod quantity;
 pub mod runtime;
 pub mod volumes;
 
+pub use edged::{Edged, EdgedConfig, EdgedHandle};
 pub use error::{Error, Result};
 pub use runtime::PodRuntime;
 

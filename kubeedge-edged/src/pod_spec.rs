@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 
 use crate::quantity;
 use crate::runtime::{
-    ContainerConfig, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+    ContainerConfig, LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
     LinuxResources, Mount, PortMapping, SandboxConfig,
 };
 use crate::{Error, Result};
@@ -106,6 +106,9 @@ pub fn sandbox_config(pod: &Pod, attempt: u32, log_root: &Path) -> Result<Sandbo
     }
     let dns = spec.dns_config.as_ref();
     let mut labels = id.labels();
+    if let Some(node) = spec.node_name.as_ref() {
+        labels.insert(LABEL_NODE.to_owned(), node.clone());
+    }
     for (k, v) in pod.metadata.labels.iter().flatten() {
         labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
@@ -199,7 +202,7 @@ fn environment(
     fields: &RuntimeFields,
 ) -> Result<Vec<(String, String)>> {
     let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |env: &mut Vec<(String, String)>, name: String, value: String| {
+    let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
         if let Some(slot) = env.iter_mut().find(|(k, _)| *k == name) {
             slot.1 = value;
         } else {

@@ -219,6 +219,7 @@ impl<R: PodRuntime> PodWorker<R> {
                     return Outcome {
                         status: self.status(pod, &views, Some(&pod_ip)),
                         gone: false,
+                        stopped: false,
                     };
                 }
             }

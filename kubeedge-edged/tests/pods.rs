@@ -15,7 +15,6 @@ use kubeedge_store::{MetaManager, MetaManagerConfig, Store, StoreConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const NODE: &str = "edge-test";
 /// A deadline for a hung test, never a measure.
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -31,6 +30,7 @@ fn endpoint() -> Option<String> {
 
 /// One edged over a store in `dir`, running until `stop`.
 struct Node {
+    name: String,
     meta: MetaManager,
     runtime: Arc<CriRuntime>,
     handle: EdgedHandle,
@@ -39,11 +39,13 @@ struct Node {
 }
 
 impl Node {
-    async fn start(endpoint: &str, dir: &std::path::Path) -> Self {
+    /// Edged for node `name` (each test has its own node: the runtime is shared by tests
+    /// running in parallel, and an edged removes sandboxes of its own node only).
+    async fn start(endpoint: &str, dir: &std::path::Path, name: &str) -> Self {
         let store = Store::open(StoreConfig::new(dir.join("edgecore.db"))).unwrap();
-        let meta = MetaManager::new(store, MetaManagerConfig::new(NODE));
+        let meta = MetaManager::new(store, MetaManagerConfig::new(name));
         let runtime = Arc::new(CriRuntime::connect(endpoint).await.unwrap());
-        let mut config = EdgedConfig::new(NODE, "127.0.0.1", dir.join("edged"));
+        let mut config = EdgedConfig::new(name, "127.0.0.1", dir.join("edged"));
         config.sync_interval = Duration::from_millis(500);
         let (edged, handle) = Edged::new(Arc::clone(&runtime), meta.clone(), config);
         let stop = CancellationToken::new();
@@ -54,6 +56,7 @@ impl Node {
             }
         });
         Self {
+            name: name.to_owned(),
             meta,
             runtime,
             handle,
@@ -146,9 +149,9 @@ fn pod_msg(op: &str, pod: &Value) -> Message {
     .with_resource_version(rv)
 }
 
-fn pod(name: &str, uid: &str, rv: u64, spec: Value) -> Value {
+fn pod(node: &Node, name: &str, uid: &str, rv: u64, spec: Value) -> Value {
     let mut spec = spec;
-    spec["nodeName"] = json!(NODE);
+    spec["nodeName"] = json!(node.name);
     if spec.get("hostNetwork").is_none() {
         spec["hostNetwork"] = json!(true);
     }
@@ -183,9 +186,10 @@ async fn a_pod_runs_its_status_reaches_the_outbox_and_delete_removes_it() {
     let Some(endpoint) = endpoint() else { return };
     with_deadline(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(&endpoint, dir.path()).await;
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let uid = uid("run");
-        let p = pod("runner", &uid, 1, json!({"containers": [container("main", "echo started; sleep 1000")]}));
+        let p = pod(&node, "runner", &uid, 1, json!({"containers": [container("main", "echo started; sleep 1000")]}));
         node.from_cloud(pod_msg("insert", &p)).await;
         let status = node.wait_status("runner", "running", running).await;
         assert_eq!(status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"], "True");
@@ -210,12 +214,13 @@ async fn a_configmap_volume_and_env_are_visible_inside_the_container() {
     let Some(endpoint) = endpoint() else { return };
     with_deadline(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(&endpoint, dir.path()).await;
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let uid = uid("cfg");
         let mut c = container("main", "sleep 1000");
         c["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/etc/cfg"}]);
         c["env"] = json!([{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}]);
-        let p = pod("cfg-reader", &uid, 1, json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}));
+        let p = pod(&node, "cfg-reader", &uid, 1, json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}));
         // The pod comes before its configmap: it waits with a truthful reason.
         node.from_cloud(pod_msg("insert", &p)).await;
         node.wait_status("cfg-reader", "waiting for its configmap", |s| {
@@ -250,12 +255,13 @@ async fn a_failing_liveness_probe_restarts_the_container() {
     let Some(endpoint) = endpoint() else { return };
     with_deadline(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(&endpoint, dir.path()).await;
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let uid = uid("live");
         let mut c = container("main", "sleep 1000");
         c["livenessProbe"] = json!({"exec": {"command": ["cat", "/tmp/healthy"]},
             "periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 2});
-        let p = pod("unhealthy", &uid, 1, json!({"containers": [c]}));
+        let p = pod(&node, "unhealthy", &uid, 1, json!({"containers": [c]}));
         node.from_cloud(pod_msg("insert", &p)).await;
         let status = node
             .wait_status("unhealthy", "restarted by its liveness probe", |s| {
@@ -274,13 +280,14 @@ async fn bad_pods_get_truthful_reasons_and_do_not_disturb_a_good_one() {
     let Some(endpoint) = endpoint() else { return };
     with_deadline(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(&endpoint, dir.path()).await;
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let (good, missing, crash) = (uid("good"), uid("noimg"), uid("crash"));
-        node.from_cloud(pod_msg("insert", &pod("good", &good, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
+        node.from_cloud(pod_msg("insert", &pod(&node, "good", &good, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
         let mut no_image = container("main", "true");
         no_image["image"] = json!("edged.test/absent:1");
-        node.from_cloud(pod_msg("insert", &pod("no-image", &missing, 1, json!({"containers": [no_image]})))).await;
-        node.from_cloud(pod_msg("insert", &pod("crasher", &crash, 1, json!({"containers": [container("main", "exit 3")]})))).await;
+        node.from_cloud(pod_msg("insert", &pod(&node, "no-image", &missing, 1, json!({"containers": [no_image]})))).await;
+        node.from_cloud(pod_msg("insert", &pod(&node, "crasher", &crash, 1, json!({"containers": [container("main", "exit 3")]})))).await;
 
         node.wait_status("no-image", "failing to pull", |s| {
             let reason = &s["containerStatuses"][0]["state"]["waiting"]["reason"];
@@ -296,7 +303,7 @@ async fn bad_pods_get_truthful_reasons_and_do_not_disturb_a_good_one() {
         assert_eq!(status["phase"], "Running");
         node.wait_status("good", "running", running).await;
         for (name, uid) in [("good", &good), ("no-image", &missing), ("crasher", &crash)] {
-            let p = pod(name, uid, 1, json!({"containers": []}));
+            let p = pod(&node, name, uid, 1, json!({"containers": []}));
             node.from_cloud(pod_msg("delete", &p)).await;
         }
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -316,10 +323,11 @@ async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
     let Some(endpoint) = endpoint() else { return };
     with_deadline(async {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::start(&endpoint, dir.path()).await;
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let (keeps, dies) = (uid("keep"), uid("dies"));
-        node.from_cloud(pod_msg("insert", &pod("keeps-running", &keeps, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
-        node.from_cloud(pod_msg("insert", &pod("killed-meanwhile", &dies, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
+        node.from_cloud(pod_msg("insert", &pod(&node, "keeps-running", &keeps, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
+        node.from_cloud(pod_msg("insert", &pod(&node, "killed-meanwhile", &dies, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
         node.wait_status("keeps-running", "running", running).await;
         node.wait_status("killed-meanwhile", "running", running).await;
         let kept_id = node.containers_of(&keeps).await[0].id.clone();
@@ -336,7 +344,7 @@ async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
             .unwrap();
         runtime.stop_container(&victim.id, Duration::ZERO).await.unwrap();
 
-        let node = Node::start(&endpoint, dir.path()).await;
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
         node.handle.store_changed();
         // The running container was adopted, not replaced.
         let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -357,7 +365,7 @@ async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
         assert_eq!(kept[0].id, kept_id);
         assert_eq!(kept[0].state, ContainerState::Running);
         for (name, uid) in [("keeps-running", &keeps), ("killed-meanwhile", &dies)] {
-            node.from_cloud(pod_msg("delete", &pod(name, uid, 1, json!({"containers": []})))).await;
+            node.from_cloud(pod_msg("delete", &pod(&node, name, uid, 1, json!({"containers": []})))).await;
         }
         let deadline = tokio::time::Instant::now() + DEADLINE;
         for uid in [&keeps, &dies] {
