@@ -5,6 +5,7 @@
 //! unreachable.
 
 mod error;
+pub mod probe;
 pub mod runtime;
 pub mod volumes;
 
