@@ -5,6 +5,7 @@
 //! unreachable.
 
 mod error;
+pub mod node_status;
 pub mod probe;
 pub mod runtime;
 pub mod volumes;
