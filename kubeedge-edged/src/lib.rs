@@ -79,6 +79,8 @@
 pub mod cri;
 mod edged;
 mod error;
+pub mod node_reporter;
+pub mod node_status;
 pub mod pod_spec;
 pub mod pod_status;
 pub mod pod_worker;
@@ -88,6 +90,7 @@ pub mod runtime;
 pub mod volumes;
 
 pub use edged::{Edged, EdgedConfig, EdgedHandle};
+pub use node_reporter::{NodeReporter, NodeReporterConfig};
 pub use error::{Error, Result};
 pub use runtime::PodRuntime;
 
