@@ -57,12 +57,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoint = std::env::var("EDGED_CRI_ENDPOINT").map_err(|_| "set EDGED_CRI_ENDPOINT (scripts/containerd-env.sh up)")?;
+    let endpoint = std::env::var("EDGED_CRI_ENDPOINT")
+        .map_err(|_| "set EDGED_CRI_ENDPOINT (scripts/containerd-env.sh up)")?;
     let dir = tempfile::tempdir()?;
     let store = Store::open(StoreConfig::new(dir.path().join("edgecore.db")))?;
     let meta = MetaManager::new(store, MetaManagerConfig::new(NODE));
     let runtime = Arc::new(CriRuntime::connect(&endpoint).await?);
-    let (edged, handle) = Edged::new(Arc::clone(&runtime), meta.clone(), EdgedConfig::new(NODE, "127.0.0.1", dir.path().join("edged")));
+    let (edged, handle) = Edged::new(
+        Arc::clone(&runtime),
+        meta.clone(),
+        EdgedConfig::new(NODE, "127.0.0.1", dir.path().join("edged")),
+    );
     let stop = CancellationToken::new();
     let task = tokio::spawn(edged.run(stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -74,7 +79,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..PODS {
         let uid = format!("bench-{run_id}-{i}");
         let started = Instant::now();
-        meta.from_cloud(pod_message("insert", &format!("bench-{i}"), &uid)).await?;
+        meta.from_cloud(pod_message("insert", &format!("bench-{i}"), &uid))
+            .await?;
         handle.store_changed();
         let deadline = started + Duration::from_secs(120);
         loop {
@@ -106,11 +112,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sorted[sorted.len() - 1]
     );
     for (i, uid) in uids.iter().enumerate() {
-        meta.from_cloud(pod_message("delete", &format!("bench-{i}"), uid)).await?;
+        meta.from_cloud(pod_message("delete", &format!("bench-{i}"), uid))
+            .await?;
     }
     handle.store_changed();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while runtime.list_sandboxes().await?.iter().any(|s| uids.contains(&s.uid)) {
+    while runtime
+        .list_sandboxes()
+        .await?
+        .iter()
+        .any(|s| uids.contains(&s.uid))
+    {
         if Instant::now() > deadline {
             return Err("pods were not removed".into());
         }

@@ -40,7 +40,11 @@ pub struct EdgedConfig {
 
 impl EdgedConfig {
     /// Defaults: sync every second.
-    pub fn new(node_name: impl Into<String>, host_ip: impl Into<String>, root_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        node_name: impl Into<String>,
+        host_ip: impl Into<String>,
+        root_dir: impl Into<PathBuf>,
+    ) -> Self {
         Self {
             node_name: node_name.into(),
             host_ip: host_ip.into(),
@@ -184,7 +188,9 @@ impl<R: PodRuntime> Edged<R> {
                 "metadata": {"name": s.name, "namespace": s.namespace, "uid": uid},
                 "spec": {"containers": [], "nodeName": node, "terminationGracePeriodSeconds": 2}
             }))?;
-            let Ok(id) = PodRef::of(&orphan) else { continue };
+            let Ok(id) = PodRef::of(&orphan) else {
+                continue;
+            };
             tracing::info!(pod = %id.key(), uid = %uid, "removing a sandbox no stored pod owns");
             self.feed(
                 id,
@@ -201,7 +207,9 @@ impl<R: PodRuntime> Edged<R> {
     fn feed(&mut self, id: PodRef, input: WorkerInput) {
         if let Some(worker) = self.workers.get(&id.uid) {
             let terminate = input.terminate || worker.input.borrow().terminate;
-            worker.input.send_replace(WorkerInput { terminate, ..input });
+            worker
+                .input
+                .send_replace(WorkerInput { terminate, ..input });
             return;
         }
         let (tx, rx) = watch::channel(input);
@@ -212,17 +220,24 @@ impl<R: PodRuntime> Edged<R> {
             id.clone(),
         );
         let task = tokio::spawn(run_worker(worker, rx, self.meta.clone()));
-        self.workers.insert(id.uid, WorkerHandle { input: tx, task });
+        self.workers
+            .insert(id.uid, WorkerHandle { input: tx, task });
     }
 }
 
 /// A pod's task: one sync pass per input, status sent when it changed.
-async fn run_worker<R: PodRuntime>(mut worker: PodWorker<R>, mut input: watch::Receiver<WorkerInput>, meta: MetaManager) {
+async fn run_worker<R: PodRuntime>(
+    mut worker: PodWorker<R>,
+    mut input: watch::Receiver<WorkerInput>,
+    meta: MetaManager,
+) {
     let mut last_sent: Option<serde_json::Value> = None;
     let mut delete_sent = false;
     loop {
         let current = input.borrow_and_update().clone();
-        let outcome = worker.sync(&current.pod, &current.objects, current.terminate).await;
+        let outcome = worker
+            .sync(&current.pod, &current.objects, current.terminate)
+            .await;
         let id = worker.pod().clone();
         if current.terminate {
             if outcome.gone {
@@ -281,7 +296,10 @@ async fn send_delete(meta: &MetaManager, id: &PodRef) -> Result<()> {
 
 /// The pods bound to `node` and, per namespace, the ConfigMaps and Secrets there. A row that
 /// does not decode is skipped with a warning; the others still run.
-async fn load_desired(meta: &MetaManager, node: &str) -> Result<(Vec<Pod>, HashMap<String, Arc<PodObjects>>)> {
+async fn load_desired(
+    meta: &MetaManager,
+    node: &str,
+) -> Result<(Vec<Pod>, HashMap<String, Arc<PodObjects>>)> {
     let node = node.to_owned();
     let rows = meta
         .store()
@@ -307,12 +325,15 @@ async fn load_desired(meta: &MetaManager, node: &str) -> Result<(Vec<Pod>, HashM
     for row in pod_rows {
         match serde_json::from_str::<Pod>(&row.value) {
             Ok(pod) => {
-                let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str());
+                let bound =
+                    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str());
                 if bound {
                     pods.push(pod);
                 }
             }
-            Err(e) => tracing::warn!(key = %row.key, error = %e, "stored pod does not decode; skipped"),
+            Err(e) => {
+                tracing::warn!(key = %row.key, error = %e, "stored pod does not decode; skipped")
+            }
         }
     }
     let mut objects = HashMap::new();
@@ -325,7 +346,9 @@ async fn load_desired(meta: &MetaManager, node: &str) -> Result<(Vec<Pod>, HashM
                         set.configmaps.insert(name, cm);
                     }
                 }
-                Err(e) => tracing::warn!(key = %row.key, error = %e, "stored configmap does not decode; skipped"),
+                Err(e) => {
+                    tracing::warn!(key = %row.key, error = %e, "stored configmap does not decode; skipped")
+                }
             }
         }
         for row in secrets {
@@ -335,7 +358,9 @@ async fn load_desired(meta: &MetaManager, node: &str) -> Result<(Vec<Pod>, HashM
                         set.secrets.insert(name, secret);
                     }
                 }
-                Err(e) => tracing::warn!(key = %row.key, error = %e, "stored secret does not decode; skipped"),
+                Err(e) => {
+                    tracing::warn!(key = %row.key, error = %e, "stored secret does not decode; skipped")
+                }
             }
         }
         objects.insert(ns, Arc::new(set));

@@ -90,8 +90,8 @@ pub mod runtime;
 pub mod volumes;
 
 pub use edged::{Edged, EdgedConfig, EdgedHandle};
-pub use node_reporter::{NodeReporter, NodeReporterConfig};
 pub use error::{Error, Result};
+pub use node_reporter::{NodeReporter, NodeReporterConfig};
 pub use runtime::PodRuntime;
 
 #[cfg(feature = "cri")]

@@ -87,7 +87,8 @@ impl<R: PodRuntime> NodeReporter<R> {
                 .map_err(|e| Error::Spec(format!("node object: {e}")))?,
         )
         .await?;
-        self.send("insert", self.lease_resource(), self.lease()?).await?;
+        self.send("insert", self.lease_resource(), self.lease()?)
+            .await?;
         let mut previous: Option<NodeStatus> = node.status;
         let mut reported = Instant::now();
         let mut status_tick = tokio::time::interval(self.config.status_interval);
@@ -123,7 +124,8 @@ impl<R: PodRuntime> NodeReporter<R> {
         match self.runtime.version().await {
             Ok(v) => {
                 if self.config.node.container_runtime_version.is_empty() {
-                    self.config.node.container_runtime_version = format!("{}://{}", v.name, v.version);
+                    self.config.node.container_runtime_version =
+                        format!("{}://{}", v.name, v.version);
                 }
                 NodeHealth::default()
             }
@@ -150,7 +152,8 @@ impl<R: PodRuntime> NodeReporter<R> {
             },
             "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_SECONDS, "renewTime": renew},
         });
-        Content::try_from(lease.to_string().as_str()).map_err(|e| Error::Spec(format!("lease: {e}")))
+        Content::try_from(lease.to_string().as_str())
+            .map_err(|e| Error::Spec(format!("lease: {e}")))
     }
 
     async fn send(&self, operation: &str, resource: String, content: Content) -> Result<()> {

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 
 use crate::quantity;
 use crate::runtime::{
-    ContainerConfig, LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
-    LinuxResources, Mount, PortMapping, SandboxConfig,
+    ContainerConfig, LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE,
+    LABEL_POD_UID, LinuxResources, Mount, PortMapping, SandboxConfig,
 };
 use crate::{Error, Result};
 
@@ -35,7 +35,9 @@ impl PodRef {
         let name = meta.name.clone().unwrap_or_default();
         let uid = meta.uid.clone().unwrap_or_default();
         if name.is_empty() || uid.is_empty() {
-            return Err(Error::Spec("pod without metadata.name or metadata.uid".into()));
+            return Err(Error::Spec(
+                "pod without metadata.name or metadata.uid".into(),
+            ));
         }
         Ok(Self {
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -162,11 +164,7 @@ pub fn container_config(
     let env = environment(pod, &id, container, objects, fields)?;
     let lookup: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let expand_all = |items: &Option<Vec<String>>| -> Vec<String> {
-        items
-            .iter()
-            .flatten()
-            .map(|s| expand(s, &lookup))
-            .collect()
+        items.iter().flatten().map(|s| expand(s, &lookup)).collect()
     };
     let mut labels = id.labels();
     labels.insert(LABEL_CONTAINER_NAME.to_owned(), container.name.clone());
@@ -327,7 +325,11 @@ fn resource_field(container: &Container, resource: &str) -> Result<String> {
     let (map, name) = match resource.split_once('.') {
         Some(("limits", name)) => (res.and_then(|r| r.limits.as_ref()), name),
         Some(("requests", name)) => (res.and_then(|r| r.requests.as_ref()), name),
-        _ => return Err(Error::Spec(format!("resourceFieldRef {resource:?} is not supported"))),
+        _ => {
+            return Err(Error::Spec(format!(
+                "resourceFieldRef {resource:?} is not supported"
+            )));
+        }
     };
     let value = map.and_then(|m| m.get(name)).map(|q| q.0.clone());
     Ok(match (name, value) {
@@ -344,8 +346,11 @@ fn resources(container: &Container) -> Result<LinuxResources> {
     let Some(res) = &container.resources else {
         return Ok(out);
     };
-    let get = |map: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-               name: &str| map.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone());
+    let get =
+        |map: &Option<
+            BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+        >,
+         name: &str| map.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone());
     let cpu_request = get(&res.requests, "cpu").or_else(|| get(&res.limits, "cpu"));
     if let Some(cpu) = cpu_request {
         out.cpu_shares = (quantity::millicores(&cpu)? * 1024 / 1000).max(2);
@@ -436,11 +441,17 @@ mod tests {
         let mut objects = PodObjects::default();
         objects.configmaps.insert(
             "cm".into(),
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "cm"}, "data": {"k": "v"}})).unwrap(),
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "cm"}, "data": {"k": "v"}}),
+            )
+            .unwrap(),
         );
         objects.secrets.insert(
             "sec".into(),
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "sec"}, "data": {"pw": "c2VjcmV0"}})).unwrap(),
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "sec"}, "data": {"pw": "c2VjcmV0"}}),
+            )
+            .unwrap(),
         );
         let fields = RuntimeFields {
             pod_ip: "10.0.0.5".into(),
@@ -475,8 +486,15 @@ mod tests {
             ]}]}
         }));
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        let err = container_config(&pod, container, 0, &PodObjects::default(), &RuntimeFields::default(), Vec::new())
-            .unwrap_err();
+        let err = container_config(
+            &pod,
+            container,
+            0,
+            &PodObjects::default(),
+            &RuntimeFields::default(),
+            Vec::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("configmap \"later\""), "{err}");
     }
 

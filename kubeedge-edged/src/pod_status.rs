@@ -64,10 +64,18 @@ pub fn phase(containers: &[ContainerView], restart_policy: &str) -> &'static str
         return "Running";
     }
     if total > 0 && succeeded == total {
-        return if restart_policy == "Always" { "Running" } else { "Succeeded" };
+        return if restart_policy == "Always" {
+            "Running"
+        } else {
+            "Succeeded"
+        };
     }
     if failed > 0 {
-        return if restart_policy == "Never" { "Failed" } else { "Running" };
+        return if restart_policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        };
     }
     "Pending"
 }
@@ -86,7 +94,9 @@ fn state_json(status: &ContainerStatus, waiting: Option<&Waiting>) -> Value {
         return json!({"waiting": v});
     }
     match status.state {
-        ContainerState::Running => json!({"running": {"startedAt": time_of_nanos(status.started_at)}}),
+        ContainerState::Running => {
+            json!({"running": {"startedAt": time_of_nanos(status.started_at)}})
+        }
         ContainerState::Exited => {
             let mut t = json!({
                 "exitCode": status.exit_code,
@@ -135,20 +145,28 @@ pub fn container_status_json(c: &ContainerView) -> Value {
             });
             v["state"] = json!({"waiting": {"reason": w.reason, "message": w.message}});
             if w.message.is_empty() {
-                v["state"]["waiting"].as_object_mut().map(|o| o.remove("message"));
+                v["state"]["waiting"]
+                    .as_object_mut()
+                    .map(|o| o.remove("message"));
             }
         }
     }
-    if let Some(prev) = &c.previous {
-        if prev.state == ContainerState::Exited {
-            v["lastState"] = state_json(prev, None);
-        }
+    if let Some(prev) = &c.previous
+        && prev.state == ContainerState::Exited
+    {
+        v["lastState"] = state_json(prev, None);
     }
     v
 }
 
 /// A condition with its last transition time kept from `before` while its status is unchanged.
-pub fn condition(kind: &str, ok: bool, now: &str, before: Option<&Value>, reason: Option<&str>) -> Value {
+pub fn condition(
+    kind: &str,
+    ok: bool,
+    now: &str,
+    before: Option<&Value>,
+    reason: Option<&str>,
+) -> Value {
     let status = if ok { "True" } else { "False" };
     let since = before
         .and_then(|conds| conds.as_array())
@@ -157,7 +175,8 @@ pub fn condition(kind: &str, ok: bool, now: &str, before: Option<&Value>, reason
         .and_then(|c| c["lastTransitionTime"].as_str())
         .unwrap_or(now)
         .to_owned();
-    let mut v = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+    let mut v =
+        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
     if let Some(reason) = reason.filter(|_| !ok) {
         v["reason"] = json!(reason);
     }
@@ -194,13 +213,34 @@ mod tests {
     #[test]
     fn phases_follow_the_kubelet() {
         assert_eq!(phase(&[view(None, 0, 0)], "Always"), "Pending");
-        assert_eq!(phase(&[view(Some(ContainerState::Running), 0, 0)], "Always"), "Running");
-        assert_eq!(phase(&[view(Some(ContainerState::Exited), 0, 0)], "Never"), "Succeeded");
-        assert_eq!(phase(&[view(Some(ContainerState::Exited), 0, 0)], "OnFailure"), "Succeeded");
-        assert_eq!(phase(&[view(Some(ContainerState::Exited), 1, 0)], "Never"), "Failed");
-        assert_eq!(phase(&[view(Some(ContainerState::Exited), 1, 0)], "OnFailure"), "Running");
         assert_eq!(
-            phase(&[view(Some(ContainerState::Running), 0, 0), view(Some(ContainerState::Exited), 0, 0)], "Never"),
+            phase(&[view(Some(ContainerState::Running), 0, 0)], "Always"),
+            "Running"
+        );
+        assert_eq!(
+            phase(&[view(Some(ContainerState::Exited), 0, 0)], "Never"),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(&[view(Some(ContainerState::Exited), 0, 0)], "OnFailure"),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(&[view(Some(ContainerState::Exited), 1, 0)], "Never"),
+            "Failed"
+        );
+        assert_eq!(
+            phase(&[view(Some(ContainerState::Exited), 1, 0)], "OnFailure"),
+            "Running"
+        );
+        assert_eq!(
+            phase(
+                &[
+                    view(Some(ContainerState::Running), 0, 0),
+                    view(Some(ContainerState::Exited), 0, 0)
+                ],
+                "Never"
+            ),
             "Running"
         );
     }
@@ -211,8 +251,14 @@ mod tests {
         let v = container_status_json(&c);
         assert_eq!(v["state"]["terminated"]["exitCode"], 3);
         assert_eq!(v["state"]["terminated"]["reason"], "Error");
-        assert_eq!(v["state"]["terminated"]["startedAt"], "1970-01-01T00:00:01Z");
-        c.waiting = Some(Waiting { reason: "CrashLoopBackOff".into(), message: "back-off 10s".into() });
+        assert_eq!(
+            v["state"]["terminated"]["startedAt"],
+            "1970-01-01T00:00:01Z"
+        );
+        c.waiting = Some(Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: "back-off 10s".into(),
+        });
         let v = container_status_json(&c);
         assert_eq!(v["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(v["restartCount"], 1);
@@ -222,7 +268,19 @@ mod tests {
     fn conditions_keep_their_transition_time_while_unchanged() {
         let first = condition("Ready", true, "T1", None, None);
         let before = json!([first]);
-        assert_eq!(condition("Ready", true, "T2", Some(&before), None)["lastTransitionTime"], "T1");
-        assert_eq!(condition("Ready", false, "T2", Some(&before), Some("ContainersNotReady"))["lastTransitionTime"], "T2");
+        assert_eq!(
+            condition("Ready", true, "T2", Some(&before), None)["lastTransitionTime"],
+            "T1"
+        );
+        assert_eq!(
+            condition(
+                "Ready",
+                false,
+                "T2",
+                Some(&before),
+                Some("ContainersNotReady")
+            )["lastTransitionTime"],
+            "T2"
+        );
     }
 }

@@ -18,8 +18,8 @@ use crate::pod_spec::{self, PodObjects, PodRef, RuntimeFields};
 use crate::pod_status::{self, ContainerView, Waiting};
 use crate::probe::{self, ProbeKind, ProbeState, Verdict};
 use crate::runtime::{
-    ContainerInfo, ContainerState, LABEL_CONTAINER_NAME, LABEL_POD_UID,
-    PodRuntime, SandboxInfo, SandboxState,
+    ContainerInfo, ContainerState, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodRuntime, SandboxInfo,
+    SandboxState,
 };
 use crate::volumes::VolumeManager;
 use crate::{Error, Result};
@@ -117,7 +117,12 @@ pub struct PodWorker<R> {
 
 impl<R: PodRuntime> PodWorker<R> {
     /// A worker for the pod `id`.
-    pub fn new(runtime: Arc<R>, volumes: VolumeManager, config: Arc<WorkerConfig>, id: PodRef) -> Self {
+    pub fn new(
+        runtime: Arc<R>,
+        volumes: VolumeManager,
+        config: Arc<WorkerConfig>,
+        id: PodRef,
+    ) -> Self {
         Self {
             runtime,
             volumes,
@@ -165,7 +170,11 @@ impl<R: PodRuntime> PodWorker<R> {
                 stopped: true,
             };
         }
-        let spec_containers: Vec<Container> = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        let spec_containers: Vec<Container> = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
         let restart_policy = restart_policy(pod);
 
         // A terminal pod (every container done under Never/OnFailure) keeps its status; its
@@ -181,22 +190,35 @@ impl<R: PodRuntime> PodWorker<R> {
             return Outcome {
                 status: self.status(pod, &views, None),
                 gone: false,
-                stopped: views.iter().all(|v| v.current.as_ref().is_none_or(|c| c.state != ContainerState::Running)),
+                stopped: views.iter().all(|v| {
+                    v.current
+                        .as_ref()
+                        .is_none_or(|c| c.state != ContainerState::Running)
+                }),
             };
         }
 
-        let Some((sandbox_id, pod_ip, fresh)) = self.ensure_sandbox(pod, &sandboxes, &containers).await else {
+        let Some((sandbox_id, pod_ip, fresh)) =
+            self.ensure_sandbox(pod, &sandboxes, &containers).await
+        else {
             let views = self.views(pod, &[]).await;
             return Outcome {
                 status: self.status(pod, &views, None),
                 gone: false,
-                stopped: views.iter().all(|v| v.current.as_ref().is_none_or(|c| c.state != ContainerState::Running)),
+                stopped: views.iter().all(|v| {
+                    v.current
+                        .as_ref()
+                        .is_none_or(|c| c.state != ContainerState::Running)
+                }),
             };
         };
         let containers: Vec<ContainerInfo> = if fresh {
             Vec::new()
         } else {
-            containers.into_iter().filter(|c| c.sandbox_id == sandbox_id).collect()
+            containers
+                .into_iter()
+                .filter(|c| c.sandbox_id == sandbox_id)
+                .collect()
         };
 
         // Volumes: written before the first container and refreshed when their objects change.
@@ -231,24 +253,44 @@ impl<R: PodRuntime> PodWorker<R> {
             host_ip: self.config.host_ip.clone(),
         };
         for container in &spec_containers {
-            let mine: Vec<&ContainerInfo> = containers.iter().filter(|c| c.name == container.name).collect();
+            let mine: Vec<&ContainerInfo> = containers
+                .iter()
+                .filter(|c| c.name == container.name)
+                .collect();
             if let Err(e) = self
-                .sync_container(pod, container, &mine, &sandbox_id, &pod_ip, &restart_policy, objects, &fields)
+                .sync_container(
+                    pod,
+                    container,
+                    &mine,
+                    &sandbox_id,
+                    &pod_ip,
+                    &restart_policy,
+                    objects,
+                    &fields,
+                )
                 .await
             {
                 tracing::warn!(pod = %self.id.key(), container = %container.name, error = %e, "container sync");
             }
         }
         // Containers of names no longer in the spec are removed.
-        for stray in containers.iter().filter(|c| !spec_containers.iter().any(|s| s.name == c.name)) {
-            let _ = self.runtime.stop_container(&stray.id, Duration::from_secs(2)).await;
+        for stray in containers
+            .iter()
+            .filter(|c| !spec_containers.iter().any(|s| s.name == c.name))
+        {
+            let _ = self
+                .runtime
+                .stop_container(&stray.id, Duration::from_secs(2))
+                .await;
             let _ = self.runtime.remove_container(&stray.id).await;
         }
 
         let listed = match self.runtime.list_containers().await {
             Ok(all) => all
                 .into_iter()
-                .filter(|c| c.sandbox_id == sandbox_id && c.labels.get(LABEL_POD_UID) == Some(&self.id.uid))
+                .filter(|c| {
+                    c.sandbox_id == sandbox_id && c.labels.get(LABEL_POD_UID) == Some(&self.id.uid)
+                })
                 .collect(),
             Err(_) => containers,
         };
@@ -256,7 +298,11 @@ impl<R: PodRuntime> PodWorker<R> {
         Outcome {
             status: self.status(pod, &views, Some(&pod_ip)),
             gone: false,
-            stopped: views.iter().all(|v| v.current.as_ref().is_none_or(|c| c.state != ContainerState::Running)),
+            stopped: views.iter().all(|v| {
+                v.current
+                    .as_ref()
+                    .is_none_or(|c| c.state != ContainerState::Running)
+            }),
         }
     }
 
@@ -378,7 +424,10 @@ impl<R: PodRuntime> PodWorker<R> {
         objects: &PodObjects,
         fields: &RuntimeFields,
     ) -> Result<()> {
-        let latest = mine.iter().max_by_key(|c| (c.attempt, c.created_at)).copied();
+        let latest = mine
+            .iter()
+            .max_by_key(|c| (c.attempt, c.created_at))
+            .copied();
         // Dead containers older than the previous one are removed (the previous one gives
         // lastState).
         let mut by_age: Vec<&&ContainerInfo> = mine.iter().collect();
@@ -414,7 +463,8 @@ impl<R: PodRuntime> PodWorker<R> {
                     return Ok(());
                 }
                 let ran_for = Duration::from_nanos(
-                    u64::try_from(status.finished_at.saturating_sub(status.started_at)).unwrap_or(0),
+                    u64::try_from(status.finished_at.saturating_sub(status.started_at))
+                        .unwrap_or(0),
                 );
                 if ran_for >= BACKOFF_RESET_AFTER {
                     track.backoff = None;
@@ -445,9 +495,20 @@ impl<R: PodRuntime> PodWorker<R> {
                 track.backoff = Some(next);
                 track.next_start = Some(now + next);
                 track.waiting = None;
-                self.create_and_start(pod, container, latest.attempt + 1, sandbox_id, objects, fields).await
+                self.create_and_start(
+                    pod,
+                    container,
+                    latest.attempt + 1,
+                    sandbox_id,
+                    objects,
+                    fields,
+                )
+                .await
             }
-            None => self.create_and_start(pod, container, 0, sandbox_id, objects, fields).await,
+            None => {
+                self.create_and_start(pod, container, 0, sandbox_id, objects, fields)
+                    .await
+            }
         }
     }
 
@@ -472,22 +533,30 @@ impl<R: PodRuntime> PodWorker<R> {
         let mounts = match self.volumes.container_mounts(pod, container) {
             Ok(m) => m,
             Err(e) => {
-                self.tracks.entry(name).or_default().waiting = Some(waiting("CreateContainerConfigError", &e));
+                self.tracks.entry(name).or_default().waiting =
+                    Some(waiting("CreateContainerConfigError", &e));
                 return Err(e);
             }
         };
-        let config = match pod_spec::container_config(pod, container, attempt, objects, fields, mounts) {
-            Ok(c) => c,
-            Err(e) => {
-                self.tracks.entry(name).or_default().waiting = Some(waiting("CreateContainerConfigError", &e));
-                return Err(e);
-            }
-        };
+        let config =
+            match pod_spec::container_config(pod, container, attempt, objects, fields, mounts) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.tracks.entry(name).or_default().waiting =
+                        Some(waiting("CreateContainerConfigError", &e));
+                    return Err(e);
+                }
+            };
         let sandbox = pod_spec::sandbox_config(pod, 0, &self.config.log_root)?;
-        let id = match self.runtime.create_container(sandbox_id, &config, &sandbox).await {
+        let id = match self
+            .runtime
+            .create_container(sandbox_id, &config, &sandbox)
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
-                self.tracks.entry(name).or_default().waiting = Some(waiting("CreateContainerError", &e));
+                self.tracks.entry(name).or_default().waiting =
+                    Some(waiting("CreateContainerError", &e));
                 return Err(e);
             }
         };
@@ -503,11 +572,19 @@ impl<R: PodRuntime> PodWorker<R> {
 
     /// Makes sure the image is there, following the pull policy; on failure the waiting
     /// reason (`ErrImageNeverPull`, `ErrImagePull`, `ImagePullBackOff`).
-    async fn ensure_image(&mut self, container: &Container) -> std::result::Result<(), (&'static str, Error)> {
+    async fn ensure_image(
+        &mut self,
+        container: &Container,
+    ) -> std::result::Result<(), (&'static str, Error)> {
         let image = container.image.clone().unwrap_or_default();
         let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
             // Kubernetes' default: Always for `:latest` or no tag, else IfNotPresent.
-            let tag = image.rsplit('/').next().unwrap_or("").split_once(':').map(|(_, t)| t);
+            let tag = image
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .split_once(':')
+                .map(|(_, t)| t);
             if image.contains('@') || tag.is_some_and(|t| t != "latest") {
                 "IfNotPresent".into()
             } else {
@@ -525,7 +602,9 @@ impl<R: PodRuntime> PodWorker<R> {
                 "ErrImageNeverPull",
                 Error::Runtime {
                     op: "ImageStatus",
-                    message: format!("container image {image:?} is not present with pull policy of Never"),
+                    message: format!(
+                        "container image {image:?} is not present with pull policy of Never"
+                    ),
                 },
             )),
             "Never" => Ok(()),
@@ -535,7 +614,9 @@ impl<R: PodRuntime> PodWorker<R> {
                 let now = Instant::now();
                 if let Some(at) = track.next_start
                     && now < at
-                    && track.waiting.as_ref().is_some_and(|w| w.reason.starts_with("ErrImage") || w.reason == "ImagePullBackOff")
+                    && track.waiting.as_ref().is_some_and(|w| {
+                        w.reason.starts_with("ErrImage") || w.reason == "ImagePullBackOff"
+                    })
                 {
                     return Err((
                         "ImagePullBackOff",
@@ -552,7 +633,9 @@ impl<R: PodRuntime> PodWorker<R> {
                         Ok(())
                     }
                     Err(e) => {
-                        let next = track.backoff.map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
+                        let next = track
+                            .backoff
+                            .map_or(BACKOFF_START, |b| (b * 2).min(BACKOFF_MAX));
                         track.backoff = Some(next);
                         track.next_start = Some(now + next);
                         Err(("ErrImagePull", e))
@@ -564,14 +647,30 @@ impl<R: PodRuntime> PodWorker<R> {
 
     /// Runs the container's due probes; a failed liveness (or startup) probe stops it so that
     /// the restart policy applies.
-    async fn probe(&mut self, pod: &Pod, container: &Container, id: &str, pod_ip: &str, now: Instant) {
+    async fn probe(
+        &mut self,
+        pod: &Pod,
+        container: &Container,
+        id: &str,
+        pod_ip: &str,
+        now: Instant,
+    ) {
         let track = self.tracks.entry(container.name.clone()).or_default();
         if track.probed_id != id {
             // A new container: probes start over (initial delays count from now).
             track.probed_id = id.to_owned();
-            track.liveness = container.liveness_probe.as_ref().map(|p| ProbeState::new(p, ProbeKind::Liveness, now));
-            track.readiness = container.readiness_probe.as_ref().map(|p| ProbeState::new(p, ProbeKind::Readiness, now));
-            track.startup = container.startup_probe.as_ref().map(|p| ProbeState::new(p, ProbeKind::Startup, now));
+            track.liveness = container
+                .liveness_probe
+                .as_ref()
+                .map(|p| ProbeState::new(p, ProbeKind::Liveness, now));
+            track.readiness = container
+                .readiness_probe
+                .as_ref()
+                .map(|p| ProbeState::new(p, ProbeKind::Readiness, now));
+            track.startup = container
+                .startup_probe
+                .as_ref()
+                .map(|p| ProbeState::new(p, ProbeKind::Startup, now));
             track.ready = track.readiness.is_none();
             track.waiting = None;
         }
@@ -598,17 +697,17 @@ impl<R: PodRuntime> PodWorker<R> {
                 Verdict::Unknown => return,
             }
         }
-        if let Some(liveness) = track.liveness.as_mut() {
-            if liveness.due(now) {
-                let result = probe::run(liveness.probe(), &target).await;
-                liveness.record(result, Instant::now());
-                if liveness.verdict() == Verdict::Failure {
-                    tracing::info!(pod = %self.id.key(), container = %container.name, "liveness probe failed; restarting");
-                    track.killed_for = Some("liveness probe failed".into());
-                    let grace = grace_period(pod);
-                    let _ = self.runtime.stop_container(id, grace).await;
-                    return;
-                }
+        if let Some(liveness) = track.liveness.as_mut()
+            && liveness.due(now)
+        {
+            let result = probe::run(liveness.probe(), &target).await;
+            liveness.record(result, Instant::now());
+            if liveness.verdict() == Verdict::Failure {
+                tracing::info!(pod = %self.id.key(), container = %container.name, "liveness probe failed; restarting");
+                track.killed_for = Some("liveness probe failed".into());
+                let grace = grace_period(pod);
+                let _ = self.runtime.stop_container(id, grace).await;
+                return;
             }
         }
         match track.readiness.as_mut() {
@@ -625,8 +724,17 @@ impl<R: PodRuntime> PodWorker<R> {
 
     /// Stops (`grace`) and, once stopped, removes every container and sandbox of the pod;
     /// `remove_all` also deletes its volumes. Returns whether nothing is left.
-    async fn kill(&mut self, sandboxes: &[SandboxInfo], containers: &[ContainerInfo], grace: Duration, remove_all: bool) -> bool {
-        for c in containers.iter().filter(|c| c.state == ContainerState::Running) {
+    async fn kill(
+        &mut self,
+        sandboxes: &[SandboxInfo],
+        containers: &[ContainerInfo],
+        grace: Duration,
+        remove_all: bool,
+    ) -> bool {
+        for c in containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+        {
             if let Err(e) = self.runtime.stop_container(&c.id, grace).await {
                 tracing::warn!(pod = %self.id.key(), error = %e, "stopping a container");
             }
@@ -658,7 +766,8 @@ impl<R: PodRuntime> PodWorker<R> {
     async fn views(&self, pod: &Pod, containers: &[ContainerInfo]) -> Vec<ContainerView> {
         let mut views = Vec::new();
         for spec in pod.spec.iter().flat_map(|s| s.containers.iter()) {
-            let mut mine: Vec<&ContainerInfo> = containers.iter().filter(|c| c.name == spec.name).collect();
+            let mut mine: Vec<&ContainerInfo> =
+                containers.iter().filter(|c| c.name == spec.name).collect();
             mine.sort_by_key(|c| std::cmp::Reverse((c.attempt, c.created_at)));
             let current = match mine.first() {
                 Some(c) => self.runtime.container_status(&c.id).await.ok(),
@@ -670,7 +779,8 @@ impl<R: PodRuntime> PodWorker<R> {
             };
             let track = self.tracks.get(&spec.name);
             let mut current = current;
-            if let (Some(status), Some(reason)) = (current.as_mut(), track.and_then(|t| t.killed_for.as_ref()))
+            if let (Some(status), Some(reason)) =
+                (current.as_mut(), track.and_then(|t| t.killed_for.as_ref()))
                 && status.state == ContainerState::Exited
                 && status.message.is_empty()
             {
@@ -681,7 +791,9 @@ impl<R: PodRuntime> PodWorker<R> {
                 image: spec.image.clone().unwrap_or_default(),
                 restart_count: mine.first().map_or(0, |c| c.attempt),
                 ready: track.is_some_and(|t| t.ready)
-                    && current.as_ref().is_some_and(|c| c.state == ContainerState::Running),
+                    && current
+                        .as_ref()
+                        .is_some_and(|c| c.state == ContainerState::Running),
                 waiting: track.and_then(|t| t.waiting.clone()),
                 current,
                 previous,
@@ -701,7 +813,13 @@ impl<R: PodRuntime> PodWorker<R> {
             pod_status::condition("PodReadyToStartContainers", sandbox_ok, &now, before, None),
             pod_status::condition("Initialized", true, &now, before, None),
             pod_status::condition("Ready", all_ready, &now, before, Some("ContainersNotReady")),
-            pod_status::condition("ContainersReady", all_ready, &now, before, Some("ContainersNotReady")),
+            pod_status::condition(
+                "ContainersReady",
+                all_ready,
+                &now,
+                before,
+                Some("ContainersNotReady")
+            ),
             pod_status::condition("PodScheduled", true, &now, before, None),
         ]);
         self.last_conditions = Some(conditions.clone());
@@ -739,11 +857,14 @@ pub fn restart_policy(pod: &Pod) -> String {
 /// The grace period for stopping the pod's containers: the deletion's, else the spec's, else
 /// 30 s.
 pub fn grace_period(pod: &Pod) -> Duration {
-    let seconds = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds));
-    seconds.map_or(DEFAULT_GRACE, |s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
+    let seconds = pod.metadata.deletion_grace_period_seconds.or_else(|| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+    });
+    seconds.map_or(DEFAULT_GRACE, |s| {
+        Duration::from_secs(u64::try_from(s).unwrap_or(0))
+    })
 }
 
 /// A string that changes when any ConfigMap or Secret the pod may use changes.
@@ -751,13 +872,18 @@ fn objects_version(objects: &PodObjects) -> String {
     let mut parts: Vec<String> = objects
         .configmaps
         .iter()
-        .map(|(n, c)| format!("c/{n}/{}", c.metadata.resource_version.clone().unwrap_or_default()))
-        .chain(
-            objects
-                .secrets
-                .iter()
-                .map(|(n, s)| format!("s/{n}/{}", s.metadata.resource_version.clone().unwrap_or_default())),
-        )
+        .map(|(n, c)| {
+            format!(
+                "c/{n}/{}",
+                c.metadata.resource_version.clone().unwrap_or_default()
+            )
+        })
+        .chain(objects.secrets.iter().map(|(n, s)| {
+            format!(
+                "s/{n}/{}",
+                s.metadata.resource_version.clone().unwrap_or_default()
+            )
+        }))
         .collect();
     parts.sort();
     parts.join(",")
@@ -771,7 +897,9 @@ pub fn now_rfc3339() -> String {
 /// The container name of a listed container, from its label when the metadata lacks it.
 pub fn container_name(c: &ContainerInfo) -> &str {
     if c.name.is_empty() {
-        c.labels.get(LABEL_CONTAINER_NAME).map_or("", String::as_str)
+        c.labels
+            .get(LABEL_CONTAINER_NAME)
+            .map_or("", String::as_str)
     } else {
         &c.name
     }

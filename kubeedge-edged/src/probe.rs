@@ -144,19 +144,39 @@ pub async fn run<R: PodRuntime>(probe: &Probe, target: &Target<'_, R>) -> Result
             if command.is_empty() {
                 return Err(Error::Probe("exec probe without a command".into()));
             }
-            let out = target.runtime.exec_sync(target.container_id, &command, timeout).await?;
+            let out = target
+                .runtime
+                .exec_sync(target.container_id, &command, timeout)
+                .await?;
             if out.exit_code == 0 {
                 Ok(())
             } else {
-                Err(Error::Probe(format!("command exited with {}", out.exit_code)))
+                Err(Error::Probe(format!(
+                    "command exited with {}",
+                    out.exit_code
+                )))
             }
         } else if let Some(http) = &probe.http_get {
-            let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| target.pod_ip.to_owned());
+            let host = http
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| target.pod_ip.to_owned());
             let port = resolve_port(&http.port, target.container)?;
-            if http.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
-                return Err(Error::Probe("only HTTP probes are supported (not HTTPS)".into()));
+            if http
+                .scheme
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"))
+            {
+                return Err(Error::Probe(
+                    "only HTTP probes are supported (not HTTPS)".into(),
+                ));
             }
-            let path = http.path.clone().filter(|p| p.starts_with('/')).unwrap_or_else(|| "/".into());
+            let path = http
+                .path
+                .clone()
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or_else(|| "/".into());
             let headers: Vec<(String, String)> = http
                 .http_headers
                 .iter()
@@ -165,16 +185,28 @@ pub async fn run<R: PodRuntime>(probe: &Probe, target: &Target<'_, R>) -> Result
                 .collect();
             http_get(&host, port, &path, &headers).await
         } else if let Some(tcp) = &probe.tcp_socket {
-            let host = tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| target.pod_ip.to_owned());
+            let host = tcp
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| target.pod_ip.to_owned());
             let port = resolve_port(&tcp.port, target.container)?;
-            TcpStream::connect((host.as_str(), port)).await.map(|_| ()).map_err(|e| Error::Probe(format!("connect {host}:{port}: {e}")))
+            TcpStream::connect((host.as_str(), port))
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::Probe(format!("connect {host}:{port}: {e}")))
         } else {
-            Err(Error::Probe("probe without exec, httpGet or tcpSocket".into()))
+            Err(Error::Probe(
+                "probe without exec, httpGet or tcpSocket".into(),
+            ))
         }
     };
     match tokio::time::timeout(timeout, check).await {
         Ok(result) => result,
-        Err(_) => Err(Error::Probe(format!("timed out after {}s", timeout.as_secs()))),
+        Err(_) => Err(Error::Probe(format!(
+            "timed out after {}s",
+            timeout.as_secs()
+        ))),
     }
 }
 
@@ -202,19 +234,29 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)
     let mut stream = TcpStream::connect((host, port))
         .await
         .map_err(|e| Error::Probe(format!("connect {host}:{port}: {e}")))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+    );
     for (name, value) in headers {
         if name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
-            return Err(Error::Probe(format!("header {name:?} is not a valid HTTP header")));
+            return Err(Error::Probe(format!(
+                "header {name:?} is not a valid HTTP header"
+            )));
         }
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| Error::Probe(e.to_string()))?;
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| Error::Probe(e.to_string()))?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 512];
     while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = stream.read(&mut buf).await.map_err(|e| Error::Probe(e.to_string()))?;
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::Probe(e.to_string()))?;
         if n == 0 {
             break;
         }
@@ -232,7 +274,9 @@ async fn http_get(host: &str, port: u16, path: &str, headers: &[(String, String)
     if (200..400).contains(&status) {
         Ok(())
     } else {
-        Err(Error::Probe(format!("HTTP probe failed with statuscode: {status}")))
+        Err(Error::Probe(format!(
+            "HTTP probe failed with statuscode: {status}"
+        )))
     }
 }
 
@@ -248,17 +292,27 @@ mod tests {
     #[test]
     fn thresholds_and_delays_decide_the_verdict() {
         let t0 = Instant::now();
-        let p = probe(serde_json::json!({"initialDelaySeconds": 5, "periodSeconds": 2, "failureThreshold": 2}));
+        let p = probe(
+            serde_json::json!({"initialDelaySeconds": 5, "periodSeconds": 2, "failureThreshold": 2}),
+        );
         let mut s = ProbeState::new(&p, ProbeKind::Liveness, t0);
         assert!(!s.due(t0 + Duration::from_secs(4)));
         assert!(s.due(t0 + Duration::from_secs(5)));
         assert_eq!(s.verdict(), Verdict::Success);
         s.record(Err(Error::Probe("x".into())), t0 + Duration::from_secs(5));
-        assert_eq!(s.verdict(), Verdict::Success, "one failure is under the threshold");
+        assert_eq!(
+            s.verdict(),
+            Verdict::Success,
+            "one failure is under the threshold"
+        );
         assert!(!s.due(t0 + Duration::from_secs(6)));
         s.record(Err(Error::Probe("x".into())), t0 + Duration::from_secs(7));
         assert_eq!(s.verdict(), Verdict::Failure);
-        let mut r = ProbeState::new(&probe(serde_json::json!({"successThreshold": 2})), ProbeKind::Readiness, t0);
+        let mut r = ProbeState::new(
+            &probe(serde_json::json!({"successThreshold": 2})),
+            ProbeKind::Readiness,
+            t0,
+        );
         assert_eq!(r.verdict(), Verdict::Unknown);
         r.record(Ok(()), t0);
         assert_eq!(r.verdict(), Verdict::Unknown);
@@ -296,12 +350,22 @@ mod tests {
         let mute = server(None).await;
         assert!(http_get("127.0.0.1", ok, "/healthz", &[]).await.is_ok());
         assert!(http_get("127.0.0.1", redirect, "/", &[]).await.is_ok());
-        assert!(http_get("127.0.0.1", bad, "/", &[]).await.unwrap_err().to_string().contains("500"));
+        assert!(
+            http_get("127.0.0.1", bad, "/", &[])
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("500")
+        );
         assert!(http_get("127.0.0.1", garbage, "/", &[]).await.is_err());
         let injected = [("X".to_owned(), "a\r\nHost: evil".to_owned())];
         assert!(http_get("127.0.0.1", ok, "/", &injected).await.is_err());
         // A server that never answers ends at the probe's timeout.
-        let hang = tokio::time::timeout(Duration::from_secs(1), http_get("127.0.0.1", mute, "/", &[])).await;
+        let hang = tokio::time::timeout(
+            Duration::from_secs(1),
+            http_get("127.0.0.1", mute, "/", &[]),
+        )
+        .await;
         assert!(hang.is_err(), "the mute server answered?");
         // A closed port.
         let closed = {
@@ -313,8 +377,14 @@ mod tests {
 
     #[test]
     fn named_ports_resolve_from_the_container() {
-        let c: Container = serde_json::from_value(serde_json::json!({"name": "c", "ports": [{"name": "http", "containerPort": 8080}]})).unwrap();
-        assert_eq!(resolve_port(&IntOrString::String("http".into()), &c).unwrap(), 8080);
+        let c: Container = serde_json::from_value(
+            serde_json::json!({"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_port(&IntOrString::String("http".into()), &c).unwrap(),
+            8080
+        );
         assert_eq!(resolve_port(&IntOrString::Int(81), &c).unwrap(), 81);
         assert!(resolve_port(&IntOrString::String("nope".into()), &c).is_err());
         assert!(resolve_port(&IntOrString::Int(70000), &c).is_err());

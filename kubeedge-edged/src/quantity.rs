@@ -17,7 +17,13 @@ fn parse_scaled(text: &str, scale: f64) -> Result<i64> {
     let (number, suffix) = text.split_at(split);
     let (number, suffix) = match suffix.strip_prefix(['e', 'E']) {
         // A decimal exponent (`2e3`): the whole text is a float.
-        Some(exp) if !exp.is_empty() && exp.trim_start_matches(['+', '-']).chars().all(|c| c.is_ascii_digit()) => {
+        Some(exp)
+            if !exp.is_empty()
+                && exp
+                    .trim_start_matches(['+', '-'])
+                    .chars()
+                    .all(|c| c.is_ascii_digit()) =>
+        {
             (text, "")
         }
         _ => (number, suffix),

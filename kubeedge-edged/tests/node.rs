@@ -30,13 +30,23 @@ async fn the_node_registers_reports_status_and_renews_its_lease() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (mut node, mut patch, mut lease_insert, mut lease_update) = (None, None, false, false);
     while node.is_none() || patch.is_none() || !lease_insert || !lease_update {
-        assert!(tokio::time::Instant::now() < deadline, "missing: node {node:?} patch {patch:?} lease {lease_insert}/{lease_update}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing: node {node:?} patch {patch:?} lease {lease_insert}/{lease_update}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         for p in meta.outbox().pending(0, 1000).await.unwrap() {
             let m = p.message;
-            let op = m.route.operation.as_ref().map(|o| o.as_str().to_owned()).unwrap_or_default();
+            let op = m
+                .route
+                .operation
+                .as_ref()
+                .map(|o| o.as_str().to_owned())
+                .unwrap_or_default();
             match (op.as_str(), m.route.resource.as_str()) {
-                ("insert", "default/node/edge-n1") => node = Some(m.content.decode::<Value>().unwrap()),
+                ("insert", "default/node/edge-n1") => {
+                    node = Some(m.content.decode::<Value>().unwrap())
+                }
                 ("patch", "default/nodepatch/edge-n1") => {
                     let text: String = m.content.decode().unwrap();
                     patch = Some(serde_json::from_str::<Value>(&text).unwrap());
@@ -56,9 +66,20 @@ async fn the_node_registers_reports_status_and_renews_its_lease() {
     task.await.unwrap().unwrap();
     let node = node.unwrap();
     assert_eq!(node["metadata"]["name"], "edge-n1");
-    assert!(node["metadata"]["labels"].get("node-role.kubernetes.io/edge").is_some(), "{node:#}");
+    assert!(
+        node["metadata"]["labels"]
+            .get("node-role.kubernetes.io/edge")
+            .is_some(),
+        "{node:#}"
+    );
     let info = &node["status"]["nodeInfo"];
-    assert!(info["containerRuntimeVersion"].as_str().unwrap().starts_with("containerd://"), "{info:#}");
+    assert!(
+        info["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd://"),
+        "{info:#}"
+    );
     assert!(node["status"]["capacity"]["cpu"].is_string());
     let patch = patch.unwrap();
     let ready = patch["status"]["conditions"]
@@ -71,10 +92,16 @@ async fn the_node_registers_reports_status_and_renews_its_lease() {
     assert_eq!(ready["status"], "True", "{patch:#}");
     // Coalesced: one pending status patch and one pending lease update, however many ticks.
     let pending = meta.outbox().pending(0, 1000).await.unwrap();
-    let patches = pending.iter().filter(|p| p.message.route.resource == "default/nodepatch/edge-n1").count();
+    let patches = pending
+        .iter()
+        .filter(|p| p.message.route.resource == "default/nodepatch/edge-n1")
+        .count();
     let updates = pending
         .iter()
-        .filter(|p| p.message.route.resource == "kube-node-lease/lease/edge-n1" && p.message.route.operation.as_ref().map(|o| o.as_str()) == Some("update"))
+        .filter(|p| {
+            p.message.route.resource == "kube-node-lease/lease/edge-n1"
+                && p.message.route.operation.as_ref().map(|o| o.as_str()) == Some("update")
+        })
         .count();
     assert_eq!((patches, updates), (1, 1));
 }

@@ -72,7 +72,7 @@ impl Node {
     }
 
     /// Applies a cloud message as the MetaManager does and tells edged.
-    async fn from_cloud(&self, msg: Message) {
+    async fn apply_from_cloud(&self, msg: Message) {
         self.meta.from_cloud(msg).await.unwrap();
         self.handle.store_changed();
     }
@@ -81,7 +81,10 @@ impl Node {
     async fn status(&self, name: &str) -> Option<Value> {
         let resource = format!("default/podpatch/{name}");
         let pending = self.meta.outbox().pending(0, 100_000).await.unwrap();
-        let msg = pending.into_iter().rev().find(|p| p.message.route.resource == resource)?;
+        let msg = pending
+            .into_iter()
+            .rev()
+            .find(|p| p.message.route.resource == resource)?;
         let text: String = msg.message.content.decode().unwrap();
         let patch: Value = serde_json::from_str(&text).unwrap();
         Some(patch["status"].clone())
@@ -97,7 +100,10 @@ impl Node {
                 return status;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("{name}: never {what}; last status {:#}", self.status(name).await.unwrap_or_default());
+                panic!(
+                    "{name}: never {what}; last status {:#}",
+                    self.status(name).await.unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -138,7 +144,10 @@ fn uuid_like() -> String {
 
 fn pod_msg(op: &str, pod: &Value) -> Message {
     let name = pod["metadata"]["name"].as_str().unwrap();
-    let rv = pod["metadata"]["resourceVersion"].as_str().unwrap_or("1").to_owned();
+    let rv = pod["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("1")
+        .to_owned();
     Message::new(
         "edgecontroller",
         "resource",
@@ -172,13 +181,15 @@ fn container(name: &str, script: &str) -> Value {
 
 fn running(status: &Value) -> bool {
     status["phase"] == "Running"
-        && status["containerStatuses"]
-            .as_array()
-            .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c["state"].get("running").is_some()))
+        && status["containerStatuses"].as_array().is_some_and(|cs| {
+            !cs.is_empty() && cs.iter().all(|c| c["state"].get("running").is_some())
+        })
 }
 
 async fn with_deadline<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE * 2, f).await.expect("test deadline")
+    tokio::time::timeout(DEADLINE * 2, f)
+        .await
+        .expect("test deadline")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,16 +200,35 @@ async fn a_pod_runs_its_status_reaches_the_outbox_and_delete_removes_it() {
         let node_name = uid("node");
         let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let uid = uid("run");
-        let p = pod(&node, "runner", &uid, 1, json!({"containers": [container("main", "echo started; sleep 1000")]}));
-        node.from_cloud(pod_msg("insert", &p)).await;
+        let p = pod(
+            &node,
+            "runner",
+            &uid,
+            1,
+            json!({"containers": [container("main", "echo started; sleep 1000")]}),
+        );
+        node.apply_from_cloud(pod_msg("insert", &p)).await;
         let status = node.wait_status("runner", "running", running).await;
-        assert_eq!(status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"], "True");
+        assert_eq!(
+            status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()["status"],
+            "True"
+        );
         assert_eq!(status["hostIP"], "127.0.0.1");
-        assert!(status["containerStatuses"][0]["containerID"].as_str().unwrap().starts_with("containerd://"));
+        assert!(
+            status["containerStatuses"][0]["containerID"]
+                .as_str()
+                .unwrap()
+                .starts_with("containerd://")
+        );
         assert_eq!(node.containers_of(&uid).await.len(), 1);
 
         // The cloud deletes it: edged stops and removes everything of it.
-        node.from_cloud(pod_msg("delete", &p)).await;
+        node.apply_from_cloud(pod_msg("delete", &p)).await;
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !node.containers_of(&uid).await.is_empty() || node.sandboxes_of(&uid).await > 0 {
             assert!(tokio::time::Instant::now() < deadline, "pod never removed");
@@ -222,7 +252,7 @@ async fn a_configmap_volume_and_env_are_visible_inside_the_container() {
         c["env"] = json!([{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}]);
         let p = pod(&node, "cfg-reader", &uid, 1, json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}));
         // The pod comes before its configmap: it waits with a truthful reason.
-        node.from_cloud(pod_msg("insert", &p)).await;
+        node.apply_from_cloud(pod_msg("insert", &p)).await;
         node.wait_status("cfg-reader", "waiting for its configmap", |s| {
             s["containerStatuses"][0]["state"]["waiting"]["message"]
                 .as_str()
@@ -232,7 +262,7 @@ async fn a_configmap_volume_and_env_are_visible_inside_the_container() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "settings", "namespace": "default", "uid": uid.clone() + "-cm", "resourceVersion": "5"},
             "data": {"greeting": "hello from the store", "mode": "edge"}});
-        node.from_cloud(
+        node.apply_from_cloud(
             Message::new("edgecontroller", "resource", "insert", "default/configmap/settings",
                 Content::try_from(cm.to_string().as_str()).unwrap())
             .with_resource_version("5"),
@@ -244,7 +274,7 @@ async fn a_configmap_volume_and_env_are_visible_inside_the_container() {
         assert_eq!(String::from_utf8_lossy(&file.stdout), "hello from the store");
         let env = node.runtime.exec_sync(&id, &["sh".into(), "-c".into(), "echo -n $GREETING".into()], Duration::from_secs(10)).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&env.stdout), "hello from the store");
-        node.from_cloud(pod_msg("delete", &p)).await;
+        node.apply_from_cloud(pod_msg("delete", &p)).await;
         node.kill().await;
     })
     .await;
@@ -262,14 +292,22 @@ async fn a_failing_liveness_probe_restarts_the_container() {
         c["livenessProbe"] = json!({"exec": {"command": ["cat", "/tmp/healthy"]},
             "periodSeconds": 1, "failureThreshold": 2, "timeoutSeconds": 2});
         let p = pod(&node, "unhealthy", &uid, 1, json!({"containers": [c]}));
-        node.from_cloud(pod_msg("insert", &p)).await;
+        node.apply_from_cloud(pod_msg("insert", &p)).await;
         let status = node
             .wait_status("unhealthy", "restarted by its liveness probe", |s| {
-                s["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 1
+                s["containerStatuses"][0]["restartCount"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 1
             })
             .await;
-        assert!(status["containerStatuses"][0]["lastState"].get("terminated").is_some(), "{status:#}");
-        node.from_cloud(pod_msg("delete", &p)).await;
+        assert!(
+            status["containerStatuses"][0]["lastState"]
+                .get("terminated")
+                .is_some(),
+            "{status:#}"
+        );
+        node.apply_from_cloud(pod_msg("delete", &p)).await;
         node.kill().await;
     })
     .await;
@@ -282,12 +320,56 @@ async fn bad_pods_get_truthful_reasons_and_do_not_disturb_a_good_one() {
         let dir = tempfile::tempdir().unwrap();
         let node_name = uid("node");
         let node = Node::start(&endpoint, dir.path(), &node_name).await;
-        let (good, missing, crash) = (uid("good"), uid("noimg"), uid("crash"));
-        node.from_cloud(pod_msg("insert", &pod(&node, "good", &good, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
+        let (good, missing, crash, refused) =
+            (uid("good"), uid("noimg"), uid("crash"), uid("refused"));
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "good",
+                &good,
+                1,
+                json!({"containers": [container("main", "sleep 1000")]}),
+            ),
+        ))
+        .await;
         let mut no_image = container("main", "true");
         no_image["image"] = json!("edged.test/absent:1");
-        node.from_cloud(pod_msg("insert", &pod(&node, "no-image", &missing, 1, json!({"containers": [no_image]})))).await;
-        node.from_cloud(pod_msg("insert", &pod(&node, "crasher", &crash, 1, json!({"containers": [container("main", "exit 3")]})))).await;
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "no-image",
+                &missing,
+                1,
+                json!({"containers": [no_image]}),
+            ),
+        ))
+        .await;
+        let mut rejected = container("main", "true");
+        rejected["command"] = json!(["/no/such/binary"]);
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "rejected",
+                &refused,
+                1,
+                json!({"containers": [rejected]}),
+            ),
+        ))
+        .await;
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "crasher",
+                &crash,
+                1,
+                json!({"containers": [container("main", "exit 3")]}),
+            ),
+        ))
+        .await;
 
         node.wait_status("no-image", "failing to pull", |s| {
             let reason = &s["containerStatuses"][0]["state"]["waiting"]["reason"];
@@ -299,17 +381,39 @@ async fn bad_pods_get_truthful_reasons_and_do_not_disturb_a_good_one() {
                 s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
             })
             .await;
-        assert_eq!(status["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3, "{status:#}");
+        assert_eq!(
+            status["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3,
+            "{status:#}"
+        );
         assert_eq!(status["phase"], "Running");
+        // The runtime refuses to start it: a truthful reason, retried with back-off.
+        node.wait_status("rejected", "refused by the runtime", |s| {
+            let reason = s["containerStatuses"][0]["state"]["waiting"]["reason"]
+                .as_str()
+                .unwrap_or("");
+            matches!(
+                reason,
+                "RunContainerError" | "CreateContainerError" | "CrashLoopBackOff"
+            )
+        })
+        .await;
         node.wait_status("good", "running", running).await;
-        for (name, uid) in [("good", &good), ("no-image", &missing), ("crasher", &crash)] {
+        for (name, uid) in [
+            ("good", &good),
+            ("no-image", &missing),
+            ("crasher", &crash),
+            ("rejected", &refused),
+        ] {
             let p = pod(&node, name, uid, 1, json!({"containers": []}));
-            node.from_cloud(pod_msg("delete", &p)).await;
+            node.apply_from_cloud(pod_msg("delete", &p)).await;
         }
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        for uid in [&good, &missing, &crash] {
+        for uid in [&good, &missing, &crash, &refused] {
             while node.sandboxes_of(uid).await > 0 {
-                assert!(tokio::time::Instant::now() < deadline, "{uid} never removed");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{uid} never removed"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -326,10 +430,31 @@ async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
         let node_name = uid("node");
         let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let (keeps, dies) = (uid("keep"), uid("dies"));
-        node.from_cloud(pod_msg("insert", &pod(&node, "keeps-running", &keeps, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
-        node.from_cloud(pod_msg("insert", &pod(&node, "killed-meanwhile", &dies, 1, json!({"containers": [container("main", "sleep 1000")]})))).await;
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "keeps-running",
+                &keeps,
+                1,
+                json!({"containers": [container("main", "sleep 1000")]}),
+            ),
+        ))
+        .await;
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "killed-meanwhile",
+                &dies,
+                1,
+                json!({"containers": [container("main", "sleep 1000")]}),
+            ),
+        ))
+        .await;
         node.wait_status("keeps-running", "running", running).await;
-        node.wait_status("killed-meanwhile", "running", running).await;
+        node.wait_status("killed-meanwhile", "running", running)
+            .await;
         let kept_id = node.containers_of(&keeps).await[0].id.clone();
         let runtime = Arc::clone(&node.runtime);
         // edged dies; the cloud is not there (no hub at all in this test).
@@ -342,7 +467,10 @@ async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
             .into_iter()
             .find(|c| c.labels.get(LABEL_POD_UID) == Some(&dies))
             .unwrap();
-        runtime.stop_container(&victim.id, Duration::ZERO).await.unwrap();
+        runtime
+            .stop_container(&victim.id, Duration::ZERO)
+            .await
+            .unwrap();
 
         let node = Node::start(&endpoint, dir.path(), &node_name).await;
         node.handle.store_changed();
@@ -357,20 +485,109 @@ async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
             if restarted {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the dead container was never restarted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dead container was never restarted"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let kept = node.containers_of(&keeps).await;
-        assert_eq!(kept.len(), 1, "the running pod was not left alone: {kept:?}");
+        assert_eq!(
+            kept.len(),
+            1,
+            "the running pod was not left alone: {kept:?}"
+        );
         assert_eq!(kept[0].id, kept_id);
         assert_eq!(kept[0].state, ContainerState::Running);
         for (name, uid) in [("keeps-running", &keeps), ("killed-meanwhile", &dies)] {
-            node.from_cloud(pod_msg("delete", &pod(&node, name, uid, 1, json!({"containers": []})))).await;
+            node.apply_from_cloud(pod_msg(
+                "delete",
+                &pod(&node, name, uid, 1, json!({"containers": []})),
+            ))
+            .await;
         }
         let deadline = tokio::time::Instant::now() + DEADLINE;
         for uid in [&keeps, &dies] {
             while node.sandboxes_of(uid).await > 0 {
-                assert!(tokio::time::Instant::now() < deadline, "{uid} never removed");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{uid} never removed"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        node.kill().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_network_pod_gets_an_ip_and_probes_decide_readiness() {
+    let Some(endpoint) = endpoint() else { return };
+    with_deadline(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
+        let (web, stuck) = (uid("web"), uid("stuck"));
+        let mut httpd = container(
+            "web",
+            "mkdir -p /www && echo ok > /www/healthz && httpd -f -p 8080 -h /www",
+        );
+        httpd["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+        httpd["readinessProbe"] =
+            json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1});
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(
+                &node,
+                "web",
+                &web,
+                1,
+                json!({"hostNetwork": false, "containers": [httpd]}),
+            ),
+        ))
+        .await;
+        // A readiness probe that hangs: the pod runs but never becomes ready.
+        let mut hanging = container("main", "sleep 1000");
+        hanging["readinessProbe"] =
+            json!({"exec": {"command": ["sleep", "100"]}, "periodSeconds": 1, "timeoutSeconds": 1});
+        node.apply_from_cloud(pod_msg(
+            "insert",
+            &pod(&node, "stuck", &stuck, 1, json!({"containers": [hanging]})),
+        ))
+        .await;
+        let status = node
+            .wait_status("web", "ready on the pod network", |s| {
+                running(s) && s["containerStatuses"][0]["ready"] == true
+            })
+            .await;
+        let ip = status["podIP"].as_str().unwrap();
+        assert!(
+            ip.starts_with("10.88.77."),
+            "pod IP {ip} is not on the bridge network"
+        );
+        let status = node.wait_status("stuck", "running", running).await;
+        assert_eq!(status["containerStatuses"][0]["ready"], false);
+        // Several probe periods later it is still running and still not ready.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let status = node.status("stuck").await.unwrap();
+        assert!(running(&status), "{status:#}");
+        assert_eq!(status["containerStatuses"][0]["ready"], false);
+        assert_eq!(status["containerStatuses"][0]["restartCount"], 0);
+        for (name, uid) in [("web", &web), ("stuck", &stuck)] {
+            node.apply_from_cloud(pod_msg(
+                "delete",
+                &pod(&node, name, uid, 1, json!({"containers": []})),
+            ))
+            .await;
+        }
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        for uid in [&web, &stuck] {
+            while node.sandboxes_of(uid).await > 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{uid} never removed"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
