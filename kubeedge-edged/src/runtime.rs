@@ -23,6 +23,9 @@ pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 /// Label with the pod's uid.
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+/// Label with the name of the node whose edged made the sandbox: an edged removes only
+/// sandboxes of its own node that no stored pod owns (several edged may share a runtime).
+pub const LABEL_NODE: &str = "io.kubeedge.node";
 /// Label with the container's name (containers only).
 pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 

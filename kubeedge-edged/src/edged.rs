@@ -1,0 +1,379 @@
+//! The edged loop: desired pods from the store, one worker task per pod, status to the cloud
+//! through the MetaManager's durable outbox, and clean-up of whatever no stored pod owns.
+//!
+//! The store is the desired state (KubeEdge's offline autonomy): at start, and after every
+//! change the MetaManager applied, edged reads the pods bound to this node from `meta` and
+//! drives the runtime towards them. Nothing is deleted because the cloud is away: only a pod
+//! the store no longer holds (the cloud deleted it) is stopped and removed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kubeedge_proto::{Content, Message};
+use kubeedge_store::{MetaManager, meta};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::pod_spec::{PodObjects, PodRef};
+use crate::pod_worker::{PodWorker, Snapshot, WorkerConfig};
+use crate::runtime::{LABEL_NODE, PodRuntime};
+use crate::volumes::{ObjectLookup, VolumeManager};
+use crate::{Error, Result};
+
+/// Settings of [`Edged`].
+#[derive(Clone, Debug)]
+pub struct EdgedConfig {
+    /// This node's name; only pods with this `spec.nodeName` run.
+    pub node_name: String,
+    /// The host's IP, reported as `hostIP` (and as the IP of host-network pods).
+    pub host_ip: String,
+    /// Edged's directory: pod volumes under `pods/`, container logs under `logs/`.
+    pub root_dir: PathBuf,
+    /// How often every pod is synced even without a change (also the probe and restart
+    /// resolution). KubeEdge's kubelet relists every second.
+    pub sync_interval: Duration,
+}
+
+impl EdgedConfig {
+    /// Defaults: sync every second.
+    pub fn new(
+        node_name: impl Into<String>,
+        host_ip: impl Into<String>,
+        root_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            node_name: node_name.into(),
+            host_ip: host_ip.into(),
+            root_dir: root_dir.into(),
+            sync_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Tells a running [`Edged`] that the store changed; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EdgedHandle {
+    changed: mpsc::Sender<()>,
+}
+
+impl EdgedHandle {
+    /// The store changed (a pod, configmap or secret was applied): sync now. Never waits;
+    /// several calls before the loop runs count as one.
+    pub fn store_changed(&self) {
+        let _ = self.changed.try_send(());
+    }
+}
+
+/// What a pod worker task is given.
+#[derive(Clone)]
+struct WorkerInput {
+    pod: Arc<Pod>,
+    objects: Arc<PodObjects>,
+    terminate: bool,
+}
+
+struct WorkerHandle {
+    input: watch::Sender<WorkerInput>,
+    task: JoinHandle<()>,
+}
+
+/// The pod manager. See the module docs.
+pub struct Edged<R> {
+    runtime: Arc<R>,
+    meta: MetaManager,
+    config: EdgedConfig,
+    volumes: VolumeManager,
+    worker_config: Arc<WorkerConfig>,
+    workers: HashMap<String, WorkerHandle>,
+    changed: mpsc::Receiver<()>,
+}
+
+impl<R> std::fmt::Debug for Edged<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edged")
+            .field("node", &self.config.node_name)
+            .field("pods", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: PodRuntime> Edged<R> {
+    /// Edged over `runtime`, reading desired pods from `meta`'s store and sending status
+    /// through its outbox.
+    pub fn new(runtime: Arc<R>, meta: MetaManager, config: EdgedConfig) -> (Self, EdgedHandle) {
+        let (tx, rx) = mpsc::channel(1);
+        let worker_config = Arc::new(WorkerConfig {
+            node_name: config.node_name.clone(),
+            host_ip: config.host_ip.clone(),
+            log_root: config.root_dir.join("logs"),
+        });
+        let volumes = VolumeManager::new(&config.root_dir);
+        (
+            Self {
+                runtime,
+                meta,
+                config,
+                volumes,
+                worker_config,
+                workers: HashMap::new(),
+                changed: rx,
+            },
+            EdgedHandle { changed: tx },
+        )
+    }
+
+    /// Runs until `shutdown`. Stopping edged leaves the pods running (as stopping a kubelet
+    /// does); the next start finds them again.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut tick = tokio::time::interval(self.config.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                Some(()) = self.changed.recv() => {}
+            }
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(error = %e, "edged sync pass");
+            }
+        }
+        for (_, worker) in self.workers.drain() {
+            worker.task.abort();
+        }
+        Ok(())
+    }
+
+    /// One pass over all pods.
+    async fn reconcile(&mut self) -> Result<()> {
+        let (pods, objects) = load_desired(&self.meta, &self.config.node_name).await?;
+        let mut desired = HashSet::new();
+        for pod in pods {
+            let Ok(id) = PodRef::of(&pod) else { continue };
+            desired.insert(id.uid.clone());
+            let input = WorkerInput {
+                pod: Arc::new(pod),
+                objects: objects.get(&id.namespace).cloned().unwrap_or_default(),
+                terminate: false,
+            };
+            self.feed(id, input);
+        }
+        // Pods the store no longer holds: stop and remove them.
+        for (uid, worker) in &self.workers {
+            if !desired.contains(uid) {
+                worker.input.send_modify(|i| i.terminate = true);
+            }
+        }
+        self.workers.retain(|_, w| !w.task.is_finished());
+        // Sandboxes nobody owns (a pod deleted while edged was down): same path.
+        let node = self.config.node_name.clone();
+        let node = node.as_str();
+        let sandboxes = self
+            .runtime
+            .list_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|s| s.labels.get(LABEL_NODE).map(String::as_str) == Some(node))
+            .collect();
+        let snapshot = Snapshot::new(sandboxes, Vec::new());
+        for (uid, list) in snapshot.sandboxes {
+            if uid.is_empty() || desired.contains(&uid) || self.workers.contains_key(&uid) {
+                continue;
+            }
+            let Some(s) = list.first() else { continue };
+            let orphan: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": s.name, "namespace": s.namespace, "uid": uid},
+                "spec": {"containers": [], "nodeName": node, "terminationGracePeriodSeconds": 2}
+            }))?;
+            let Ok(id) = PodRef::of(&orphan) else {
+                continue;
+            };
+            tracing::info!(pod = %id.key(), uid = %uid, "removing a sandbox no stored pod owns");
+            self.feed(
+                id,
+                WorkerInput {
+                    pod: Arc::new(orphan),
+                    objects: Arc::default(),
+                    terminate: true,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, id: PodRef, input: WorkerInput) {
+        if let Some(worker) = self.workers.get(&id.uid) {
+            let terminate = input.terminate || worker.input.borrow().terminate;
+            worker
+                .input
+                .send_replace(WorkerInput { terminate, ..input });
+            return;
+        }
+        let (tx, rx) = watch::channel(input);
+        let worker = PodWorker::new(
+            Arc::clone(&self.runtime),
+            self.volumes.clone(),
+            Arc::clone(&self.worker_config),
+            id.clone(),
+        );
+        let task = tokio::spawn(run_worker(worker, rx, self.meta.clone()));
+        self.workers
+            .insert(id.uid, WorkerHandle { input: tx, task });
+    }
+}
+
+/// A pod's task: one sync pass per input, status sent when it changed.
+async fn run_worker<R: PodRuntime>(
+    mut worker: PodWorker<R>,
+    mut input: watch::Receiver<WorkerInput>,
+    meta: MetaManager,
+) {
+    let mut last_sent: Option<serde_json::Value> = None;
+    let mut delete_sent = false;
+    loop {
+        let current = input.borrow_and_update().clone();
+        let outcome = worker
+            .sync(&current.pod, &current.objects, current.terminate)
+            .await;
+        let id = worker.pod().clone();
+        if current.terminate {
+            if outcome.gone {
+                return;
+            }
+        } else if last_sent.as_ref() != Some(&outcome.status) {
+            match send_status(&meta, &id, &outcome.status).await {
+                Ok(()) => last_sent = Some(outcome.status.clone()),
+                Err(e) => tracing::warn!(pod = %id.key(), error = %e, "queueing the pod status"),
+            }
+        }
+        // A pod being deleted whose containers all stopped: ask the cloud to finish the delete.
+        if current.pod.metadata.deletion_timestamp.is_some() && outcome.stopped && !delete_sent {
+            match send_delete(&meta, &id).await {
+                Ok(()) => delete_sent = true,
+                Err(e) => tracing::warn!(pod = %id.key(), error = %e, "queueing the pod delete"),
+            }
+        }
+        if input.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `podpatch`: the kubelet status manager's patch of the status subresource, with the uid as a
+/// precondition, as a JSON string (KubeEdge's form).
+async fn send_status(meta: &MetaManager, id: &PodRef, status: &serde_json::Value) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"uid": id.uid}, "status": status});
+    let msg = Message::new(
+        "edged",
+        "meta",
+        "patch",
+        format!("{}/podpatch/{}", id.namespace, id.name),
+        Content::string(&patch.to_string()),
+    );
+    meta.from_edge(msg, false).await?;
+    Ok(())
+}
+
+/// The final delete of a terminated pod (grace 0, uid precondition), as the kubelet's status
+/// manager sends it once the containers are gone.
+async fn send_delete(meta: &MetaManager, id: &PodRef) -> Result<()> {
+    let options = serde_json::json!({"gracePeriodSeconds": 0, "preconditions": {"uid": id.uid}});
+    let content = Content::try_from(options.to_string().as_str())
+        .map_err(|e| Error::Spec(format!("delete options: {e}")))?;
+    let msg = Message::new(
+        "edged",
+        "meta",
+        "delete",
+        format!("{}/pod/{}", id.namespace, id.name),
+        content,
+    );
+    meta.from_edge(msg, false).await?;
+    Ok(())
+}
+
+/// The pods bound to `node` and, per namespace, the ConfigMaps and Secrets there. A row that
+/// does not decode is skipped with a warning; the others still run.
+async fn load_desired(
+    meta: &MetaManager,
+    node: &str,
+) -> Result<(Vec<Pod>, HashMap<String, Arc<PodObjects>>)> {
+    let node = node.to_owned();
+    let rows = meta
+        .store()
+        .read(move |conn| {
+            let pods = meta::list_by_type(conn, "pod")?;
+            let mut namespaces: HashSet<String> = HashSet::new();
+            for row in &pods {
+                if let Some(ns) = row.key.split('/').next() {
+                    namespaces.insert(ns.to_owned());
+                }
+            }
+            let mut objects = Vec::new();
+            for ns in namespaces {
+                let cms = meta::list_in_namespace(conn, &ns, "configmap")?;
+                let secrets = meta::list_in_namespace(conn, &ns, "secret")?;
+                objects.push((ns, cms, secrets));
+            }
+            Ok((pods, objects))
+        })
+        .await?;
+    let (pod_rows, object_rows) = rows;
+    let mut pods = Vec::new();
+    for row in pod_rows {
+        match serde_json::from_str::<Pod>(&row.value) {
+            Ok(pod) => {
+                let bound =
+                    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str());
+                if bound {
+                    pods.push(pod);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = %row.key, error = %e, "stored pod does not decode; skipped")
+            }
+        }
+    }
+    let mut objects = HashMap::new();
+    for (ns, cms, secrets) in object_rows {
+        let mut set = PodObjects::default();
+        for row in cms {
+            match serde_json::from_str::<ConfigMap>(&row.value) {
+                Ok(cm) => {
+                    if let Some(name) = cm.metadata.name.clone() {
+                        set.configmaps.insert(name, cm);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(key = %row.key, error = %e, "stored configmap does not decode; skipped")
+                }
+            }
+        }
+        for row in secrets {
+            match serde_json::from_str::<Secret>(&row.value) {
+                Ok(secret) => {
+                    if let Some(name) = secret.metadata.name.clone() {
+                        set.secrets.insert(name, secret);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(key = %row.key, error = %e, "stored secret does not decode; skipped")
+                }
+            }
+        }
+        objects.insert(ns, Arc::new(set));
+    }
+    Ok((pods, objects))
+}
+
+impl ObjectLookup for PodObjects {
+    fn config_map(&self, _namespace: &str, name: &str) -> Option<ConfigMap> {
+        self.configmaps.get(name).cloned()
+    }
+
+    fn secret(&self, _namespace: &str, name: &str) -> Option<Secret> {
+        self.secrets.get(name).cloned()
+    }
+}
