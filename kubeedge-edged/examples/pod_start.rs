@@ -6,8 +6,11 @@
 //! ```text
 //! scripts/containerd-env.sh up
 //! EDGED_CRI_ENDPOINT=unix:///tmp/edged-ctrd/containerd.sock \
-//!     cargo run --release -p kubeedge-edged --example pod_start
+//!     cargo run --release -p kubeedge-edged --example pod_start [-- --small-store]
 //! ```
+//!
+//! `--small-store` opens the store as a memory-tight edge device would: a 256 KiB page cache
+//! and one read connection (the default is 2 MiB per connection and two readers).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,15 +24,22 @@ use tokio_util::sync::CancellationToken;
 const NODE: &str = "bench-node";
 const PODS: usize = 20;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// `VmRSS` of this process and its anonymous and file-backed parts, in KiB.
+fn rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    format!(
+        "{} KiB (anonymous {} KiB, file-backed {} KiB)",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:")
+    )
 }
 
 fn pod_message(op: &str, name: &str, uid: &str) -> Message {
@@ -60,7 +70,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = std::env::var("EDGED_CRI_ENDPOINT")
         .map_err(|_| "set EDGED_CRI_ENDPOINT (scripts/containerd-env.sh up)")?;
     let dir = tempfile::tempdir()?;
-    let store = Store::open(StoreConfig::new(dir.path().join("edgecore.db")))?;
+    let mut store_config = StoreConfig::new(dir.path().join("edgecore.db"));
+    if std::env::args().any(|a| a == "--small-store") {
+        store_config.cache_kib = 256;
+        store_config.readers = 1;
+    }
+    let store = Store::open(store_config)?;
     let meta = MetaManager::new(store, MetaManagerConfig::new(NODE));
     let runtime = Arc::new(CriRuntime::connect(&endpoint).await?);
     let (edged, handle) = Edged::new(
@@ -71,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stop = CancellationToken::new();
     let task = tokio::spawn(edged.run(stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle = rss_kib();
+    let rss_idle = rss();
 
     let run_id = std::process::id();
     let mut latencies = Vec::new();
@@ -99,12 +114,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         uids.push(uid);
         if i == 9 {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            println!("rss with 10 pods: {} KiB", rss_kib());
+            println!("rss with 10 pods: {}", rss());
         }
     }
     let mut sorted = latencies.clone();
     sorted.sort();
-    println!("rss with 0 pods: {rss_idle} KiB");
+    println!("rss with 0 pods: {rss_idle}");
     println!(
         "pod start (store -> container running), {PODS} pods one after another: p50 {:?}, p99 {:?}, max {:?}",
         percentile(&sorted, 0.5),
