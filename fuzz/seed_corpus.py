@@ -53,6 +53,14 @@ def main():
                  b"\x40\x00\x19\x41\xc8\x00\x00", b"\x81{\"a\":{\"b\":[0,{\"c\":21.5}]}}", b"\xc2T=21.5", b"\xc0H,45,%"]:
         put("mapper_inputs", text)
     put("dmi_messages", b"\x12\x0e\x0a\x06modbus\x22\x04/tmp")
+    # Pods as the cloud stores them on the edge (the captured pod inserts), and quantities.
+    for p in payloads:
+        msg = json.loads(p)
+        content = msg.get("content")
+        if isinstance(content, dict) and content.get("kind") == "Pod":
+            put("edged_pod_spec", json.dumps(content).encode())
+    for q in [b"500m", b"128Mi", b"1.5e3", b"$(A)x$$(B)"]:
+        put("edged_pod_spec", q)
 
 
 if __name__ == "__main__":

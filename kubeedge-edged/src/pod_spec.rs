@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 
 use crate::quantity;
 use crate::runtime::{
-    ContainerConfig, LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE,
-    LABEL_POD_UID, LinuxResources, Mount, PortMapping, SandboxConfig,
+    ContainerConfig, LABEL_CONTAINER_HASH, LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE, LABEL_POD_UID, LinuxResources, Mount, PortMapping, SandboxConfig,
 };
 use crate::{Error, Result};
 
@@ -168,6 +168,7 @@ pub fn container_config(
     };
     let mut labels = id.labels();
     labels.insert(LABEL_CONTAINER_NAME.to_owned(), container.name.clone());
+    labels.insert(LABEL_CONTAINER_HASH.to_owned(), spec_hash(container));
     let image = container
         .image
         .clone()
@@ -363,6 +364,16 @@ fn resources(container: &Container) -> Result<LinuxResources> {
         out.memory_limit_bytes = quantity::bytes(&memory)?;
     }
     Ok(out)
+}
+
+/// A stable hash (FNV-1a, hex) of the container's spec as JSON: the same spec gives the same
+/// hash in every edged version, so an upgrade does not restart containers.
+pub fn spec_hash(container: &Container) -> String {
+    let json = serde_json::to_vec(container).unwrap_or_default();
+    let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// Expands `$(NAME)` from `env`; `$$` is a literal `$`; unknown references stay as written.

@@ -18,8 +18,8 @@ use crate::pod_spec::{self, PodObjects, PodRef, RuntimeFields};
 use crate::pod_status::{self, ContainerView, Waiting};
 use crate::probe::{self, ProbeKind, ProbeState, Verdict};
 use crate::runtime::{
-    ContainerInfo, ContainerState, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodRuntime, SandboxInfo,
-    SandboxState,
+    ContainerInfo, ContainerState, LABEL_CONTAINER_HASH, LABEL_CONTAINER_NAME, LABEL_POD_UID,
+    PodRuntime, SandboxInfo, SandboxState,
 };
 use crate::volumes::VolumeManager;
 use crate::{Error, Result};
@@ -338,6 +338,10 @@ impl<R: PodRuntime> PodWorker<R> {
             .filter(|s| s.state == SandboxState::Ready)
             .max_by_key(|s| (s.attempt, s.created_at));
         if let Some(s) = ready {
+            // The pod started when its sandbox did (stable across edged restarts).
+            if s.created_at > 0 {
+                self.started_at = pod_status::time_of_nanos(s.created_at);
+            }
             // Older sandboxes of the same pod go.
             for old in sandboxes.iter().filter(|o| o.id != s.id) {
                 self.remove_sandbox(old, containers).await;
@@ -441,6 +445,23 @@ impl<R: PodRuntime> PodWorker<R> {
         match latest.map(|c| c.state) {
             Some(ContainerState::Running) => {
                 let latest = latest.expect("matched Some");
+                let hash = pod_spec::spec_hash(container);
+                if latest
+                    .labels
+                    .get(LABEL_CONTAINER_HASH)
+                    .is_some_and(|h| *h != hash)
+                {
+                    // The spec changed: stop it; the next pass starts the new spec.
+                    tracing::info!(pod = %self.id.key(), container = %container.name, "container spec changed; restarting");
+                    let track = self.tracks.entry(container.name.clone()).or_default();
+                    track.killed_for = Some("container spec changed".into());
+                    track.backoff = None;
+                    track.next_start = None;
+                    return self
+                        .runtime
+                        .stop_container(&latest.id, grace_period(pod))
+                        .await;
+                }
                 self.probe(pod, container, &latest.id, pod_ip, now).await;
                 Ok(())
             }
@@ -451,12 +472,14 @@ impl<R: PodRuntime> PodWorker<R> {
             Some(ContainerState::Exited | ContainerState::Unknown) => {
                 let latest = latest.expect("matched Some");
                 let status = self.runtime.container_status(&latest.id).await?;
-                let wants = match restart_policy {
-                    "Never" => false,
-                    "OnFailure" => status.exit_code != 0,
-                    _ => true,
-                };
                 let track = self.tracks.entry(container.name.clone()).or_default();
+                let respec = track.killed_for.as_deref() == Some("container spec changed");
+                let wants = respec
+                    || match restart_policy {
+                        "Never" => false,
+                        "OnFailure" => status.exit_code != 0,
+                        _ => true,
+                    };
                 track.ready = false;
                 if !wants {
                     track.waiting = None;

@@ -26,6 +26,9 @@ pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
 /// Label with the name of the node whose edged made the sandbox: an edged removes only
 /// sandboxes of its own node that no stored pod owns (several edged may share a runtime).
 pub const LABEL_NODE: &str = "io.kubeedge.node";
+/// Label with a hash of the container's spec: a container whose spec changed (a new image, say)
+/// is restarted with the new spec, as the kubelet does.
+pub const LABEL_CONTAINER_HASH: &str = "io.kubeedge.container.hash";
 /// Label with the container's name (containers only).
 pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 

@@ -226,6 +226,25 @@ async fn a_pod_runs_its_status_reaches_the_outbox_and_delete_removes_it() {
                 .starts_with("containerd://")
         );
         assert_eq!(node.containers_of(&uid).await.len(), 1);
+        let first = node.containers_of(&uid).await[0].id.clone();
+
+        // The cloud changes the container's command: it is replaced by one with the new spec.
+        let changed = pod(
+            &node,
+            "runner",
+            &uid,
+            2,
+            json!({"containers": [container("main", "echo changed; sleep 1000")]}),
+        );
+        node.apply_from_cloud(pod_msg("update", &changed)).await;
+        node.wait_status("runner", "running the new spec", |s| {
+            running(s)
+                && s["containerStatuses"][0]["containerID"]
+                    .as_str()
+                    .is_some_and(|id| !id.ends_with(&first))
+        })
+        .await;
+        let p = changed;
 
         // The cloud deletes it: edged stops and removes everything of it.
         node.apply_from_cloud(pod_msg("delete", &p)).await;
