@@ -113,6 +113,8 @@ pub struct PodWorker<R> {
     started_at: String,
     last_conditions: Option<Value>,
     volumes_ready: Option<String>,
+    /// The init containers as last seen (filled with the main containers' views).
+    init_views: Vec<ContainerView>,
 }
 
 impl<R: PodRuntime> PodWorker<R> {
@@ -134,6 +136,7 @@ impl<R: PodRuntime> PodWorker<R> {
             started_at: now_rfc3339(),
             last_conditions: None,
             volumes_ready: None,
+            init_views: Vec::new(),
         }
     }
 
@@ -180,7 +183,7 @@ impl<R: PodRuntime> PodWorker<R> {
         // A terminal pod (every container done under Never/OnFailure) keeps its status; its
         // sandbox is stopped as the kubelet does.
         let views = self.views(pod, &containers).await;
-        let phase = pod_status::phase(&views, &restart_policy);
+        let phase = self.phase(pod, &views);
         if matches!(phase, "Succeeded" | "Failed") {
             for s in sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
                 if let Err(e) = self.runtime.stop_sandbox(&s.id).await {
@@ -252,7 +255,54 @@ impl<R: PodRuntime> PodWorker<R> {
             pod_ip: pod_ip.clone(),
             host_ip: self.config.host_ip.clone(),
         };
-        for container in &spec_containers {
+        // Init containers run one at a time, each to success, before the others start.
+        let init_containers: Vec<Container> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        let init_policy = if restart_policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        let mut initialized = true;
+        for container in &init_containers {
+            let mine: Vec<&ContainerInfo> = containers
+                .iter()
+                .filter(|c| c.name == container.name)
+                .collect();
+            let latest = mine.iter().max_by_key(|c| (c.attempt, c.created_at));
+            let succeeded = match latest {
+                Some(c) if c.state == ContainerState::Exited => self
+                    .runtime
+                    .container_status(&c.id)
+                    .await
+                    .is_ok_and(|s| s.exit_code == 0),
+                _ => false,
+            };
+            if succeeded {
+                continue;
+            }
+            initialized = false;
+            if let Err(e) = self
+                .sync_container(
+                    pod,
+                    container,
+                    &mine,
+                    &sandbox_id,
+                    &pod_ip,
+                    init_policy,
+                    objects,
+                    &fields,
+                )
+                .await
+            {
+                tracing::warn!(pod = %self.id.key(), container = %container.name, error = %e, "init container sync");
+            }
+            break;
+        }
+        for container in spec_containers.iter().filter(|_| initialized) {
             let mine: Vec<&ContainerInfo> = containers
                 .iter()
                 .filter(|c| c.name == container.name)
@@ -274,10 +324,10 @@ impl<R: PodRuntime> PodWorker<R> {
             }
         }
         // Containers of names no longer in the spec are removed.
-        for stray in containers
-            .iter()
-            .filter(|c| !spec_containers.iter().any(|s| s.name == c.name))
-        {
+        for stray in containers.iter().filter(|c| {
+            !spec_containers.iter().any(|s| s.name == c.name)
+                && !init_containers.iter().any(|s| s.name == c.name)
+        }) {
             let _ = self
                 .runtime
                 .stop_container(&stray.id, Duration::from_secs(2))
@@ -786,9 +836,29 @@ impl<R: PodRuntime> PodWorker<R> {
         clean
     }
 
-    async fn views(&self, pod: &Pod, containers: &[ContainerInfo]) -> Vec<ContainerView> {
+    /// The main containers' views; the init containers' go to `self.init_views`.
+    async fn views(&mut self, pod: &Pod, containers: &[ContainerInfo]) -> Vec<ContainerView> {
+        let init: Vec<Container> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        self.init_views = self.view_list(&init, containers).await;
+        let main: Vec<Container> = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        self.view_list(&main, containers).await
+    }
+
+    async fn view_list(
+        &self,
+        specs: &[Container],
+        containers: &[ContainerInfo],
+    ) -> Vec<ContainerView> {
         let mut views = Vec::new();
-        for spec in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        for spec in specs {
             let mut mine: Vec<&ContainerInfo> =
                 containers.iter().filter(|c| c.name == spec.name).collect();
             mine.sort_by_key(|c| std::cmp::Reverse((c.attempt, c.created_at)));
@@ -825,16 +895,41 @@ impl<R: PodRuntime> PodWorker<R> {
         views
     }
 
+    /// The pod phase, init containers included: Pending until they all succeeded, Failed when
+    /// one failed and the policy is Never.
+    fn phase(&self, pod: &Pod, views: &[ContainerView]) -> &'static str {
+        let policy = restart_policy(pod);
+        let init_failed = self.init_views.iter().any(|v| {
+            v.current
+                .as_ref()
+                .is_some_and(|c| c.state == ContainerState::Exited && c.exit_code != 0)
+        });
+        if init_failed && policy == "Never" {
+            return "Failed";
+        }
+        if !self.init_views.iter().all(init_succeeded) {
+            return "Pending";
+        }
+        pod_status::phase(views, &policy)
+    }
+
     fn status(&mut self, pod: &Pod, views: &[ContainerView], pod_ip: Option<&str>) -> Value {
         let now = now_rfc3339();
-        let phase = pod_status::phase(views, &restart_policy(pod));
+        let phase = self.phase(pod, views);
+        let initialized = self.init_views.iter().all(init_succeeded);
         let all_ready = !views.is_empty() && views.iter().all(|v| v.ready);
         let sandbox_ok = pod_ip.is_some() && self.sandbox_error.is_none();
         let before = self.last_conditions.clone();
         let before = before.as_ref();
         let conditions = json!([
             pod_status::condition("PodReadyToStartContainers", sandbox_ok, &now, before, None),
-            pod_status::condition("Initialized", true, &now, before, None),
+            pod_status::condition(
+                "Initialized",
+                initialized,
+                &now,
+                before,
+                Some("ContainersNotInitialized")
+            ),
             pod_status::condition("Ready", all_ready, &now, before, Some("ContainersNotReady")),
             pod_status::condition(
                 "ContainersReady",
@@ -854,6 +949,18 @@ impl<R: PodRuntime> PodWorker<R> {
             "startTime": self.started_at,
             "containerStatuses": views.iter().map(pod_status::container_status_json).collect::<Vec<_>>(),
         });
+        if !self.init_views.is_empty() {
+            let init: Vec<Value> = self
+                .init_views
+                .iter()
+                .map(|v| {
+                    let mut j = pod_status::container_status_json(v);
+                    j["ready"] = json!(init_succeeded(v));
+                    j
+                })
+                .collect();
+            status["initContainerStatuses"] = json!(init);
+        }
         if let Some(ip) = pod_ip.filter(|ip| !ip.is_empty()) {
             status["podIP"] = json!(ip);
             status["podIPs"] = json!([{"ip": ip}]);
@@ -926,4 +1033,11 @@ pub fn container_name(c: &ContainerInfo) -> &str {
     } else {
         &c.name
     }
+}
+
+/// Whether an init container ran to success.
+fn init_succeeded(v: &ContainerView) -> bool {
+    v.current
+        .as_ref()
+        .is_some_and(|c| c.state == ContainerState::Exited && c.exit_code == 0)
 }

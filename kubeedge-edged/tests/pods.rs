@@ -614,3 +614,51 @@ async fn a_pod_network_pod_gets_an_ip_and_probes_decide_readiness() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_containers_run_to_success_before_the_others_start() {
+    let Some(endpoint) = endpoint() else { return };
+    with_deadline(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node_name = uid("node");
+        let node = Node::start(&endpoint, dir.path(), &node_name).await;
+        let uid = uid("init");
+        let mut init = container("prepare", "echo -n prepared > /work/state");
+        init["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
+        let mut main = container("main", "sleep 1000");
+        main["volumeMounts"] = json!([{"name": "work", "mountPath": "/work"}]);
+        let p = pod(
+            &node,
+            "with-init",
+            &uid,
+            1,
+            json!({"initContainers": [init], "containers": [main], "volumes": [{"name": "work", "emptyDir": {}}]}),
+        );
+        node.apply_from_cloud(pod_msg("insert", &p)).await;
+        let status = node.wait_status("with-init", "running after its init container", running).await;
+        assert_eq!(status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 0, "{status:#}");
+        let initialized = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Initialized").unwrap().clone();
+        assert_eq!(initialized["status"], "True");
+        let id = node
+            .containers_of(&uid)
+            .await
+            .into_iter()
+            .find(|c| c.name == "main")
+            .unwrap()
+            .id;
+        let out = node
+            .runtime
+            .exec_sync(&id, &["cat".into(), "/work/state".into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "prepared");
+        node.apply_from_cloud(pod_msg("delete", &p)).await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while node.sandboxes_of(&uid).await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never removed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        node.kill().await;
+    })
+    .await;
+}
