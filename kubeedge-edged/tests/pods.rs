@@ -267,9 +267,19 @@ async fn a_configmap_volume_and_env_are_visible_inside_the_container() {
         let node = Node::start(&endpoint, dir.path(), &node_name).await;
         let uid = uid("cfg");
         let mut c = container("main", "sleep 1000");
-        c["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/etc/cfg"}]);
+        c["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/etc/cfg"}, {"name": "sec", "mountPath": "/etc/sec"}]);
         c["env"] = json!([{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}]);
-        let p = pod(&node, "cfg-reader", &uid, 1, json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}]}));
+        let p = pod(&node, "cfg-reader", &uid, 1, json!({"containers": [c], "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}, {"name": "sec", "secret": {"secretName": "creds", "defaultMode": 256}}]}));
+        // The secret is there first (base64 in the stored JSON, as the cloud sends it).
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": "default", "uid": uid.clone() + "-sec", "resourceVersion": "4"},
+            "data": {"token": "czNjcjN0"}});
+        node.apply_from_cloud(
+            Message::new("edgecontroller", "resource", "insert", "default/secret/creds",
+                Content::try_from(secret.to_string().as_str()).unwrap())
+            .with_resource_version("4"),
+        )
+        .await;
         // The pod comes before its configmap: it waits with a truthful reason.
         node.apply_from_cloud(pod_msg("insert", &p)).await;
         node.wait_status("cfg-reader", "waiting for its configmap", |s| {
@@ -293,6 +303,12 @@ async fn a_configmap_volume_and_env_are_visible_inside_the_container() {
         assert_eq!(String::from_utf8_lossy(&file.stdout), "hello from the store");
         let env = node.runtime.exec_sync(&id, &["sh".into(), "-c".into(), "echo -n $GREETING".into()], Duration::from_secs(10)).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&env.stdout), "hello from the store");
+        let secret_file = node
+            .runtime
+            .exec_sync(&id, &["sh".into(), "-c".into(), "stat -L -c %a /etc/sec/token; cat /etc/sec/token".into()], Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&secret_file.stdout), "400\ns3cr3t");
         node.apply_from_cloud(pod_msg("delete", &p)).await;
         node.kill().await;
     })
