@@ -883,7 +883,12 @@ impl<R: PodRuntime> PodWorker<R> {
                 name: spec.name.clone(),
                 image: spec.image.clone().unwrap_or_default(),
                 restart_count: mine.first().map_or(0, |c| c.attempt),
-                ready: track.is_some_and(|t| t.ready)
+                // Without readiness or startup probe a running container is ready at once;
+                // with one, when the probe of this very container says so.
+                ready: (spec.readiness_probe.is_none() && spec.startup_probe.is_none()
+                    || track.is_some_and(|t| {
+                        t.ready && current.as_ref().is_some_and(|c| c.id == t.probed_id)
+                    }))
                     && current
                         .as_ref()
                         .is_some_and(|c| c.state == ContainerState::Running),

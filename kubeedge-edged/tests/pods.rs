@@ -457,101 +457,128 @@ async fn bad_pods_get_truthful_reasons_and_do_not_disturb_a_good_one() {
     .await;
 }
 
+/// Set in the child process: the directory of its store.
+const CHILD_DIR: &str = "KUBEEDGE_EDGED_CHILD_DIR";
+/// Set in the child process: its node name.
+const CHILD_NODE: &str = "KUBEEDGE_EDGED_CHILD_NODE";
+/// A child edged ends by itself after this, should its parent die without killing it.
+const CHILD_MAX_LIFE: Duration = Duration::from_secs(150);
+
+/// The child's side of the crash test: runs edged over the store in `CHILD_DIR` until it is
+/// killed. Does nothing in a normal test run.
+#[test]
+fn edged_child_process() {
+    let (Ok(dir), Ok(node_name)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_NODE)) else {
+        return;
+    };
+    let endpoint = endpoint().expect("the parent sets the endpoint");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let node = Node::start(&endpoint, std::path::Path::new(&dir), &node_name).await;
+        println!("child edged running");
+        tokio::time::sleep(CHILD_MAX_LIFE).await;
+        node.kill().await;
+    });
+}
+
+/// Runs edged in a child process (this test binary, `edged_child_process`).
+fn spawn_edged(dir: &std::path::Path, node_name: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "edged_child_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_DIR, dir)
+        .env(CHILD_NODE, node_name)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_crash_without_the_cloud_edged_restores_pods_from_the_store() {
+async fn after_sigkill_without_the_cloud_edged_restores_pods_from_the_store() {
     let Some(endpoint) = endpoint() else { return };
     with_deadline(async {
         let dir = tempfile::tempdir().unwrap();
         let node_name = uid("node");
-        let node = Node::start(&endpoint, dir.path(), &node_name).await;
+        // The "cloud" side writes into the same store file (as the MetaManager would); there is
+        // no hub at all, so the cloud is away the whole time.
+        let store = Store::open(StoreConfig::new(dir.path().join("edgecore.db"))).unwrap();
+        let meta = MetaManager::new(store, MetaManagerConfig::new(&node_name));
+        let runtime = CriRuntime::connect(&endpoint).await.unwrap();
         let (keeps, dies) = (uid("keep"), uid("dies"));
-        node.apply_from_cloud(pod_msg(
-            "insert",
-            &pod(
-                &node,
-                "keeps-running",
-                &keeps,
-                1,
-                json!({"containers": [container("main", "sleep 1000")]}),
-            ),
-        ))
-        .await;
-        node.apply_from_cloud(pod_msg(
-            "insert",
-            &pod(
-                &node,
-                "killed-meanwhile",
-                &dies,
-                1,
-                json!({"containers": [container("main", "sleep 1000")]}),
-            ),
-        ))
-        .await;
-        node.wait_status("keeps-running", "running", running).await;
-        node.wait_status("killed-meanwhile", "running", running)
-            .await;
-        let kept_id = node.containers_of(&keeps).await[0].id.clone();
-        let runtime = Arc::clone(&node.runtime);
-        // edged dies; the cloud is not there (no hub at all in this test).
-        node.kill().await;
-        // While edged is down one container dies too.
-        let victim = runtime
+        let spec = json!({"nodeName": node_name, "hostNetwork": true, "terminationGracePeriodSeconds": 1,
+            "containers": [container("main", "sleep 1000")]});
+        for (name, uid) in [("keeps-running", &keeps), ("killed-meanwhile", &dies)] {
+            let p = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "uid": uid, "resourceVersion": "1"},
+                "spec": spec});
+            meta.from_cloud(pod_msg("insert", &p)).await.unwrap();
+        }
+        let running_attempt = |uid: String, attempt: u32| {
+            let runtime = &runtime;
+            async move {
+                runtime.list_containers().await.unwrap().into_iter().find(|c| {
+                    c.labels.get(LABEL_POD_UID) == Some(&uid) && c.state == ContainerState::Running && c.attempt == attempt
+                })
+            }
+        };
+        let mut child = spawn_edged(dir.path(), &node_name);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let (kept, victim) = loop {
+            if let (Some(k), Some(v)) = (running_attempt(keeps.clone(), 0).await, running_attempt(dies.clone(), 0).await) {
+                break (k, v);
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the child edged never started the pods");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // edged dies hard (SIGKILL), and while it is down one container dies too.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        runtime.stop_container(&victim.id, Duration::ZERO).await.unwrap();
+
+        let mut child = spawn_edged(dir.path(), &node_name);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while running_attempt(dies.clone(), 1).await.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "the dead container was never restarted");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The container that kept running was adopted, not replaced.
+        let now_kept: Vec<_> = runtime
             .list_containers()
             .await
             .unwrap()
             .into_iter()
-            .find(|c| c.labels.get(LABEL_POD_UID) == Some(&dies))
-            .unwrap();
-        runtime
-            .stop_container(&victim.id, Duration::ZERO)
-            .await
-            .unwrap();
+            .filter(|c| c.labels.get(LABEL_POD_UID) == Some(&keeps))
+            .collect();
+        assert_eq!(now_kept.len(), 1, "{now_kept:?}");
+        assert_eq!(now_kept[0].id, kept.id);
+        assert_eq!(now_kept[0].state, ContainerState::Running);
+        // The status in the store's outbox says so (written by the child).
+        let pending = meta.outbox().pending(0, 100_000).await.unwrap();
+        let last = pending
+            .iter()
+            .rev()
+            .find(|p| p.message.route.resource == "default/podpatch/killed-meanwhile")
+            .expect("a status for the restarted pod");
+        let text: String = last.message.content.decode().unwrap();
+        let status: Value = serde_json::from_str(&text).unwrap();
+        assert!(status["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap() >= 1, "{status:#}");
 
-        let node = Node::start(&endpoint, dir.path(), &node_name).await;
-        node.handle.store_changed();
-        // The running container was adopted, not replaced.
+        // Clean up through edged: the cloud deletes both pods.
+        for (name, uid) in [("keeps-running", &keeps), ("killed-meanwhile", &dies)] {
+            let p = json!({"metadata": {"name": name, "namespace": "default", "uid": uid, "resourceVersion": "2"}});
+            meta.from_cloud(pod_msg("delete", &p)).await.unwrap();
+        }
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let restarted = node
-                .containers_of(&dies)
-                .await
-                .iter()
-                .any(|c| c.state == ContainerState::Running && c.attempt == 1);
-            if restarted {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the dead container was never restarted"
-            );
+        while runtime.list_sandboxes().await.unwrap().iter().any(|s| s.uid == keeps || s.uid == dies) {
+            assert!(tokio::time::Instant::now() < deadline, "pods never removed");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let kept = node.containers_of(&keeps).await;
-        assert_eq!(
-            kept.len(),
-            1,
-            "the running pod was not left alone: {kept:?}"
-        );
-        assert_eq!(kept[0].id, kept_id);
-        assert_eq!(kept[0].state, ContainerState::Running);
-        for (name, uid) in [("keeps-running", &keeps), ("killed-meanwhile", &dies)] {
-            node.apply_from_cloud(pod_msg(
-                "delete",
-                &pod(&node, name, uid, 1, json!({"containers": []})),
-            ))
-            .await;
-        }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        for uid in [&keeps, &dies] {
-            while node.sandboxes_of(uid).await > 0 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{uid} never removed"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        node.kill().await;
+        child.kill().unwrap();
+        child.wait().unwrap();
     })
     .await;
 }
