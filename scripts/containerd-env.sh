@@ -140,6 +140,10 @@ up() {
     echo 'root:x:0:' >"$r/etc/group"
     mkimage "$r" edged.test/busybox:1 "$D/img/busybox.tar" '["sh"]'
     mkimage "$r" edged.test/pause:1 "$D/img/pause.tar" '["sleep","infinity"]'
+    # The image of the pod in the captured KubeEdge traffic (kubeedge-proto/tests/vectors), so
+    # that edged can replay that traffic without a registry. Its own command keeps its image id
+    # apart from edged.test/busybox:1 (one id with two names would be reported by either name).
+    mkimage "$r" docker.io/library/busybox:1.36 "$D/img/busybox-1.36.tar" '["/bin/sh"]'
 
     cat >"$D/config.toml" <<EOT
 version = 2
@@ -170,6 +174,7 @@ EOT
     start_containerd || exit 1
     ctr_ -n k8s.io images import "$D/img/busybox.tar" >/dev/null
     ctr_ -n k8s.io images import "$D/img/pause.tar" >/dev/null
+    ctr_ -n k8s.io images import "$D/img/busybox-1.36.tar" >/dev/null
     local out
     out=$(ctr_ -n k8s.io run --rm edged.test/busybox:1 edged-env-smoke echo runtime-ok)
     if [[ $out != runtime-ok ]]; then
