@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pod_spec::{PodObjects, PodRef};
-use crate::pod_worker::{PodWorker, Snapshot, WorkerConfig};
-use crate::runtime::{LABEL_NODE, PodRuntime};
+use crate::pod_worker::{PodWorker, WorkerConfig};
+use crate::runtime::{LABEL_NODE, PodRuntime, SandboxInfo};
 use crate::volumes::{ObjectLookup, VolumeManager};
 use crate::{Error, Result};
 
@@ -171,19 +171,19 @@ impl<R: PodRuntime> Edged<R> {
         // Sandboxes nobody owns (a pod deleted while edged was down): same path.
         let node = self.config.node_name.clone();
         let node = node.as_str();
-        let sandboxes = self
-            .runtime
-            .list_sandboxes()
-            .await?
-            .into_iter()
-            .filter(|s| s.labels.get(LABEL_NODE).map(String::as_str) == Some(node))
-            .collect();
-        let snapshot = Snapshot::new(sandboxes, Vec::new());
-        for (uid, list) in snapshot.sandboxes {
-            if uid.is_empty() || desired.contains(&uid) || self.workers.contains_key(&uid) {
-                continue;
+        let mut orphans: HashMap<String, SandboxInfo> = HashMap::new();
+        for s in self.runtime.list_sandboxes().await? {
+            let uid = s.pod_uid().to_owned();
+            let mine = s.labels.get(LABEL_NODE).map(String::as_str) == Some(node);
+            if mine
+                && !uid.is_empty()
+                && !desired.contains(&uid)
+                && !self.workers.contains_key(&uid)
+            {
+                orphans.entry(uid).or_insert(s);
             }
-            let Some(s) = list.first() else { continue };
+        }
+        for (uid, s) in orphans {
             let orphan: Pod = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": s.name, "namespace": s.namespace, "uid": uid},
                 "spec": {"containers": [], "nodeName": node, "terminationGracePeriodSeconds": 2}

@@ -18,8 +18,8 @@ use crate::pod_spec::{self, PodObjects, PodRef, RuntimeFields};
 use crate::pod_status::{self, ContainerView, Waiting};
 use crate::probe::{self, ProbeKind, ProbeState, Verdict};
 use crate::runtime::{
-    ContainerInfo, ContainerState, LABEL_CONTAINER_HASH, LABEL_CONTAINER_NAME, LABEL_POD_UID,
-    PodRuntime, SandboxInfo, SandboxState,
+    ContainerInfo, ContainerState, LABEL_CONTAINER_HASH, LABEL_POD_UID, PodRuntime, SandboxInfo,
+    SandboxState,
 };
 use crate::volumes::VolumeManager;
 use crate::{Error, Result};
@@ -31,36 +31,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 /// Grace period when the pod names none.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-
-/// What the runtime shows of everything, listed once per pass for all pods.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// Sandboxes by pod uid.
-    pub sandboxes: HashMap<String, Vec<SandboxInfo>>,
-    /// Containers by pod uid.
-    pub containers: HashMap<String, Vec<ContainerInfo>>,
-}
-
-impl Snapshot {
-    /// Groups the runtime's lists by the pod uid label.
-    pub fn new(sandboxes: Vec<SandboxInfo>, containers: Vec<ContainerInfo>) -> Self {
-        let mut snap = Self::default();
-        for s in sandboxes {
-            let uid = if s.uid.is_empty() {
-                s.labels.get(LABEL_POD_UID).cloned().unwrap_or_default()
-            } else {
-                s.uid.clone()
-            };
-            snap.sandboxes.entry(uid).or_default().push(s);
-        }
-        for c in containers {
-            if let Some(uid) = c.labels.get(LABEL_POD_UID) {
-                snap.containers.entry(uid.clone()).or_default().push(c);
-            }
-        }
-        snap
-    }
-}
 
 /// Settings shared by all pod workers.
 #[derive(Clone, Debug)]
@@ -181,24 +151,27 @@ impl<R: PodRuntime> PodWorker<R> {
         let restart_policy = restart_policy(pod);
 
         // A terminal pod (every container done under Never/OnFailure) keeps its status; its
-        // sandbox is stopped as the kubelet does.
-        let views = self.views(pod, &containers).await;
-        let phase = self.phase(pod, &views);
-        if matches!(phase, "Succeeded" | "Failed") {
-            for s in sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
-                if let Err(e) = self.runtime.stop_sandbox(&s.id).await {
-                    tracing::warn!(pod = %self.id.key(), error = %e, "stopping a finished pod's sandbox");
+        // sandbox is stopped as the kubelet does. Only a pod none of whose containers runs or
+        // waits to start can be terminal, so the statuses are asked for only then (this is
+        // every pod's path every second).
+        let maybe_finished = !containers.is_empty()
+            && containers
+                .iter()
+                .all(|c| !matches!(c.state, ContainerState::Running | ContainerState::Created));
+        if maybe_finished {
+            let views = self.views(pod, &containers).await;
+            if matches!(self.phase(pod, &views), "Succeeded" | "Failed") {
+                for s in sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
+                    if let Err(e) = self.runtime.stop_sandbox(&s.id).await {
+                        tracing::warn!(pod = %self.id.key(), error = %e, "stopping a finished pod's sandbox");
+                    }
                 }
+                return Outcome {
+                    status: self.status(pod, &views, None),
+                    gone: false,
+                    stopped: none_running(&views),
+                };
             }
-            return Outcome {
-                status: self.status(pod, &views, None),
-                gone: false,
-                stopped: views.iter().all(|v| {
-                    v.current
-                        .as_ref()
-                        .is_none_or(|c| c.state != ContainerState::Running)
-                }),
-            };
         }
 
         let Some((sandbox_id, pod_ip, fresh)) =
@@ -208,11 +181,7 @@ impl<R: PodRuntime> PodWorker<R> {
             return Outcome {
                 status: self.status(pod, &views, None),
                 gone: false,
-                stopped: views.iter().all(|v| {
-                    v.current
-                        .as_ref()
-                        .is_none_or(|c| c.state != ContainerState::Running)
-                }),
+                stopped: none_running(&views),
             };
         };
         let containers: Vec<ContainerInfo> = if fresh {
@@ -348,11 +317,7 @@ impl<R: PodRuntime> PodWorker<R> {
         Outcome {
             status: self.status(pod, &views, Some(&pod_ip)),
             gone: false,
-            stopped: views.iter().all(|v| {
-                v.current
-                    .as_ref()
-                    .is_none_or(|c| c.state != ContainerState::Running)
-            }),
+            stopped: none_running(&views),
         }
     }
 
@@ -363,7 +328,7 @@ impl<R: PodRuntime> PodWorker<R> {
             .list_sandboxes()
             .await?
             .into_iter()
-            .filter(|s| s.uid == self.id.uid || s.labels.get(LABEL_POD_UID) == Some(&self.id.uid))
+            .filter(|s| s.pod_uid() == self.id.uid)
             .collect();
         let containers = self
             .runtime
@@ -1029,20 +994,18 @@ pub fn now_rfc3339() -> String {
     kubeedge_proto::rfc3339_utc(kubeedge_proto::now_millis(), false)
 }
 
-/// The container name of a listed container, from its label when the metadata lacks it.
-pub fn container_name(c: &ContainerInfo) -> &str {
-    if c.name.is_empty() {
-        c.labels
-            .get(LABEL_CONTAINER_NAME)
-            .map_or("", String::as_str)
-    } else {
-        &c.name
-    }
-}
-
 /// Whether an init container ran to success.
 fn init_succeeded(v: &ContainerView) -> bool {
     v.current
         .as_ref()
         .is_some_and(|c| c.state == ContainerState::Exited && c.exit_code == 0)
+}
+
+/// Whether no container of `views` runs.
+fn none_running(views: &[ContainerView]) -> bool {
+    views.iter().all(|v| {
+        v.current
+            .as_ref()
+            .is_none_or(|c| c.state != ContainerState::Running)
+    })
 }

@@ -159,6 +159,17 @@ pub struct SandboxInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+impl SandboxInfo {
+    /// The uid of the pod the sandbox belongs to: its metadata's, else its [`LABEL_POD_UID`].
+    pub fn pod_uid(&self) -> &str {
+        if self.uid.is_empty() {
+            self.labels.get(LABEL_POD_UID).map_or("", String::as_str)
+        } else {
+            &self.uid
+        }
+    }
+}
+
 /// Status of one sandbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxStatus {

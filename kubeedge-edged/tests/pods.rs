@@ -119,6 +119,20 @@ impl Node {
             .collect()
     }
 
+    /// Waits until the runtime holds no container and no sandbox of any of `uids`.
+    async fn wait_removed(&self, uids: &[&str]) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        for uid in uids {
+            while !self.containers_of(uid).await.is_empty() || self.sandboxes_of(uid).await > 0 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{uid} never removed"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
     async fn sandboxes_of(&self, uid: &str) -> usize {
         self.runtime
             .list_sandboxes()
@@ -248,11 +262,7 @@ async fn a_pod_runs_its_status_reaches_the_outbox_and_delete_removes_it() {
 
         // The cloud deletes it: edged stops and removes everything of it.
         node.apply_from_cloud(pod_msg("delete", &p)).await;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !node.containers_of(&uid).await.is_empty() || node.sandboxes_of(&uid).await > 0 {
-            assert!(tokio::time::Instant::now() < deadline, "pod never removed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        node.wait_removed(&[&uid]).await;
         node.kill().await;
     })
     .await;
@@ -442,16 +452,8 @@ async fn bad_pods_get_truthful_reasons_and_do_not_disturb_a_good_one() {
             let p = pod(&node, name, uid, 1, json!({"containers": []}));
             node.apply_from_cloud(pod_msg("delete", &p)).await;
         }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        for uid in [&good, &missing, &crash, &refused] {
-            while node.sandboxes_of(uid).await > 0 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{uid} never removed"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        node.wait_removed(&[&good, &missing, &crash, &refused])
+            .await;
         node.kill().await;
     })
     .await;
@@ -643,16 +645,7 @@ async fn a_pod_network_pod_gets_an_ip_and_probes_decide_readiness() {
             ))
             .await;
         }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        for uid in [&web, &stuck] {
-            while node.sandboxes_of(uid).await > 0 {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{uid} never removed"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        node.wait_removed(&[&web, &stuck]).await;
         node.kill().await;
     })
     .await;
@@ -696,11 +689,7 @@ async fn init_containers_run_to_success_before_the_others_start() {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "prepared");
         node.apply_from_cloud(pod_msg("delete", &p)).await;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while node.sandboxes_of(&uid).await > 0 {
-            assert!(tokio::time::Instant::now() < deadline, "never removed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        node.wait_removed(&[&uid]).await;
         node.kill().await;
     })
     .await;
@@ -823,14 +812,7 @@ async fn the_captured_kubeedge_pod_lifecycle_runs_on_containerd() {
         for msg in messages {
             node.apply_from_cloud(msg).await;
         }
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        while !node.containers_of(&uid).await.is_empty() || node.sandboxes_of(&uid).await > 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "pod-demo never removed"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        node.wait_removed(&[&uid]).await;
         node.kill().await;
     })
     .await;
