@@ -11,6 +11,8 @@
 //!   `device/default/thermo/twin/edge_updated`, ...).
 //! - [`twin`] and [`device`] hold the device twin, membership and state payloads with KubeEdge's
 //!   validation rules; [`ObjectResp`] is the `{"Object","Err"}` reply to edge requests.
+//! - [`inventory::Inventory`] is what an edge store holds, sent after each connect so the
+//!   cloud sends only the difference.
 //! - [`journal::MessageJournal`] is the contract between a transport and the durable outbox
 //!   that feeds it (implemented in SQLite by `kubeedge-store`, in memory by
 //!   [`journal::MemoryJournal`]).
@@ -52,6 +54,7 @@ pub mod device;
 mod error;
 pub mod go_json;
 mod go_layout;
+pub mod inventory;
 pub mod journal;
 pub mod json_lines;
 mod message;

@@ -191,6 +191,8 @@ pub enum Resource {
     RuleEndpoint(String),
     /// `null`: metaserver's placeholder resource.
     Placeholder,
+    /// `inventory`: what an edge store holds (kubeedge-rs; see [`crate::inventory`]).
+    Inventory,
     /// An MQTT topic carried as the resource of uploads and eventbus messages, as is.
     Topic(String),
 }
@@ -217,6 +219,7 @@ impl Resource {
             "k8s/ca.crt" => return Ok(Self::CaCert),
             "watchapp/sync" => return Ok(Self::WatchAppSync),
             "null" => return Ok(Self::Placeholder),
+            "inventory" => return Ok(Self::Inventory),
             "" => return Err(Error::resource(s, "empty resource")),
             _ => {}
         }
@@ -311,6 +314,7 @@ impl fmt::Display for Resource {
             Self::Rule(name) => write!(f, "rule/{name}"),
             Self::RuleEndpoint(name) => write!(f, "ruleendpoint/{name}"),
             Self::Placeholder => f.write_str("null"),
+            Self::Inventory => f.write_str("inventory"),
             Self::Topic(topic) => f.write_str(topic),
         }
     }

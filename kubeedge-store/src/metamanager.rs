@@ -276,6 +276,29 @@ impl MetaManager {
         })
     }
 
+    /// What the store holds of the objects the cloud sent: key, uid and resourceVersion of
+    /// each, for the [`Inventory`](kubeedge_proto::inventory::Inventory) an edge sends after
+    /// every connect so that the cloud sends only the difference.
+    pub async fn inventory(&self) -> Result<kubeedge_proto::inventory::Inventory> {
+        let objects = self
+            .store
+            .read(|db| {
+                let mut stmt = db.prepare_cached(
+                    "SELECT key, uid, resource_version FROM kubeedge_rs_meta_version ORDER BY key",
+                )?;
+                let rows = stmt.query_map([], |row| {
+                    Ok(kubeedge_proto::inventory::InventoryEntry {
+                        key: row.get(0)?,
+                        uid: row.get(1)?,
+                        resource_version: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                    })
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        Ok(kubeedge_proto::inventory::Inventory { objects })
+    }
+
     /// Handles a message from a local component. `connected` says whether the cloud link is
     /// up right now.
     pub async fn from_edge(&self, msg: Message, connected: bool) -> Result<EdgeOutcome> {

@@ -363,3 +363,37 @@ async fn replies_to_edge_requests_follow_kubeedge() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn inventory_lists_what_the_store_holds_with_uid_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    assert!(mm.inventory().await.unwrap().objects.is_empty());
+    mm.from_cloud(pod("a", "ua", 5)).await.unwrap();
+    mm.from_cloud(pod("b", "ub", 7)).await.unwrap();
+    mm.from_cloud(pod("a", "ua", 9)).await.unwrap();
+    // A stale version changes nothing in the inventory either.
+    mm.from_cloud(pod("b", "ub", 6)).await.unwrap();
+    let mut delete = pod("b", "ub", 8);
+    delete.route.operation = Some(Operation::Delete);
+    let inv = mm.inventory().await.unwrap();
+    let got: Vec<_> = inv
+        .objects
+        .iter()
+        .map(|e| (e.key.as_str(), e.uid.as_str(), e.resource_version))
+        .collect();
+    assert_eq!(
+        got,
+        [("default/pod/a", "ua", 9), ("default/pod/b", "ub", 7)]
+    );
+    mm.from_cloud(delete).await.unwrap();
+    let inv = mm.inventory().await.unwrap();
+    assert_eq!(inv.objects.len(), 1);
+    assert_eq!(inv.objects[0].key, "default/pod/a");
+    // It survives the round trip through its message.
+    let msg = inv.to_message().unwrap();
+    assert_eq!(
+        kubeedge_proto::inventory::Inventory::from_message(&msg).unwrap(),
+        inv
+    );
+}
