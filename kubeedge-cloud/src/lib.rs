@@ -1,7 +1,17 @@
 //! # kubeedge-cloud
 //!
-//! The cloud controllers of kubeedge-rs, over the `kube` crate: edge node lifecycle, downstream
-//! dispatch of the pods, configmaps and secrets a node needs, status patches upstream, device CRDs
-//! and edge join.
+//! The cloud controllers of kubeedge-rs: they turn the Kubernetes API into messages for each
+//! edge node and turn what the edge reports back into Kubernetes objects.
 //!
-//! Status: not written yet.
+//! Status: being written (issue 8).
+
+mod cluster;
+mod error;
+mod object;
+
+pub use cluster::ClusterWriter;
+pub use error::{ApiError, Error, Result};
+pub use object::{
+    DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectEvent,
+    ObjectKey,
+};

@@ -1,0 +1,89 @@
+//! What the controllers write into the cluster on behalf of edge nodes.
+//!
+//! [`ClusterWriter`] is the one seam between the controllers' logic and where objects live:
+//! `KubeWriter` (feature `kube`) writes to a real API server, `ManifestWriter` (feature
+//! `manifest`) to status files beside a manifest folder. The controllers decide *what* to write
+//! (after node isolation has checked the request); a writer only knows *how*.
+
+use std::future::Future;
+
+use serde_json::Value;
+
+use crate::ApiError;
+
+/// The cluster writes the cloud performs. Every method returns the object as stored (what the
+/// edge gets back in its `{"Object": ...}` reply) or the API's refusal.
+///
+/// Implementations must be cheap to clone (a handle) and safe to call concurrently.
+pub trait ClusterWriter: Clone + Send + Sync + 'static {
+    /// Creates a Node (an edge registering). If it exists already, returns the stored one
+    /// (`AlreadyExists` is not an error for a node that registers again).
+    fn create_node(&self, node: Value) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Patches a Node's `status` subresource with a strategic merge patch (`{"status": ...}`).
+    fn patch_node_status(
+        &self,
+        name: &str,
+        patch: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Creates a Lease; an existing one gets the new `spec` instead.
+    fn create_lease(
+        &self,
+        namespace: &str,
+        lease: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Renews a Lease: replaces its `spec` with the one in `lease` (a merge patch, so a stale
+    /// resourceVersion from the edge does not matter); a missing Lease is created.
+    fn update_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+        lease: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Patches a Pod's `status` subresource with the edge's strategic merge patch, which
+    /// carries `metadata.uid` as a precondition (a different incarnation is a `409`).
+    fn patch_pod_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Deletes a Pod with the edge's `DeleteOptions` (grace period, uid precondition): how an
+    /// edge finishes a graceful delete. Returns the deleted Pod or the API's Status.
+    fn delete_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        options: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// The `status` of a Device's DeviceStatus (`devices.kubeedge.io/v1beta1`, same namespace
+    /// and name as the Device); `None` when there is no DeviceStatus yet.
+    fn get_device_status(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Value>, ApiError>> + Send;
+
+    /// Sets fields of a DeviceStatus's `status` (a JSON merge patch `{"status": status}`),
+    /// creating the DeviceStatus with an owner reference to the Device (`device_uid`) when it
+    /// does not exist.
+    fn apply_device_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        device_uid: &str,
+        status: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Records an Event from an edge (`<ns>/event/<name>`): created, or replaced if it exists.
+    fn record_event(
+        &self,
+        namespace: &str,
+        event: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+}
