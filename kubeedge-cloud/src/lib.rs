@@ -6,12 +6,24 @@
 //! Status: being written (issue 8).
 
 mod cluster;
+mod controller;
+mod downstream;
 mod error;
+mod lifecycle;
 mod object;
+mod refs;
+mod upstream;
 
 pub use cluster::ClusterWriter;
+pub use controller::{CloudConfig, CloudController, CloudMetrics};
+pub use downstream::{Downstream, Outgoing};
 pub use error::{ApiError, Error, Result};
+pub use lifecycle::{parse_rfc3339, ready_status, unreachable_patch};
 pub use object::{
     DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectEvent,
     ObjectKey,
+};
+pub use refs::references;
+pub use upstream::{
+    Action, Decision, decide, merge_twins, object_reply, twin_confirm, write_reply,
 };

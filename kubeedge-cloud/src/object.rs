@@ -327,7 +327,8 @@ impl Object {
         self.resource_version.parse().ok()
     }
 
-    /// A hash of everything but `status`, `metadata.resourceVersion` and
+    /// A hash of everything but `status`, `metadata.resourceVersion`, `metadata.generation`
+    /// (a custom resource without a status subresource counts status changes too) and
     /// `metadata.managedFields`: equal hashes mean only the status changed.
     pub fn spec_hash(&self) -> u64 {
         self.spec_hash
@@ -365,7 +366,7 @@ fn spec_hash(value: &Value) -> u64 {
                 "metadata" => {
                     if let Some(meta) = v.as_object() {
                         for (mk, mv) in meta {
-                            if mk != "resourceVersion" && mk != "managedFields" {
+                            if !matches!(mk.as_str(), "resourceVersion" | "managedFields" | "generation") {
                                 mk.hash(&mut hasher);
                                 hash_value(mv, &mut hasher);
                             }

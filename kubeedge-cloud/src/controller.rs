@@ -1,0 +1,399 @@
+//! The cloud controller: one task that owns the dispatcher's view of the cluster, with a
+//! sender task per node (downstream, in order, waiting for the node's queue) and a writer task
+//! per node (upstream writes of one node in order, nodes in parallel).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kubeedge_hub::{DeliveryEvent, ReliableCloudHandle};
+use kubeedge_proto::{Message, now_millis, rfc3339_utc};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::downstream::{Downstream, Outgoing};
+use crate::lifecycle::lapsed_nodes;
+use crate::upstream::{Action, Decision, decide, merge_twins, write_reply};
+use crate::{ApiError, ClusterWriter, NODE_LEASE_NAMESPACE, ObjectEvent, Result};
+
+/// Settings of [`CloudController`].
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    /// How long after a node connects to wait for its inventory before sending it its full set
+    /// (KubeEdge edges send none). Default 2 s.
+    pub inventory_grace: Duration,
+    /// How often waiting nodes and node leases are checked. Default 1 s.
+    pub tick: Duration,
+    /// A node whose lease was last renewed longer ago than this (and at least the lease's own
+    /// duration) is marked unreachable. Default 40 s (Kubernetes' node-monitor-grace-period).
+    pub node_monitor_grace: Duration,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        Self {
+            inventory_grace: Duration::from_secs(2),
+            tick: Duration::from_secs(1),
+            node_monitor_grace: Duration::from_secs(40),
+        }
+    }
+}
+
+/// Counters of a running controller (for metrics endpoints). Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CloudMetrics(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    connected: AtomicU64,
+    objects: AtomicU64,
+    downstream: AtomicU64,
+    acked: AtomicU64,
+    upstream: AtomicU64,
+    refused: AtomicU64,
+    write_errors: AtomicU64,
+    marked_unreachable: AtomicU64,
+}
+
+impl CloudMetrics {
+    /// Nodes with a session now.
+    pub fn connected_nodes(&self) -> u64 {
+        self.0.connected.load(Ordering::Relaxed)
+    }
+    /// Objects in the controller's view.
+    pub fn cached_objects(&self) -> u64 {
+        self.0.objects.load(Ordering::Relaxed)
+    }
+    /// Messages queued to nodes.
+    pub fn downstream_messages(&self) -> u64 {
+        self.0.downstream.load(Ordering::Relaxed)
+    }
+    /// Messages nodes acknowledged.
+    pub fn acknowledged(&self) -> u64 {
+        self.0.acked.load(Ordering::Relaxed)
+    }
+    /// Requests from nodes (not counting keepalives and ACKs).
+    pub fn upstream_requests(&self) -> u64 {
+        self.0.upstream.load(Ordering::Relaxed)
+    }
+    /// Requests refused by node isolation or as malformed.
+    pub fn refused_requests(&self) -> u64 {
+        self.0.refused.load(Ordering::Relaxed)
+    }
+    /// Cluster writes that failed.
+    pub fn write_errors(&self) -> u64 {
+        self.0.write_errors.load(Ordering::Relaxed)
+    }
+    /// Times a node was marked unreachable.
+    pub fn marked_unreachable(&self) -> u64 {
+        self.0.marked_unreachable.load(Ordering::Relaxed)
+    }
+}
+
+/// The cloud controllers over one event stream and one [`ClusterWriter`]: downstream dispatch,
+/// upstream requests with node isolation, device status, node lifecycle.
+///
+/// ```no_run
+/// use kubeedge_cloud::{CloudConfig, CloudController, ManifestConfig, manifest_cluster};
+/// use kubeedge_hub::{CloudHub, CloudHubConfig, DeliveryConfig, ReliableCloud};
+/// use tokio_util::sync::CancellationToken;
+/// # async fn demo(tls: std::sync::Arc<rustls::ServerConfig>) -> kubeedge_cloud::Result<()> {
+/// let shutdown = CancellationToken::new();
+/// let (hub, raw, raw_events) =
+///     CloudHub::bind(CloudHubConfig::new("0.0.0.0:10000".parse().unwrap(), tls)).await?;
+/// let (reliable, cloud, delivery) = ReliableCloud::new(raw, raw_events, DeliveryConfig::default());
+/// let (source, writer) = manifest_cluster(ManifestConfig::new("manifests", "status"))?;
+/// let (objects_tx, objects) = tokio::sync::mpsc::channel(1024);
+/// tokio::spawn(hub.run(shutdown.clone()));
+/// tokio::spawn(reliable.run(shutdown.clone()));
+/// tokio::spawn(source.run(objects_tx, shutdown.clone()));
+/// let controller = CloudController::new(CloudConfig::default(), writer, cloud, delivery, objects);
+/// controller.run(shutdown).await
+/// # }
+/// ```
+pub struct CloudController<W: ClusterWriter> {
+    config: CloudConfig,
+    writer: W,
+    cloud: ReliableCloudHandle,
+    delivery: mpsc::Receiver<DeliveryEvent>,
+    objects: mpsc::Receiver<ObjectEvent>,
+    metrics: CloudMetrics,
+}
+
+impl<W: ClusterWriter> std::fmt::Debug for CloudController<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudController")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: ClusterWriter> CloudController<W> {
+    /// A controller reading node traffic from `delivery` (a [`kubeedge_hub::ReliableCloud`]'s
+    /// events), sending through `cloud`, fed by `objects` (a source's events) and writing
+    /// through `writer`.
+    pub fn new(
+        config: CloudConfig,
+        writer: W,
+        cloud: ReliableCloudHandle,
+        delivery: mpsc::Receiver<DeliveryEvent>,
+        objects: mpsc::Receiver<ObjectEvent>,
+    ) -> Self {
+        Self {
+            config,
+            writer,
+            cloud,
+            delivery,
+            objects,
+            metrics: CloudMetrics::default(),
+        }
+    }
+
+    /// The controller's counters.
+    pub fn metrics(&self) -> CloudMetrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` (or until the transport stops).
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut view = Downstream::new(self.config.inventory_grace);
+        let mut senders: HashMap<String, mpsc::UnboundedSender<Message>> = HashMap::new();
+        let mut workers: HashMap<String, mpsc::UnboundedSender<(Message, Action)>> = HashMap::new();
+        let mut marked = HashSet::new();
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut objects_open = true;
+        let grace_secs = i64::try_from(self.config.node_monitor_grace.as_secs()).unwrap_or(40);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                event = self.objects.recv(), if objects_open => match event {
+                    Some(event) => {
+                        let out = view.apply(event);
+                        self.dispatch(&mut senders, out);
+                        self.metrics.0.objects.store(view.object_count() as u64, Ordering::Relaxed);
+                    }
+                    None => {
+                        tracing::warn!("the object source stopped; serving nodes from the last view");
+                        objects_open = false;
+                    }
+                },
+                event = self.delivery.recv() => {
+                    let Some(event) = event else { return Err(crate::Error::Stopped) };
+                    match event {
+                        DeliveryEvent::Connected { node } => {
+                            tracing::info!(node, "edge node connected");
+                            view.connected(&node, Instant::now());
+                        }
+                        DeliveryEvent::Disconnected { node, reason } => {
+                            tracing::info!(node, ?reason, "edge node disconnected");
+                            view.disconnected(&node);
+                            senders.remove(&node);
+                            workers.remove(&node);
+                        }
+                        DeliveryEvent::Delivered { .. } => {
+                            self.metrics.0.acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        DeliveryEvent::Message { node, message } => {
+                            self.upstream(&mut view, &mut senders, &mut workers, node, message).await;
+                        }
+                    }
+                    self.metrics.0.connected.store(view.session_count() as u64, Ordering::Relaxed);
+                }
+                _ = ticker.tick() => {
+                    let out = view.tick(Instant::now());
+                    self.dispatch(&mut senders, out);
+                    let now_secs = now_millis() / 1000;
+                    for (name, node) in lapsed_nodes(&view, now_secs, grace_secs, &mut marked) {
+                        tracing::warn!(node = name, "node lease lapsed: marking the node unreachable");
+                        self.metrics.0.marked_unreachable.fetch_add(1, Ordering::Relaxed);
+                        let patch = crate::lifecycle::unreachable_patch(&node, &rfc3339_utc(now_millis(), false));
+                        let writer = self.writer.clone();
+                        let metrics = self.metrics.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) = writer.patch_node_status(&name, patch).await {
+                                metrics.0.write_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(node = name, %err, "marking the node unreachable failed");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn upstream(
+        &self,
+        view: &mut Downstream,
+        senders: &mut HashMap<String, mpsc::UnboundedSender<Message>>,
+        workers: &mut HashMap<String, mpsc::UnboundedSender<(Message, Action)>>,
+        node: String,
+        message: Message,
+    ) {
+        if message.is_empty_shutdown() {
+            return;
+        }
+        self.metrics.0.upstream.fetch_add(1, Ordering::Relaxed);
+        match decide(&node, &message, view) {
+            Decision::Inventory(inventory) => {
+                tracing::debug!(node, objects = inventory.objects.len(), "inventory");
+                let out = view.inventory(&node, &inventory);
+                self.dispatch(senders, out);
+            }
+            Decision::Reply(reply) => {
+                if reply
+                    .content
+                    .as_json()
+                    .windows(9)
+                    .any(|w| w == b"ErrStatus")
+                {
+                    self.metrics.0.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Err(err) = self.cloud.send(&node, reply).await {
+                    tracing::debug!(node, %err, "reply not sent");
+                }
+            }
+            Decision::Write(action) => {
+                let worker = workers
+                    .entry(node.clone())
+                    .or_insert_with(|| self.spawn_worker(node.clone()));
+                if let Err(mpsc::error::SendError(job)) = worker.send((message, action)) {
+                    // The worker ended (its task panicked or was dropped): start another.
+                    let worker = self.spawn_worker(node.clone());
+                    let _ = worker.send(job);
+                    workers.insert(node, worker);
+                }
+            }
+            Decision::Ignore(why) => tracing::trace!(node, why, "ignored"),
+        }
+    }
+
+    fn spawn_worker(&self, node: String) -> mpsc::UnboundedSender<(Message, Action)> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Action)>();
+        let writer = self.writer.clone();
+        let cloud = self.cloud.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            while let Some((request, action)) = rx.recv().await {
+                let result = perform(&writer, &action).await;
+                if let Err(err) = &result {
+                    metrics.0.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(node, resource = %request.route.resource, %err, "cluster write failed");
+                }
+                let reply = write_reply(&request, &action, result);
+                if cloud.send(&node, reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tx
+    }
+
+    fn dispatch(
+        &self,
+        senders: &mut HashMap<String, mpsc::UnboundedSender<Message>>,
+        out: Vec<Outgoing>,
+    ) {
+        for Outgoing { node, message } in out {
+            self.metrics.0.downstream.fetch_add(1, Ordering::Relaxed);
+            let sender = senders
+                .entry(node.clone())
+                .or_insert_with(|| spawn_sender(self.cloud.clone(), node.clone()));
+            if let Err(mpsc::error::SendError(message)) = sender.send(message) {
+                let sender = spawn_sender(self.cloud.clone(), node.clone());
+                let _ = sender.send(message);
+                senders.insert(node, sender);
+            }
+        }
+    }
+}
+
+/// A task that hands one node's messages to the reliable layer in order, waiting for room in
+/// the node's queue.
+fn spawn_sender(cloud: ReliableCloudHandle, node: String) -> mpsc::UnboundedSender<Message> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            if let Err(err) = cloud.send(&node, message).await {
+                tracing::debug!(node, %err, "transport stopped");
+                return;
+            }
+        }
+    });
+    tx
+}
+
+/// Performs an authorised write.
+async fn perform<W: ClusterWriter>(
+    writer: &W,
+    action: &Action,
+) -> Result<serde_json::Value, ApiError> {
+    match action {
+        Action::CreateNode { node } => writer.create_node(node.clone()).await,
+        Action::PatchNodeStatus { name, patch } => {
+            writer.patch_node_status(name, patch.clone()).await
+        }
+        Action::CreateLease { lease } => {
+            writer
+                .create_lease(NODE_LEASE_NAMESPACE, lease.clone())
+                .await
+        }
+        Action::UpdateLease { name, lease } => {
+            writer
+                .update_lease(NODE_LEASE_NAMESPACE, name, lease.clone())
+                .await
+        }
+        Action::PatchPodStatus {
+            namespace,
+            name,
+            patch,
+        } => {
+            writer
+                .patch_pod_status(namespace, name, patch.clone())
+                .await
+        }
+        Action::DeletePod {
+            namespace,
+            name,
+            options,
+        } => writer.delete_pod(namespace, name, options.clone()).await,
+        Action::RecordEvent { namespace, event } => {
+            writer.record_event(namespace, event.clone()).await
+        }
+        Action::TwinReported {
+            device,
+            device_uid,
+            twins,
+        } => {
+            let current = writer
+                .get_device_status(&device.namespace, &device.name)
+                .await?
+                .unwrap_or_else(|| json!({}));
+            let merged = merge_twins(&current, twins);
+            writer
+                .apply_device_status(
+                    &device.namespace,
+                    &device.name,
+                    device_uid,
+                    json!({ "twins": merged }),
+                )
+                .await
+        }
+        Action::DeviceState {
+            device,
+            device_uid,
+            state,
+            last_online,
+        } => {
+            let mut status = json!({ "state": state });
+            if !last_online.is_empty() {
+                status["lastOnlineTime"] = json!(last_online);
+            }
+            writer
+                .apply_device_status(&device.namespace, &device.name, device_uid, status)
+                .await
+        }
+    }
+}

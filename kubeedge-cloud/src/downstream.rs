@@ -1,0 +1,571 @@
+//! Downstream dispatch: which objects each connected node must hold, and the messages that
+//! bring it there.
+//!
+//! [`Downstream`] is pure state, no I/O: it consumes [`ObjectEvent`]s, node connects and
+//! inventories, and returns the messages to send. Per node it remembers what it sent in this
+//! session only (uid, resourceVersion, a hash of everything but the status), so a replica that
+//! never saw the node before rebuilds that knowledge on connect from the edge's
+//! [`Inventory`] (or, for a KubeEdge edge that sends none, by sending the full set). Nothing is
+//! kept in the API server.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use kubeedge_proto::device::{Device as MemberDevice, MembershipUpdate};
+use kubeedge_proto::inventory::Inventory;
+use kubeedge_proto::{Content, Message, new_message_id, now_millis};
+use serde_json::json;
+
+use crate::refs::references;
+use crate::{Kind, Object, ObjectEvent, ObjectKey};
+
+/// A message for one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    /// The node.
+    pub node: String,
+    /// The message, with its edge-form resource.
+    pub message: Message,
+}
+
+/// What was sent to a node (or what its inventory said it holds).
+#[derive(Clone, Debug)]
+struct Sent {
+    uid: String,
+    rv: u64,
+    /// `None` when known from the inventory only.
+    spec_hash: Option<u64>,
+    /// The object as sent, for the content of its delete.
+    object: Option<Object>,
+}
+
+enum Phase {
+    /// Connected; waiting for the edge's inventory until the deadline.
+    Waiting {
+        until: Instant,
+    },
+    Synced,
+}
+
+struct Session {
+    phase: Phase,
+    sent: HashMap<ObjectKey, Sent>,
+    /// Inventory entries of kinds not listed yet: checked when their kind is listed.
+    unverified: Vec<(ObjectKey, Sent)>,
+    /// Devices the node was told about in membership updates.
+    members: BTreeSet<ObjectKey>,
+}
+
+impl Session {
+    fn new(until: Instant) -> Self {
+        Self {
+            phase: Phase::Waiting { until },
+            sent: HashMap::new(),
+            unverified: Vec::new(),
+            members: BTreeSet::new(),
+        }
+    }
+}
+
+/// The downstream dispatcher. See the module docs.
+pub struct Downstream {
+    cache: HashMap<ObjectKey, Object>,
+    /// node → the Pods and Devices bound to it.
+    bound: HashMap<String, BTreeSet<ObjectKey>>,
+    /// ConfigMap/Secret/DeviceModel → node → how many of the node's objects reference it.
+    ref_nodes: HashMap<ObjectKey, HashMap<String, u32>>,
+    listed: HashSet<Kind>,
+    sessions: HashMap<String, Session>,
+    /// Objects deleted by the event being applied: their deletes carry their last state.
+    tombstones: HashMap<ObjectKey, Object>,
+    inventory_grace: Duration,
+}
+
+impl std::fmt::Debug for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downstream")
+            .field("objects", &self.cache.len())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Downstream {
+    /// A dispatcher that waits `inventory_grace` after a node connects for its inventory
+    /// before sending it the full set.
+    pub fn new(inventory_grace: Duration) -> Self {
+        Self {
+            cache: HashMap::new(),
+            bound: HashMap::new(),
+            ref_nodes: HashMap::new(),
+            listed: HashSet::new(),
+            sessions: HashMap::new(),
+            tombstones: HashMap::new(),
+            inventory_grace,
+        }
+    }
+
+    /// The cached object at `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<&Object> {
+        self.cache.get(key)
+    }
+
+    /// Every cached object of `kind`.
+    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.cache.values().filter(move |o| o.kind() == kind)
+    }
+
+    /// How many objects the view holds.
+    pub fn object_count(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether `kind` has been listed (its cache is complete).
+    pub fn is_listed(&self, kind: Kind) -> bool {
+        self.listed.contains(&kind)
+    }
+
+    /// The Pod or Device at `key` if it is bound to `node`.
+    pub fn bound_to(&self, key: &ObjectKey, node: &str) -> Option<&Object> {
+        self.cache.get(key).filter(|o| o.node_name() == Some(node))
+    }
+
+    /// Whether one of the objects bound to `node` references `key` (a ConfigMap, Secret or
+    /// DeviceModel).
+    pub fn referenced_on(&self, key: &ObjectKey, node: &str) -> bool {
+        self.ref_nodes
+            .get(key)
+            .is_some_and(|nodes| nodes.contains_key(node))
+    }
+
+    /// Whether `node` has a session here.
+    pub fn is_connected(&self, node: &str) -> bool {
+        self.sessions.contains_key(node)
+    }
+
+    /// Connected nodes.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A node connected (or reconnected: what it was sent before is forgotten).
+    pub fn connected(&mut self, node: &str, now: Instant) {
+        self.sessions
+            .insert(node.to_owned(), Session::new(now + self.inventory_grace));
+    }
+
+    /// A node disconnected.
+    pub fn disconnected(&mut self, node: &str) {
+        self.sessions.remove(node);
+    }
+
+    /// The node's inventory arrived: bring it from what it holds to what it should hold. An
+    /// inventory outside the waiting phase (a re-sent one) is applied the same way.
+    pub fn inventory(&mut self, node: &str, inventory: &Inventory) -> Vec<Outgoing> {
+        let Some(session) = self.sessions.get_mut(node) else {
+            return Vec::new();
+        };
+        session.phase = Phase::Synced;
+        session.sent.clear();
+        session.unverified.clear();
+        session.members.clear();
+        for entry in &inventory.objects {
+            let Some(key) = parse_edge_key(&entry.key) else {
+                continue;
+            };
+            let sent = Sent {
+                uid: entry.uid.clone(),
+                rv: entry.resource_version,
+                spec_hash: None,
+                object: None,
+            };
+            if self.listed.contains(&key.kind) {
+                if key.kind == Kind::Device {
+                    session.members.insert(key.clone());
+                }
+                session.sent.insert(key, sent);
+            } else {
+                session.unverified.push((key, sent));
+            }
+        }
+        let mut out = Vec::new();
+        self.reconcile(node, &mut out);
+        out
+    }
+
+    /// Time passed: nodes whose inventory did not come in time get their full set.
+    pub fn tick(&mut self, now: Instant) -> Vec<Outgoing> {
+        let due: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Waiting { until } if until <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut out = Vec::new();
+        for node in due {
+            if let Some(session) = self.sessions.get_mut(&node) {
+                session.phase = Phase::Synced;
+            }
+            self.reconcile(&node, &mut out);
+        }
+        out
+    }
+
+    /// Applies a source event and returns what the connected nodes must be sent.
+    pub fn apply(&mut self, event: ObjectEvent) -> Vec<Outgoing> {
+        let mut affected = BTreeSet::new();
+        let mut all = false;
+        match event {
+            ObjectEvent::Applied(object) => self.store(object, &mut affected),
+            ObjectEvent::Deleted(object) => {
+                self.remove(object.key(), &mut affected);
+                self.tombstones.insert(object.key().clone(), object);
+            }
+            ObjectEvent::Listed { kind, objects } => {
+                let keep: HashSet<ObjectKey> = objects.iter().map(|o| o.key().clone()).collect();
+                let gone: Vec<ObjectKey> = self
+                    .cache
+                    .keys()
+                    .filter(|k| k.kind == kind && !keep.contains(k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    if let Some(old) = self.cache.get(&key).cloned() {
+                        self.tombstones.insert(key.clone(), old);
+                    }
+                    self.remove(&key, &mut affected);
+                }
+                for object in objects {
+                    self.store(object, &mut affected);
+                }
+                if self.listed.insert(kind) {
+                    self.verify_inventories(kind);
+                }
+                all = true;
+            }
+        }
+        let nodes: Vec<String> = if all {
+            self.sessions.keys().cloned().collect()
+        } else {
+            affected.into_iter().collect()
+        };
+        let mut out = Vec::new();
+        for node in nodes {
+            self.reconcile(&node, &mut out);
+        }
+        self.tombstones.clear();
+        out
+    }
+
+    fn verify_inventories(&mut self, kind: Kind) {
+        for session in self.sessions.values_mut() {
+            let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut session.unverified)
+                .into_iter()
+                .partition(|(key, _)| key.kind == kind);
+            session.unverified = later;
+            for (key, sent) in now {
+                if key.kind == Kind::Device {
+                    session.members.insert(key.clone());
+                }
+                session.sent.insert(key, sent);
+            }
+        }
+    }
+
+    fn store(&mut self, object: Object, affected: &mut BTreeSet<String>) {
+        let key = object.key().clone();
+        if let Some(old) = self.cache.get(&key) {
+            if old.resource_version() == object.resource_version()
+                && old.uid() == object.uid()
+                && old.value() == object.value()
+            {
+                return;
+            }
+            let old = old.clone();
+            self.unindex(&old, affected);
+        }
+        self.index(&object, affected);
+        self.cache.insert(key, object);
+    }
+
+    fn remove(&mut self, key: &ObjectKey, affected: &mut BTreeSet<String>) {
+        if let Some(old) = self.cache.remove(key) {
+            self.unindex(&old, affected);
+        }
+    }
+
+    fn index(&mut self, object: &Object, affected: &mut BTreeSet<String>) {
+        match object.kind() {
+            Kind::Pod | Kind::Device => {
+                if let Some(node) = object.node_name() {
+                    self.bound
+                        .entry(node.to_owned())
+                        .or_default()
+                        .insert(object.key().clone());
+                    for r in references(object) {
+                        *self
+                            .ref_nodes
+                            .entry(r)
+                            .or_default()
+                            .entry(node.to_owned())
+                            .or_default() += 1;
+                    }
+                    affected.insert(node.to_owned());
+                }
+            }
+            Kind::ConfigMap | Kind::Secret | Kind::DeviceModel => {
+                if let Some(nodes) = self.ref_nodes.get(object.key()) {
+                    affected.extend(nodes.keys().cloned());
+                }
+            }
+            Kind::Node | Kind::Lease => {}
+        }
+    }
+
+    fn unindex(&mut self, object: &Object, affected: &mut BTreeSet<String>) {
+        match object.kind() {
+            Kind::Pod | Kind::Device => {
+                if let Some(node) = object.node_name() {
+                    if let Some(set) = self.bound.get_mut(node) {
+                        set.remove(object.key());
+                        if set.is_empty() {
+                            self.bound.remove(node);
+                        }
+                    }
+                    for r in references(object) {
+                        if let Some(nodes) = self.ref_nodes.get_mut(&r) {
+                            if let Some(count) = nodes.get_mut(node) {
+                                *count -= 1;
+                                if *count == 0 {
+                                    nodes.remove(node);
+                                }
+                            }
+                            if nodes.is_empty() {
+                                self.ref_nodes.remove(&r);
+                            }
+                        }
+                    }
+                    affected.insert(node.to_owned());
+                }
+            }
+            Kind::ConfigMap | Kind::Secret | Kind::DeviceModel => {
+                if let Some(nodes) = self.ref_nodes.get(object.key()) {
+                    affected.extend(nodes.keys().cloned());
+                }
+            }
+            Kind::Node | Kind::Lease => {}
+        }
+    }
+
+    /// What `node` should hold: its Pods and Devices and what they reference, in send order
+    /// (referenced objects first, Pods last).
+    fn desired(&self, node: &str) -> BTreeMap<(u8, ObjectKey), Object> {
+        let mut out = BTreeMap::new();
+        let Some(bound) = self.bound.get(node) else {
+            return out;
+        };
+        for key in bound {
+            let Some(object) = self.cache.get(key) else {
+                continue;
+            };
+            out.insert((rank(key.kind), key.clone()), object.clone());
+            for r in references(object) {
+                if let Some(referenced) = self.cache.get(&r) {
+                    out.insert((rank(r.kind), r), referenced.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Brings a synced node from what it was sent to what it should hold.
+    fn reconcile(&mut self, node: &str, out: &mut Vec<Outgoing>) {
+        let desired = self.desired(node);
+        let Some(session) = self.sessions.get_mut(node) else {
+            return;
+        };
+        if !matches!(session.phase, Phase::Synced) {
+            return;
+        }
+        let wanted: HashSet<&ObjectKey> = desired.keys().map(|(_, k)| k).collect();
+
+        // What goes away, Pods before what they referenced, of kinds whose cache is complete.
+        let mut gone: Vec<ObjectKey> = session
+            .sent
+            .keys()
+            .filter(|k| !wanted.contains(k) && self.listed.contains(&k.kind))
+            .cloned()
+            .collect();
+        gone.sort_by_key(|k| (std::cmp::Reverse(rank(k.kind)), k.clone()));
+
+        // Membership first (as KubeEdge's devicecontroller): devices unbound and newly bound.
+        let removed_devices: Vec<MemberDevice> = gone
+            .iter()
+            .filter(|k| k.kind == Kind::Device && session.members.remove(*k))
+            .map(|k| member(k, session.sent.get(k).and_then(|s| s.object.as_ref())))
+            .collect();
+        let added_devices: Vec<MemberDevice> = desired
+            .iter()
+            .filter(|((_, k), _)| k.kind == Kind::Device && !session.members.contains(k))
+            .map(|((_, k), o)| member(k, Some(o)))
+            .collect();
+        for ((_, key), _) in desired.iter().filter(|((_, k), _)| k.kind == Kind::Device) {
+            session.members.insert(key.clone());
+        }
+        if !added_devices.is_empty() || !removed_devices.is_empty() {
+            out.push(Outgoing {
+                node: node.to_owned(),
+                message: membership_message(added_devices, removed_devices),
+            });
+        }
+
+        for key in gone {
+            if let Some(sent) = session.sent.remove(&key) {
+                let last = self.tombstones.get(&key).filter(|t| t.uid() == sent.uid);
+                if let Some(message) = delete_message(&key, &sent, last) {
+                    out.push(Outgoing {
+                        node: node.to_owned(),
+                        message,
+                    });
+                }
+            }
+        }
+
+        for ((_, key), object) in &desired {
+            let rv = object.resource_version_u64().unwrap_or(0);
+            let op = match session.sent.get_mut(key) {
+                None => Some("insert"),
+                Some(sent) if sent.uid != object.uid() => Some("insert"),
+                Some(sent) if rv > sent.rv => {
+                    if sent.spec_hash == Some(object.spec_hash()) {
+                        // Only the status changed (often the edge's own report): nothing
+                        // the node needs.
+                        sent.rv = rv;
+                        None
+                    } else {
+                        Some("update")
+                    }
+                }
+                Some(_) => None,
+            };
+            let Some(op) = op else { continue };
+            session.sent.insert(
+                key.clone(),
+                Sent {
+                    uid: object.uid().to_owned(),
+                    rv,
+                    spec_hash: Some(object.spec_hash()),
+                    object: Some(object.clone()),
+                },
+            );
+            if let Some(message) = object_message(op, object) {
+                out.push(Outgoing {
+                    node: node.to_owned(),
+                    message,
+                });
+            }
+        }
+    }
+}
+
+/// Send order: what others reference first, then Devices, then Pods.
+fn rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::ConfigMap | Kind::Secret | Kind::DeviceModel => 0,
+        Kind::Device => 1,
+        _ => 2,
+    }
+}
+
+/// The KubeEdge source of a kind's messages.
+fn source_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Device | Kind::DeviceModel => "devicecontroller",
+        _ => "edgecontroller",
+    }
+}
+
+/// `<ns>/<type>/<name>` (edge form) → key, for kinds the cloud sends.
+fn parse_edge_key(s: &str) -> Option<ObjectKey> {
+    let mut parts = s.splitn(3, '/');
+    let (ns, ty, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let kind = Kind::of_resource_type(ty).filter(|k| k.sent_to_edges())?;
+    if name.is_empty() || ns.is_empty() || name.contains('/') {
+        return None;
+    }
+    Some(ObjectKey::new(kind, ns, name))
+}
+
+/// The insert/update message of an object, exactly as KubeEdge's controllers send it.
+pub(crate) fn object_message(op: &str, object: &Object) -> Option<Message> {
+    let content = match Content::json(object.value()) {
+        Ok(content) => content,
+        Err(err) => {
+            tracing::error!(object = %object.key(), %err, "cannot encode object");
+            return None;
+        }
+    };
+    Some(
+        Message::new(
+            source_of(object.kind()),
+            "resource",
+            op,
+            object.key().edge_resource(),
+            content,
+        )
+        .with_resource_version(object.resource_version()),
+    )
+}
+
+fn delete_message(key: &ObjectKey, sent: &Sent, last: Option<&Object>) -> Option<Message> {
+    let last = last.or(sent.object.as_ref().filter(|o| o.uid() == sent.uid));
+    let rv = last.map_or_else(|| sent.rv.to_string(), |o| o.resource_version().to_owned());
+    let value = match last {
+        Some(object) => object.value().clone(),
+        _ => json!({
+            "kind": key.kind.kind(),
+            "apiVersion": key.kind.api_version(),
+            "metadata": {
+                "name": key.name,
+                "namespace": key.namespace,
+                "uid": sent.uid,
+                "resourceVersion": sent.rv.to_string(),
+            },
+        }),
+    };
+    let content = Content::json(&value).ok()?;
+    Some(
+        Message::new(
+            source_of(key.kind),
+            "resource",
+            "delete",
+            key.edge_resource(),
+            content,
+        )
+        .with_resource_version(rv),
+    )
+}
+
+fn member(key: &ObjectKey, object: Option<&Object>) -> MemberDevice {
+    let description = object
+        .and_then(|o| o.value()["metadata"]["labels"]["description"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    MemberDevice {
+        id: format!("{}/{}", key.namespace, key.name),
+        name: key.name.clone(),
+        description,
+        ..MemberDevice::default()
+    }
+}
+
+fn membership_message(added: Vec<MemberDevice>, removed: Vec<MemberDevice>) -> Message {
+    let update = MembershipUpdate {
+        event_id: new_message_id(),
+        timestamp: now_millis(),
+        added_devices: (!added.is_empty()).then_some(added),
+        removed_devices: (!removed.is_empty()).then_some(removed),
+    };
+    let content = Content::json(&update).unwrap_or_else(|_| Content::null());
+    Message::new("devicecontroller", "twin", "update", "membership", content)
+}

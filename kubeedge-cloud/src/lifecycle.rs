@@ -1,0 +1,145 @@
+//! Edge node lifecycle: a Node whose Lease lapsed (and that has no session here) is marked
+//! unreachable the way the node lifecycle controller of Kubernetes does it: every condition
+//! `Unknown`, reason `NodeStatusUnknown`.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::downstream::Downstream;
+use crate::{Kind, NODE_LEASE_NAMESPACE, ObjectKey};
+
+/// The conditions patch that marks a node unreachable, from its current conditions
+/// (`Ready` is always included).
+pub fn unreachable_patch(node: &Value, now_rfc3339: &str) -> Value {
+    let mut types: Vec<String> = node["status"]["conditions"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["type"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !types.iter().any(|t| t == "Ready") {
+        types.insert(0, "Ready".to_owned());
+    }
+    let conditions: Vec<Value> = types
+        .iter()
+        .map(|t| {
+            let heartbeat = node["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == t.as_str()))
+                .and_then(|c| c["lastHeartbeatTime"].as_str())
+                .unwrap_or(now_rfc3339);
+            json!({
+                "type": t,
+                "status": "Unknown",
+                "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastHeartbeatTime": heartbeat,
+                "lastTransitionTime": now_rfc3339,
+            })
+        })
+        .collect();
+    json!({ "status": { "conditions": conditions } })
+}
+
+/// The status of a node's `Ready` condition.
+pub fn ready_status(node: &Value) -> Option<&str> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?["status"]
+        .as_str()
+}
+
+/// Nodes to mark unreachable now (wall clock `now_secs`, seconds since the epoch): a lease that
+/// lapsed more than `grace_secs` ago (at least its own duration), no session here, Ready not
+/// already Unknown, not marked already (`marked`, cleared for nodes whose lease is fresh).
+pub(crate) fn lapsed_nodes(
+    view: &Downstream,
+    now_secs: i64,
+    grace_secs: i64,
+    marked: &mut HashSet<String>,
+) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for node in view.objects(Kind::Node) {
+        let name = node.name();
+        let lease_key = ObjectKey::new(Kind::Lease, NODE_LEASE_NAMESPACE, name);
+        let Some(lease) = view.get(&lease_key) else {
+            continue;
+        };
+        let spec = &lease.value()["spec"];
+        let Some(renewed) = spec["renewTime"].as_str().and_then(parse_rfc3339) else {
+            continue;
+        };
+        let duration = spec["leaseDurationSeconds"].as_i64().unwrap_or(40);
+        if now_secs <= renewed + duration.max(grace_secs) {
+            marked.remove(name);
+            continue;
+        }
+        if view.is_connected(name)
+            || ready_status(node.value()) == Some("Unknown")
+            || marked.contains(name)
+        {
+            continue;
+        }
+        marked.insert(name.to_owned());
+        out.push((name.to_owned(), node.value().clone()));
+    }
+    out
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`2026-11-23T04:31:09.123456Z`,
+/// `...+02:00`); `None` if it is not one.
+///
+/// ```
+/// assert_eq!(kubeedge_cloud::parse_rfc3339("1970-01-02T00:00:01Z"), Some(86_401));
+/// assert_eq!(kubeedge_cloud::parse_rfc3339("2026-11-23T04:31:09.5+01:00"), Some(1_795_404_669));
+/// assert_eq!(kubeedge_cloud::parse_rfc3339("yesterday"), None);
+/// ```
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = s.get(from..to)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, min, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') => {
+            let h = num(s.len() - 5, s.len() - 3)?;
+            let m = num(s.len() - 2, s.len())?;
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + min * 60 + sec - offset)
+}
