@@ -366,7 +366,10 @@ fn spec_hash(value: &Value) -> u64 {
                 "metadata" => {
                     if let Some(meta) = v.as_object() {
                         for (mk, mv) in meta {
-                            if !matches!(mk.as_str(), "resourceVersion" | "managedFields" | "generation") {
+                            if !matches!(
+                                mk.as_str(),
+                                "resourceVersion" | "managedFields" | "generation"
+                            ) {
                                 mk.hash(&mut hasher);
                                 hash_value(mv, &mut hasher);
                             }
