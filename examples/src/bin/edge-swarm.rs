@@ -22,7 +22,9 @@
 //!
 //! Connections are opened at `--ramp-per-sec`. Progress (connected, connect failures and
 //! disconnects by reason, keepalives, ACKs, RSS) is printed every `--report-every-secs`. After
-//! `--duration-secs` every node closes and the process exits.
+//! `--duration-secs` every node closes and the process exits. With `--ack-log FILE`, every ACK
+//! is also written to FILE as `<unix time in µs> <node> <operation> <resource>` (for measuring
+//! how long a change takes to reach the nodes).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,7 +58,8 @@ use common::{Flags, cpu_time, raise_nofile_limit, rss_kib};
 
 const USAGE: &str = "usage: edge-swarm --pki-dir DIR --nodes N [--server 127.0.0.1:10000]
   [--source-ips 127.0.0.2,127.0.0.3] [--ramp-per-sec 1000] [--duration-secs 300]
-  [--keepalive-secs 15] [--first-node 0] [--name-prefix swarm] [--report-every-secs 5]";
+  [--keepalive-secs 15] [--first-node 0] [--name-prefix swarm] [--report-every-secs 5]
+  [--ack-log FILE]";
 
 const FLAGS: &[&str] = &[
     "server",
@@ -69,6 +72,7 @@ const FLAGS: &[&str] = &[
     "first-node",
     "name-prefix",
     "report-every-secs",
+    "ack-log",
 ];
 
 /// A connection attempt (TCP, TLS, upgrade) must finish within this (edgecore: 30 s).
@@ -91,6 +95,7 @@ struct Args {
     first_node: usize,
     prefix: String,
     report_every: Duration,
+    ack_log: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -126,6 +131,7 @@ fn parse_args() -> Result<Args, String> {
         first_node: flags.parsed("first-node", 0)?,
         prefix: flags.parsed("name-prefix", "swarm".to_owned())?,
         report_every: Duration::from_secs(flags.parsed::<u64>("report-every-secs", 5)?.max(1)),
+        ack_log: flags.get("ack-log").map(PathBuf::from),
     })
 }
 
@@ -245,6 +251,8 @@ struct Swarm {
     start: Instant,
     deadline: Instant,
     nodes: u64,
+    /// With `--ack-log`: one line per ACK, `<unix time in µs> <node> <operation> <resource>`.
+    ack_log: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 /// Reads the CA from `dir`, waiting for the hub-server to write it.
@@ -400,6 +408,12 @@ async fn run(args: Args) -> Result<(), String> {
         start,
         deadline: start + args.duration,
         nodes: args.nodes as u64,
+        ack_log: match &args.ack_log {
+            Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            ))),
+            None => None,
+        },
     });
 
     // The ramp: nodes are started in batches every 10 ms at --ramp-per-sec.
@@ -460,6 +474,13 @@ async fn run(args: Args) -> Result<(), String> {
     }
     swarm.stats.report(start.elapsed(), 0.0);
     println!("{}", swarm.stats.summary_line(args.nodes));
+    if let Some(log) = &swarm.ack_log {
+        use std::io::Write;
+        log.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flush()
+            .map_err(|e| format!("ack log: {e}"))?;
+    }
     Ok(())
 }
 
@@ -491,7 +512,7 @@ async fn node_task(node: Node, swarm: Arc<Swarm>) {
                     );
                 }
                 seed = xorshift(seed);
-                let end = serve(ws, &swarm, seed).await;
+                let end = serve(ws, &swarm, &node.name, seed).await;
                 swarm.stats.connected.fetch_sub(1, Ordering::Relaxed);
                 match end {
                     None => return,
@@ -562,7 +583,7 @@ fn frame_of(msg: &Message) -> Frame {
 
 /// Serves an established link: keepalives, and ACKs of tracked messages. `None` when the swarm
 /// stopped, else why the link ended.
-async fn serve(mut ws: Ws, swarm: &Swarm, seed: u64) -> Option<String> {
+async fn serve(mut ws: Ws, swarm: &Swarm, node: &str, seed: u64) -> Option<String> {
     let period_ms = swarm.keepalive.as_millis().max(1) as u64;
     let first = Duration::from_millis(seed % period_ms);
     let mut keepalive = tokio::time::interval_at(Instant::now() + first, swarm.keepalive);
@@ -607,10 +628,25 @@ async fn serve(mut ws: Ws, swarm: &Swarm, seed: u64) -> Option<String> {
                         return Some(format!("ACK send: {e}"));
                     }
                     swarm.stats.acks.fetch_add(1, Ordering::Relaxed);
+                    if let Some(log) = &swarm.ack_log {
+                        log_ack(log, node, &msg);
+                    }
                 }
             }
         }
     }
+}
+
+/// Appends one ACK to the log (`<unix µs> <node> <operation> <resource>`).
+fn log_ack(log: &Mutex<std::io::BufWriter<std::fs::File>>, node: &str, msg: &Message) {
+    use std::io::Write;
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let op = msg.route.operation.as_ref().map_or("", |o| o.as_str());
+    let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Flushed per line: a benchmark reads the log while the swarm runs.
+    let _ = writeln!(log, "{micros} {node} {op} {}", msg.route.resource).and_then(|()| log.flush());
 }
 
 fn xorshift(mut x: u64) -> u64 {
