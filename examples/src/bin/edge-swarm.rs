@@ -52,7 +52,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../swarm_common.rs"]
+#[path = "../common.rs"]
 mod common;
 use common::{Flags, cpu_time, raise_nofile_limit, rss_kib};
 
@@ -644,7 +644,9 @@ fn log_ack(log: &Mutex<std::io::BufWriter<std::fs::File>>, node: &str, msg: &Mes
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
     let op = msg.route.operation.as_ref().map_or("", |o| o.as_str());
-    let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut log = log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Flushed per line: a benchmark reads the log while the swarm runs.
     let _ = writeln!(log, "{micros} {node} {op} {}", msg.route.resource).and_then(|()| log.flush());
 }

@@ -27,7 +27,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubeedge_hub::join::CertificateAuthority;
 use kubeedge_hub::{
     CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, LinkEnd, ReliableCloud,
     ReliableCloudHandle, tls,
@@ -37,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../swarm_common.rs"]
+#[path = "../common.rs"]
 mod common;
 use common::{Flags, cpu_time, ms, percentile, raise_nofile_limit, rss_kib, status_kib};
 
@@ -100,22 +99,7 @@ fn main() -> ExitCode {
 
 /// Loads the CA from `dir` or creates it there, and issues the server certificate for `ip`.
 fn pki(dir: &Path, ip: IpAddr) -> Result<Arc<rustls::ServerConfig>, String> {
-    let (ca_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    let ca = if ca_path.exists() && key_path.exists() {
-        let cert = std::fs::read(&ca_path).map_err(|e| format!("{}: {e}", ca_path.display()))?;
-        let key = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-        let ca = CertificateAuthority::from_pem(cert, key).map_err(|e| format!("CA: {e}"))?;
-        println!("pki: loaded the CA from {}", dir.display());
-        ca
-    } else {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let ca = CertificateAuthority::generate().map_err(|e| format!("CA: {e}"))?;
-        // Key first, certificate last: the swarm waits for ca.pem, then reads both.
-        write_atomically(&key_path, ca.key_pem().as_bytes())?;
-        write_atomically(&ca_path, ca.cert_pem().as_bytes())?;
-        println!("pki: generated a CA in {}", dir.display());
-        ca
-    };
+    let ca = common::load_or_create_ca(dir)?;
     let server = ca
         .issue_server_cert(&[ip], &["localhost"])
         .map_err(|e| format!("server certificate: {e}"))?;
@@ -125,12 +109,6 @@ fn pki(dir: &Path, ip: IpAddr) -> Result<Arc<rustls::ServerConfig>, String> {
         ca.cert_pem().as_bytes(),
     )
     .map_err(|e| format!("server TLS: {e}"))
-}
-
-fn write_atomically(path: &Path, data: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// What the application has seen of the delivery layer's events.

@@ -1,5 +1,5 @@
-//! What `hub-server` and `edge-swarm` share: flag parsing, process figures read from `/proc`,
-//! the open-file limit, percentiles. Included by both binaries with `#[path]`.
+//! What the example binaries share: flag parsing, process figures read from `/proc`, the
+//! open-file limit, percentiles, the cluster CA in a PKI directory. Included with `#[path]`.
 
 // Each binary uses a different part of this module.
 #![allow(dead_code)]
@@ -168,4 +168,33 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// The cluster CA kept in `dir` as `ca.pem` and `ca-key.pem`: loaded if both exist, else
+/// generated and written (key first, certificate last: readers wait for `ca.pem`).
+pub(crate) fn load_or_create_ca(
+    dir: &std::path::Path,
+) -> Result<kubeedge_hub::join::CertificateAuthority, String> {
+    use kubeedge_hub::join::CertificateAuthority;
+    let (ca_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    if ca_path.exists() && key_path.exists() {
+        let cert = std::fs::read(&ca_path).map_err(|e| format!("{}: {e}", ca_path.display()))?;
+        let key = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
+        let ca = CertificateAuthority::from_pem(cert, key).map_err(|e| format!("CA: {e}"))?;
+        println!("pki: loaded the CA from {}", dir.display());
+        return Ok(ca);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca = CertificateAuthority::generate().map_err(|e| format!("CA: {e}"))?;
+    write_atomically(&key_path, ca.key_pem().as_bytes())?;
+    write_atomically(&ca_path, ca.cert_pem().as_bytes())?;
+    println!("pki: generated a CA in {}", dir.display());
+    Ok(ca)
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+pub(crate) fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
