@@ -1,9 +1,67 @@
 //! # kubeedge-cloud
 //!
 //! The cloud controllers of kubeedge-rs: they turn the Kubernetes API into messages for each
-//! edge node and turn what the edge reports back into Kubernetes objects.
+//! edge node and turn what the edge reports back into Kubernetes objects, speaking KubeEdge's
+//! wire protocol through [`kubeedge_hub`], so that kubectl, Helm and operators work unchanged
+//! on edge nodes and a KubeEdge edgecore can use this cloud.
 //!
-//! Status: being written (issue 8).
+//! ## The parts
+//! - A **source** produces one stream of [`ObjectEvent`]s (Pods bound to nodes, ConfigMaps,
+//!   Secrets, edge Nodes, node Leases, Devices, DeviceModels): `KubeSource` from a cluster's
+//!   watches (feature `kube`), `ManifestSource` from a folder of YAML (feature `manifest`).
+//!   The controllers cannot tell them apart.
+//! - A [`ClusterWriter`] performs what nodes ask for: `KubeWriter` against the API server,
+//!   `ManifestWriter` into status files. It is the only thing that differs between the modes.
+//! - [`Downstream`] (pure state) decides what each connected node must hold: its Pods, the
+//!   ConfigMaps and Secrets they reference, its Devices and their DeviceModels; never another
+//!   node's objects (KubeEdge #3593). Every message carries `resourceversion` and goes on the
+//!   ACK path in KubeEdge's exact form; referenced objects go before the Pod that needs them; a
+//!   change of the status alone is not sent.
+//! - [`decide`] (pure) checks each request of a node against node isolation and turns it into
+//!   an [`Action`] or an answer: `podpatch` → Pod status, `nodepatch` → Node status, Node
+//!   registration, Lease create/renew, the final Pod delete of a graceful deletion,
+//!   ConfigMap/Secret queries (from the cache), events, twin and state reports → DeviceStatus.
+//!   Replies are `{"Object":...,"Err":...}` with `parent_msg_id` = the request's `msg_id`.
+//! - [`CloudController`] runs it all: one task owning the view, one sender task per node (in
+//!   order, waiting for the node's queue: backpressure from the hub), one writer task per node
+//!   (a node's writes in order, nodes in parallel), and node lifecycle (a node whose Lease
+//!   lapsed is marked `Unknown`, as the Kubernetes node lifecycle controller does).
+//!
+//! ## No per-object state in the API server; replicas
+//! KubeEdge records, per node and object, the last acknowledged resourceVersion in an
+//! `ObjectSync` object in the API server (one write per object per node: KubeEdge #7278).
+//! This cloud keeps what it sent to a node in memory for the node's session only. When a node
+//! connects, a kubeedge-rs edge sends its [`Inventory`](kubeedge_proto::inventory::Inventory)
+//! (uid and resourceVersion of every object its store holds) and gets exactly the difference:
+//! newer versions, objects it lacks, deletes for what it should no longer hold. A KubeEdge edge
+//! sends none; after `inventory_grace` it gets its full set, which its store applies
+//! idempotently (what was deleted while such an edge was away is not known to a fresh replica:
+//! that case needs KubeEdge's ObjectSync, which this cloud does not keep).
+//!
+//! So any replica can serve any node, and replicas need no coordination: run several
+//! `cloudcore` processes behind one Kubernetes Service (or any TCP load balancer) on port 10000
+//! (and 10002 for joins), each with the same CA (the `--pki-dir` files mounted from one Secret)
+//! and its own watches. A node's WebSocket lands on one replica; if it moves, the new replica
+//! rebuilds the node's state from its inventory. Writes are per node and idempotent (patches,
+//! create-or-get), so two replicas briefly serving the same node (a reconnect racing a lapse)
+//! do no harm; marking a node unreachable is idempotent too.
+//!
+//! ## Feature flags
+//! | feature | what it adds | dependencies it pulls |
+//! |---|---|---|
+//! | `kube` (default) | `KubeSource`, `KubeWriter`, `client`, `install_crds`: a real cluster | `kube` (client, runtime, rustls with ring), `k8s-openapi`, `http`, `futures-util` |
+//! | `manifest` (default) | `ManifestSource`, `ManifestWriter`: a folder of YAML instead of a cluster | `serde_yaml_ng` |
+//!
+//! ## Why each dependency is here
+//! - `kubeedge-proto`: the messages; `kubeedge-hub`: the reliable cloud-edge transport.
+//! - `kube`, `k8s-openapi` (optional): the Kubernetes client and its watchers (reflector-style
+//!   list + watch with backoff); `http`: request types the kube client is driven with;
+//!   `futures-util`: consuming watch streams.
+//! - `serde_yaml_ng` (optional): manifest files.
+//! - `serde`, `serde_json`: objects stay `serde_json::Value` so fields this crate does not know
+//!   reach the edge untouched.
+//! - `uuid` (v5): stable uids for manifest objects; `tokio`, `tokio-util`: tasks, channels,
+//!   cancellation; `tracing`: logs; `thiserror`: the error enum.
 
 mod cluster;
 mod controller;
