@@ -4,8 +4,11 @@
 //! edge node and turn what the edge reports back into Kubernetes objects.
 //!
 //! Status: being written (issue 8).
+//!
+//! [`crd`] ships the CRD manifests of KubeEdge's device API (`devices.kubeedge.io/v1beta1`).
 
 mod cluster;
+pub mod crd;
 mod error;
 mod object;
 
