@@ -12,6 +12,8 @@
 //!   The controllers cannot tell them apart.
 //! - A [`ClusterWriter`] performs what nodes ask for: `KubeWriter` against the API server,
 //!   `ManifestWriter` into status files. It is the only thing that differs between the modes.
+//! - [`crd`] ships the CRD manifests of KubeEdge's device API (`devices.kubeedge.io/v1beta1`),
+//!   so that `kubectl apply` of KubeEdge's own Device samples works.
 //! - [`Downstream`] (pure state) decides what each connected node must hold: its Pods, the
 //!   ConfigMaps and Secrets they reference, its Devices and their DeviceModels; never another
 //!   node's objects (KubeEdge #3593). Every message carries `resourceversion` and goes on the
@@ -65,6 +67,7 @@
 
 mod cluster;
 mod controller;
+pub mod crd;
 mod downstream;
 mod error;
 mod lifecycle;
