@@ -143,3 +143,75 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + hour * 3600 + min * 60 + sec - offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{Object, ObjectEvent};
+
+    fn view(renew: &str, ready: &str) -> Downstream {
+        let mut view = Downstream::new(Duration::ZERO);
+        let node = Object::new(
+            Kind::Node,
+            json!({"metadata": {"name": "n1"}, "status": {"conditions": [
+                {"type": "Ready", "status": ready, "lastHeartbeatTime": "2026-11-23T10:00:00Z"},
+                {"type": "MemoryPressure", "status": "False"}]}}),
+        )
+        .unwrap();
+        let lease = Object::new(
+            Kind::Lease,
+            json!({"metadata": {"name": "n1", "namespace": NODE_LEASE_NAMESPACE},
+                   "spec": {"renewTime": renew, "leaseDurationSeconds": 40}}),
+        )
+        .unwrap();
+        view.apply(ObjectEvent::Listed {
+            kind: Kind::Node,
+            objects: vec![node],
+        });
+        view.apply(ObjectEvent::Listed {
+            kind: Kind::Lease,
+            objects: vec![lease],
+        });
+        view
+    }
+
+    const RENEWED: i64 = 1_795_428_000; // 2026-11-23T10:00:00Z
+
+    #[test]
+    fn a_lapsed_lease_marks_the_node_once() {
+        let view = view("2026-11-23T10:00:00.000000Z", "True");
+        let mut marked = HashSet::new();
+        assert!(lapsed_nodes(&view, RENEWED + 40, 40, &mut marked).is_empty());
+        let lapsed = lapsed_nodes(&view, RENEWED + 41, 40, &mut marked);
+        assert_eq!(lapsed.len(), 1);
+        let patch = unreachable_patch(&lapsed[0].1, "2026-11-23T10:00:41Z");
+        let conditions = patch["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 2);
+        assert!(
+            conditions
+                .iter()
+                .all(|c| c["status"] == "Unknown" && c["reason"] == "NodeStatusUnknown")
+        );
+        assert_eq!(conditions[0]["lastHeartbeatTime"], "2026-11-23T10:00:00Z");
+        // Not again while the patch is on its way.
+        assert!(lapsed_nodes(&view, RENEWED + 50, 40, &mut marked).is_empty());
+        // A renewed lease clears the mark.
+        assert!(lapsed_nodes(&view, RENEWED + 10, 40, &mut marked).is_empty());
+        assert!(marked.is_empty());
+    }
+
+    #[test]
+    fn a_connected_or_already_unknown_node_is_left_alone() {
+        let mut marked = HashSet::new();
+        let unknown = view("2026-11-23T10:00:00Z", "Unknown");
+        assert!(lapsed_nodes(&unknown, RENEWED + 100, 40, &mut marked).is_empty());
+        let mut connected = view("2026-11-23T10:00:00Z", "True");
+        connected.connected("n1", Instant::now());
+        assert!(lapsed_nodes(&connected, RENEWED + 100, 40, &mut marked).is_empty());
+        // The grace is at least the lease's own duration.
+        let fresh = view("2026-11-23T10:00:00Z", "True");
+        assert!(lapsed_nodes(&fresh, RENEWED + 30, 10, &mut marked).is_empty());
+    }
+}
