@@ -7,10 +7,11 @@
 //!
 //! ## The parts
 //! - A **source** produces one stream of [`ObjectEvent`]s (Pods bound to nodes, ConfigMaps,
-//!   Secrets, edge Nodes, node Leases, Devices, DeviceModels): `KubeSource` from a cluster's
+//!   Secrets, edge Nodes, node Leases, Devices, DeviceModels): [`KubeSource`] from a cluster's
 //!   watches (feature `kube`), `ManifestSource` from a folder of YAML (feature `manifest`).
 //!   The controllers cannot tell them apart.
-//! - A [`ClusterWriter`] performs what nodes ask for: `KubeWriter` against the API server,
+//! - A [`ClusterWriter`] performs what nodes ask for: [`KubeWriter`] against the API server (exactly one documented call per
+//!   write),
 //!   `ManifestWriter` into status files. It is the only thing that differs between the modes.
 //! - [`crd`] ships the CRD manifests of KubeEdge's device API (`devices.kubeedge.io/v1beta1`),
 //!   so that `kubectl apply` of KubeEdge's own Device samples works.
@@ -71,6 +72,8 @@ pub mod crd;
 mod downstream;
 mod error;
 mod lifecycle;
+#[cfg(feature = "kube")]
+mod kube_cluster;
 mod object;
 mod refs;
 mod upstream;
@@ -80,6 +83,8 @@ pub use controller::{CloudConfig, CloudController, CloudMetrics};
 pub use downstream::{Downstream, Outgoing};
 pub use error::{ApiError, Error, Result};
 pub use lifecycle::{parse_rfc3339, ready_status, unreachable_patch};
+#[cfg(feature = "kube")]
+pub use kube_cluster::{KubeSource, KubeSourceConfig, KubeWriter, client};
 pub use object::{
     DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectEvent,
     ObjectKey,
