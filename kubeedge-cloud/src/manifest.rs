@@ -41,7 +41,8 @@ pub struct ManifestConfig {
     pub dir: PathBuf,
     /// The folder the writer keeps its objects in (`<plural>/<namespace>_<name>.json`).
     pub status_dir: PathBuf,
-    /// How often `dir` is scanned (default 1 s; at least [`ManifestConfig::MIN_SCAN_INTERVAL`]).
+    /// How often `dir` is scanned (default 1 s; at least [`ManifestConfig::MIN_SCAN_INTERVAL`],
+    /// at most a day).
     pub scan_interval: Duration,
     /// How long a pod removed from `dir` may stay terminating after its grace period when no
     /// edge deletes it (default 60 s).
@@ -119,6 +120,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// The longest scan interval used (a day).
+const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// The resourceVersion counter of this process: starts at the Unix time in microseconds, so
 /// versions only grow, also across restarts.
@@ -529,7 +533,7 @@ impl State {
                 && !matches!(phase, "Succeeded" | "Failed")
             {
                 let mut value = value.clone();
-                if let Some(meta) = value["metadata"].as_object_mut() {
+                if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("deletionTimestamp".into(), now_timestamp().into());
                     meta.insert("deletionGracePeriodSeconds".into(), grace.into());
                 }
@@ -611,7 +615,7 @@ fn build(
     status: Option<&Value>,
 ) -> Result<Object> {
     let mut value = doc.clone();
-    if let Some(meta) = value["metadata"].as_object_mut() {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("uid".into(), uid.into());
         if !created.is_null() {
             meta.insert("creationTimestamp".into(), created);
@@ -625,7 +629,7 @@ fn build(
 
 /// `value` with a new resourceVersion, as an [`Object`].
 fn with_rv(kind: Kind, mut value: Value) -> Result<Object> {
-    if let Some(meta) = value["metadata"].as_object_mut() {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), next_rv().to_string().into());
     }
     Object::new(kind, value)
@@ -1103,7 +1107,7 @@ fn load_json_files(dir: &Path) -> Vec<(PathBuf, Value)> {
             }
             continue;
         }
-        if !name.ends_with(".json") {
+        if !name.ends_with(".json") || fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
             continue;
         }
         if out.len() >= ManifestConfig::MAX_OBJECTS {
@@ -1136,8 +1140,9 @@ fn check_loaded(
     value: &mut Value,
     config: &ManifestConfig,
 ) -> std::result::Result<(String, String), String> {
-    let meta = value["metadata"]
-        .as_object_mut()
+    let meta = value
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
         .ok_or("no metadata".to_owned())?;
     let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
     let namespace = if namespaced {
@@ -1372,7 +1377,7 @@ impl ManifestSource {
             .shared
             .config
             .scan_interval
-            .max(ManifestConfig::MIN_SCAN_INTERVAL);
+            .clamp(ManifestConfig::MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL);
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
@@ -1852,7 +1857,9 @@ impl ClusterWriter for ManifestWriter {
             if existing == Some(&value) {
                 return Ok(value);
             }
-            value["metadata"]["resourceVersion"] = next_rv().to_string().into();
+            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), next_rv().to_string().into());
+            }
             ops.push(shared.write_op(DEVICE_STATUSES, &key.0, &key.1, &value));
             state.device_statuses.insert(key, value.clone());
             Ok(value)
@@ -1885,7 +1892,7 @@ impl ClusterWriter for ManifestWriter {
                 None => (new_uid().into(), now_timestamp().into()),
             };
             let rv = next_rv();
-            if let Some(meta) = event["metadata"].as_object_mut() {
+            if let Some(meta) = event.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.insert("uid".into(), uid);
                 meta.insert("creationTimestamp".into(), created);
                 meta.insert("resourceVersion".into(), rv.to_string().into());
@@ -2166,9 +2173,6 @@ mod tests {
         let reason = parse_manifest(Path::new("bomb.yaml"), yaml.as_bytes())
             .err()
             .unwrap_or_default();
-        assert!(
-            reason.contains("size limit") || reason.contains("repetition limit"),
-            "{reason}"
-        );
+        assert!(reason.contains("size limit"), "{reason}");
     }
 }
