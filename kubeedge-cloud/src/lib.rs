@@ -7,8 +7,8 @@
 //!
 //! ## Manifest mode (feature `manifest`)
 //!
-//! Without a cluster, [`ManifestSource`] reads the objects from a folder of YAML manifests and
-//! produces the same [`ObjectEvent`] stream a cluster's watches do, and [`ManifestWriter`] is the
+//! Without a cluster, `ManifestSource` reads the objects from a folder of YAML manifests and
+//! produces the same [`ObjectEvent`] stream a cluster's watches do, and `ManifestWriter` is the
 //! [`ClusterWriter`] that keeps what the edge reports in JSON files under a status folder (the
 //! quickstart runs this way). Parsing that YAML is why `serde_yaml_ng` (a maintained fork of
 //! `serde_yaml`) is a dependency of the feature.
