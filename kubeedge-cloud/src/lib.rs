@@ -65,6 +65,14 @@
 //!   reach the edge untouched.
 //! - `uuid` (v5): stable uids for manifest objects; `tokio`, `tokio-util`: tasks, channels,
 //!   cancellation; `tracing`: logs; `thiserror`: the error enum.
+//!
+//! ## Manifest mode (feature `manifest`)
+//!
+//! Without a cluster, `ManifestSource` reads the objects from a folder of YAML manifests and
+//! produces the same [`ObjectEvent`] stream a cluster's watches do, and `ManifestWriter` is the
+//! [`ClusterWriter`] that keeps what the edge reports in JSON files under a status folder (the
+//! quickstart runs this way). Parsing that YAML is why `serde_yaml_ng` (a maintained fork of
+//! `serde_yaml`) is a dependency of the feature.
 
 mod cluster;
 mod controller;
@@ -74,6 +82,8 @@ mod error;
 mod lifecycle;
 #[cfg(feature = "kube")]
 mod kube_cluster;
+#[cfg(feature = "manifest")]
+mod manifest;
 mod object;
 mod refs;
 mod upstream;
@@ -85,6 +95,8 @@ pub use error::{ApiError, Error, Result};
 pub use lifecycle::{parse_rfc3339, ready_status, unreachable_patch};
 #[cfg(feature = "kube")]
 pub use kube_cluster::{KubeSource, KubeSourceConfig, KubeWriter, client};
+#[cfg(feature = "manifest")]
+pub use manifest::{ManifestConfig, ManifestSource, ManifestWriter};
 pub use object::{
     DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectEvent,
     ObjectKey,
