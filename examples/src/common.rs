@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// `--name value` flags, each given at most once.
+/// `--name value` (or `--name=value`) flags, each given at most once.
 pub(crate) struct Flags {
     values: HashMap<String, String>,
 }
@@ -21,15 +21,23 @@ impl Flags {
         let mut values = HashMap::new();
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
-            let Some(name) = arg.strip_prefix("--") else {
+            let Some(flag) = arg.strip_prefix("--") else {
                 return Err(format!("unexpected argument {arg:?}"));
+            };
+            // `--name value` or `--name=value`.
+            let (name, inline) = match flag.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_owned())),
+                None => (flag, None),
             };
             if !known.contains(&name) {
                 return Err(format!("unknown flag --{name}"));
             }
-            let value = args
-                .next()
-                .ok_or_else(|| format!("--{name} needs a value"))?;
+            let value = match inline {
+                Some(value) => value,
+                None => args
+                    .next()
+                    .ok_or_else(|| format!("--{name} needs a value"))?,
+            };
             if values.insert(name.to_owned(), value).is_some() {
                 return Err(format!("--{name} given twice"));
             }
@@ -197,4 +205,85 @@ pub(crate) fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<()
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub(crate) fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub(crate) async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: stopping");
+    token.cancel();
+}
+
+/// Serves `GET /metrics` (the text `render` returns, Prometheus format) and `GET /healthz`
+/// (`ok`) until `shutdown`. Requests are read up to 4 KiB and 5 s; anything else is a 404.
+pub(crate) async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let render = std::sync::Arc::new(render);
+    loop {
+        let (mut stream, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+        };
+        let render = std::sync::Arc::clone(&render);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let line = String::from_utf8_lossy(&buf[..len]);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match (line.starts_with("GET "), path) {
+                (true, "/metrics") => ("200 OK", render()),
+                (true, "/healthz") => ("200 OK", "ok\n".to_owned()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
 }

@@ -96,7 +96,7 @@ impl CloudMetrics {
 /// upstream requests with node isolation, device status, node lifecycle.
 ///
 /// ```no_run
-/// use kubeedge_cloud::{CloudConfig, CloudController, ManifestConfig, manifest_cluster};
+/// use kubeedge_cloud::{CloudConfig, CloudController, ManifestConfig, ManifestSource};
 /// use kubeedge_hub::{CloudHub, CloudHubConfig, DeliveryConfig, ReliableCloud};
 /// use tokio_util::sync::CancellationToken;
 /// # async fn demo(tls: std::sync::Arc<rustls::ServerConfig>) -> kubeedge_cloud::Result<()> {
@@ -104,7 +104,7 @@ impl CloudMetrics {
 /// let (hub, raw, raw_events) =
 ///     CloudHub::bind(CloudHubConfig::new("0.0.0.0:10000".parse().unwrap(), tls)).await?;
 /// let (reliable, cloud, delivery) = ReliableCloud::new(raw, raw_events, DeliveryConfig::default());
-/// let (source, writer) = manifest_cluster(ManifestConfig::new("manifests", "status"))?;
+/// let (source, writer) = ManifestSource::open(ManifestConfig::new("manifests", "status"))?;
 /// let (objects_tx, objects) = tokio::sync::mpsc::channel(1024);
 /// tokio::spawn(hub.run(shutdown.clone()));
 /// tokio::spawn(reliable.run(shutdown.clone()));

@@ -79,9 +79,9 @@ mod controller;
 pub mod crd;
 mod downstream;
 mod error;
-mod lifecycle;
 #[cfg(feature = "kube")]
 mod kube_cluster;
+mod lifecycle;
 #[cfg(feature = "manifest")]
 mod manifest;
 mod object;
@@ -92,9 +92,9 @@ pub use cluster::ClusterWriter;
 pub use controller::{CloudConfig, CloudController, CloudMetrics};
 pub use downstream::{Downstream, Outgoing};
 pub use error::{ApiError, Error, Result};
-pub use lifecycle::{parse_rfc3339, ready_status, unreachable_patch};
 #[cfg(feature = "kube")]
 pub use kube_cluster::{KubeSource, KubeSourceConfig, KubeWriter, client};
+pub use lifecycle::{parse_rfc3339, ready_status, unreachable_patch};
 #[cfg(feature = "manifest")]
 pub use manifest::{ManifestConfig, ManifestSource, ManifestWriter};
 pub use object::{

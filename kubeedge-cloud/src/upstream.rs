@@ -495,6 +495,8 @@ pub fn write_reply(request: &Message, action: &Action, result: Result<Value, Api
             Ok(_) => twin_confirm(request, ""),
             Err(err) => twin_confirm(request, &err.to_string()),
         },
+        // The object is gone: an edge must not store the deleted Pod back from the answer.
+        Action::DeletePod { .. } => object_reply(request, result.map(|_| Value::Null)),
         _ => object_reply(request, result),
     }
 }

@@ -249,8 +249,13 @@ impl MetaManager {
                 if !msg_id.is_empty() && !meta::mark_seen(db, &msg_id, keep)? {
                     return Ok((removed, false));
                 }
+                // The answer to a delete carries the deleted object: never store it back.
+                let answers_delete = removed
+                    .as_deref()
+                    .and_then(|json| Message::from_json(json.as_bytes()).ok())
+                    .is_some_and(|m| m.route.operation == Some(Operation::Delete));
                 let mut changed = false;
-                if let (Some((key, kind)), Some(object)) = (key, object) {
+                if let (Some((key, kind)), Some(object), false) = (key, object, answers_delete) {
                     let version = ObjectVersion::of(object.as_bytes());
                     changed = meta::upsert(db, &key, &kind, &object, version.as_ref())?
                         == Upserted::Stored;

@@ -397,3 +397,32 @@ async fn inventory_lists_what_the_store_holds_with_uid_and_version() {
         inv
     );
 }
+
+#[tokio::test]
+async fn the_answer_to_a_delete_does_not_store_the_deleted_object_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    mm.from_cloud(pod("web", "uw", 5)).await.unwrap();
+    // edged finishes a graceful delete through the outbox...
+    let delete = Message::new(
+        "edged",
+        "meta",
+        "delete",
+        "default/pod/web",
+        Content::try_from(r#"{"gracePeriodSeconds":0,"preconditions":{"uid":"uw"}}"#).unwrap(),
+    );
+    mm.from_edge(delete.clone(), true).await.unwrap();
+    // ...the cloud's delete of the object arrives first...
+    let mut gone = pod("web", "uw", 6);
+    gone.route.operation = Some(Operation::Delete);
+    mm.from_cloud(gone).await.unwrap();
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
+    // ...then the answer to the request, carrying the deleted pod.
+    let object = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":"uw","resourceVersion":"6"}}"#;
+    let reply = delete.response(
+        Content::try_from(format!(r#"{{"Object":{object},"Err":null}}"#).as_str()).unwrap(),
+    );
+    mm.from_cloud(reply).await.unwrap();
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
+    assert_eq!(mm.outbox().len().await.unwrap(), 0);
+}
