@@ -61,6 +61,25 @@ def main():
             put("edged_pod_spec", json.dumps(content).encode())
     for q in [b"500m", b"128Mi", b"1.5e3", b"$(A)x$$(B)"]:
         put("edged_pod_spec", q)
+    # What edge nodes send the cloud: the captured edge->cloud messages, and the requests of
+    # a kubeedge-rs edge (registration, status patches, lease, delete, queries, inventory).
+    for r in ws:
+        if r["kind"] == "message" and r["dir"] == "edge->cloud":
+            put("cloud_upstream", r["payload"].encode())
+    def req(op, resource, content):
+        return json.dumps({"header": {"msg_id": "m", "timestamp": 1},
+                           "route": {"source": "edged", "group": "meta", "operation": op, "resource": resource},
+                           "content": content}).encode()
+    put("cloud_upstream", req("insert", "default/node/n1", {"kind": "Node", "metadata": {"name": "n1"}}))
+    put("cloud_upstream", req("patch", "default/nodepatch/n1", json.dumps({"status": {"conditions": []}})))
+    put("cloud_upstream", req("patch", "default/podpatch/p1", json.dumps({"metadata": {"uid": "p1"}, "status": {"phase": "Running"}})))
+    put("cloud_upstream", req("delete", "default/pod/p1", {"gracePeriodSeconds": 0, "preconditions": {"uid": "p1"}}))
+    put("cloud_upstream", req("query", "default/configmap/cm", None))
+    put("cloud_upstream", req("update", "kube-node-lease/lease/n1", {"metadata": {"name": "n1"}, "spec": {}}))
+    put("cloud_upstream", json.dumps({"header": {"msg_id": "i", "timestamp": 1},
+        "route": {"source": "metamanager", "group": "resource", "operation": "list", "resource": "inventory"},
+        "content": {"objects": [{"key": "default/pod/p1", "uid": "p1", "resourceVersion": 1},
+                                {"key": "default/pod/gone", "uid": "g", "resourceVersion": 9}]}}).encode())
 
 
 if __name__ == "__main__":

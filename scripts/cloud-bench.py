@@ -84,7 +84,8 @@ def main():
     cloud = subprocess.Popen(
         [os.path.join(args.bin_dir, "cloudcore"), "--pki-dir", pki, "--listen", f"127.0.0.1:{hub}",
          "--https-listen", f"127.0.0.1:{join}", "--metrics-listen", f"127.0.0.1:{metrics}",
-         "--manifests", manifests, "--status-dir", status, "--scan-interval-ms", str(args.scan_ms)],
+         "--manifests", manifests, "--status-dir", status, "--scan-interval-ms", str(args.scan_ms),
+         "--node-limit", str(args.nodes + 100)],
         stdout=cloud_log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
     swarm = None
     try:

@@ -5,7 +5,7 @@
 //!           [--advertise-address 127.0.0.1,...] [--metrics-listen 127.0.0.1:10550]
 //!           [--kubeconfig FILE] [--install-crds true]
 //!           [--manifests DIR] [--status-dir DIR] [--scan-interval-ms 1000]
-//!           [--inventory-grace-ms 2000]
+//!           [--inventory-grace-ms 2000] [--node-limit 500]
 //! cloudcore gettoken [--pki-dir /etc/kubeedge/pki]
 //! ```
 //!
@@ -21,6 +21,7 @@
 //!   rescanned every `--scan-interval-ms`; what the edge reports (node, leases, pod status,
 //!   device status) is written under `--status-dir` (default `DIR/../status`).
 //!
+//! `--node-limit` is KubeEdge's `cloudHub.nodeLimit`: the most nodes one replica holds.
 //! `--metrics-listen` serves Prometheus text on `/metrics` and `/healthz`.
 //! `cloudcore gettoken` prints a join token (valid 24 h) for `edgecore join --token`.
 //! Logs go to stderr; `RUST_LOG` filters them (default `info`).
@@ -45,6 +46,7 @@ use common::Flags;
 const USAGE: &str = "usage: cloudcore [--pki-dir DIR] [--listen ADDR] [--https-listen ADDR]
   [--advertise-address IP,...] [--metrics-listen ADDR] [--kubeconfig FILE] [--install-crds true]
   [--manifests DIR] [--status-dir DIR] [--scan-interval-ms 1000] [--inventory-grace-ms 2000]
+  [--node-limit 500]
        cloudcore gettoken [--pki-dir DIR]";
 
 const FLAGS: &[&str] = &[
@@ -59,6 +61,7 @@ const FLAGS: &[&str] = &[
     "status-dir",
     "scan-interval-ms",
     "inventory-grace-ms",
+    "node-limit",
 ];
 
 struct Args {
@@ -74,6 +77,7 @@ struct Args {
     status_dir: Option<PathBuf>,
     scan_interval: Duration,
     inventory_grace: Duration,
+    node_limit: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -111,6 +115,7 @@ fn parse_args() -> Result<Args, String> {
         status_dir: flags.get("status-dir").map(PathBuf::from),
         scan_interval: Duration::from_millis(flags.parsed("scan-interval-ms", 1000)?),
         inventory_grace: Duration::from_millis(flags.parsed("inventory-grace-ms", 2000)?),
+        node_limit: flags.parsed("node-limit", 500)?,
     })
 }
 
@@ -138,7 +143,9 @@ async fn run(args: Args) -> Result<(), String> {
     .map_err(|e| format!("server TLS: {e}"))?;
     let shutdown = CancellationToken::new();
 
-    let (hub, raw, raw_events) = CloudHub::bind(CloudHubConfig::new(args.listen, hub_tls))
+    let mut hub_config = CloudHubConfig::new(args.listen, hub_tls);
+    hub_config.node_limit = args.node_limit;
+    let (hub, raw, raw_events) = CloudHub::bind(hub_config)
         .await
         .map_err(|e| format!("cloudhub on {}: {e}", args.listen))?;
     let bootstrap_config = BootstrapConfig::new(
