@@ -3,6 +3,8 @@
 //! ACKs only after writing, sends its inventory on connect and its requests through the
 //! durable outbox. Cuts and restarts on purpose.
 
+#![cfg(feature = "manifest")]
+
 mod common;
 
 use std::net::SocketAddr;
