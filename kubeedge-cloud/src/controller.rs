@@ -242,18 +242,10 @@ impl<W: ClusterWriter> CloudController<W> {
                 let out = view.inventory(&node, &inventory);
                 self.dispatch(senders, out);
             }
-            Decision::Reply(reply) => {
-                if reply
-                    .content
-                    .as_json()
-                    .windows(9)
-                    .any(|w| w == b"ErrStatus")
-                {
-                    self.metrics.0.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Err(err) = self.cloud.send(&node, reply).await {
-                    tracing::debug!(node, %err, "reply not sent");
-                }
+            Decision::Reply(reply) => self.reply(&node, reply).await,
+            Decision::Refuse(reply) => {
+                self.metrics.0.refused.fetch_add(1, Ordering::Relaxed);
+                self.reply(&node, reply).await;
             }
             Decision::Write(action) => {
                 let worker = workers
@@ -267,6 +259,12 @@ impl<W: ClusterWriter> CloudController<W> {
                 }
             }
             Decision::Ignore(why) => tracing::trace!(node, why, "ignored"),
+        }
+    }
+
+    async fn reply(&self, node: &str, reply: Message) {
+        if let Err(err) = self.cloud.send(node, reply).await {
+            tracing::debug!(node, %err, "reply not sent");
         }
     }
 

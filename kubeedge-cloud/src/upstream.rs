@@ -96,6 +96,9 @@ pub enum Decision {
     Write(Action),
     /// Answer at once with this message.
     Reply(Message),
+    /// Refused (node isolation, or a malformed request), already logged: answer with this
+    /// message (an `ErrStatus`, or the devicecontroller's confirm carrying the reason).
+    Refuse(Message),
     /// The node's inventory.
     Inventory(Inventory),
     /// Nothing to do.
@@ -343,7 +346,7 @@ fn device_report(
     let key = ObjectKey::new(Kind::Device, ns, name);
     let Some(device) = view.bound_to(&key, node) else {
         tracing::warn!(node, device = %key, "refused: the device is not bound to this node");
-        return Decision::Reply(twin_confirm(
+        return Decision::Refuse(twin_confirm(
             msg,
             &format!("device {ns}/{name} is not bound to node {node}"),
         ));
@@ -351,7 +354,7 @@ fn device_report(
     let device_uid = device.uid().to_owned();
     let body = match content_json(msg) {
         Ok(body) => body,
-        Err(err) => return Decision::Reply(twin_confirm(msg, &err.message)),
+        Err(err) => return Decision::Refuse(twin_confirm(msg, &err.message)),
     };
     match event {
         DeviceEvent::TwinEdgeUpdated => {
@@ -378,7 +381,7 @@ fn device_report(
                 state.as_str(),
                 "online" | "offline" | "ok" | "unknown" | "unhealthy"
             ) {
-                return Decision::Reply(twin_confirm(
+                return Decision::Refuse(twin_confirm(
                     msg,
                     &format!("unknown device state {state:?}"),
                 ));
@@ -431,7 +434,7 @@ fn refuse(node: &str, msg: &Message, err: ApiError) -> Decision {
         %err,
         "refused request from edge node"
     );
-    Decision::Reply(object_reply(msg, Err(err)))
+    Decision::Refuse(object_reply(msg, Err(err)))
 }
 
 /// The content as JSON: an object, or a string holding JSON (patches travel as strings).
