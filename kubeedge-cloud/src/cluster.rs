@@ -11,6 +11,37 @@ use serde_json::Value;
 
 use crate::ApiError;
 
+/// A new DeviceStatus for the Device `namespace/name` (uid `device_uid`), owned by it as
+/// KubeEdge's devicecontroller creates it, with an empty `spec` and the given `status`. Every
+/// writer's `apply_device_status` creates it in this shape.
+#[cfg(any(feature = "kube", feature = "manifest"))]
+pub(crate) fn new_device_status(
+    namespace: &str,
+    name: &str,
+    device_uid: &str,
+    status: Value,
+) -> Value {
+    use crate::DEVICES_API_VERSION;
+    serde_json::json!({
+        "apiVersion": DEVICES_API_VERSION,
+        "kind": "DeviceStatus",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "ownerReferences": [{
+                "apiVersion": DEVICES_API_VERSION,
+                "kind": "Device",
+                "name": name,
+                "uid": device_uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {},
+        "status": status,
+    })
+}
+
 /// The cluster writes the cloud performs. Every method returns the object as stored (what the
 /// edge gets back in its `{"Object": ...}` reply) or the API's refusal.
 ///

@@ -271,24 +271,7 @@ impl ClusterWriter for KubeWriter {
             Err(e) if e.is_not_found() => {
                 tracing::debug!(namespace, device = name, "creating the DeviceStatus");
                 let status = patch["status"].take();
-                let body = json!({
-                    "apiVersion": DEVICES_API_VERSION,
-                    "kind": "DeviceStatus",
-                    "metadata": {
-                        "name": name,
-                        "namespace": namespace,
-                        "ownerReferences": [{
-                            "apiVersion": DEVICES_API_VERSION,
-                            "kind": "Device",
-                            "name": name,
-                            "uid": device_uid,
-                            "controller": true,
-                            "blockOwnerDeletion": true,
-                        }],
-                    },
-                    "spec": {},
-                    "status": status,
-                });
+                let body = crate::cluster::new_device_status(namespace, name, device_uid, status);
                 self.post(&collection, &body).await
             }
             other => other,

@@ -29,10 +29,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{
-    ApiError, ClusterWriter, DEVICES_API_VERSION, Error, Kind, Object, ObjectEvent, ObjectKey,
-    Result,
-};
+use crate::{ApiError, ClusterWriter, Error, Kind, Object, ObjectEvent, ObjectKey, Result};
 
 /// Where manifest mode reads manifests and writes status, and how often it looks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1832,24 +1829,18 @@ impl ClusterWriter for ManifestWriter {
             });
             let mut value = match existing {
                 Some(value) => value.clone(),
-                None => json!({
-                    "apiVersion": DEVICES_API_VERSION,
-                    "kind": "DeviceStatus",
-                    "metadata": {
-                        "name": key.1,
-                        "namespace": key.0,
-                        "uid": new_uid(),
-                        "creationTimestamp": now_timestamp(),
-                        "ownerReferences": [{
-                            "apiVersion": DEVICES_API_VERSION,
-                            "kind": "Device",
-                            "name": key.1,
-                            "uid": device_uid,
-                            "controller": true,
-                            "blockOwnerDeletion": true,
-                        }],
-                    },
-                }),
+                None => {
+                    let mut value =
+                        crate::cluster::new_device_status(&key.0, &key.1, &device_uid, Value::Null);
+                    if let Some(object) = value.as_object_mut() {
+                        object.remove("status");
+                    }
+                    if let Some(meta) = value["metadata"].as_object_mut() {
+                        meta.insert("uid".into(), new_uid().into());
+                        meta.insert("creationTimestamp".into(), now_timestamp().into());
+                    }
+                    value
+                }
             };
             let mut patch = Map::new();
             patch.insert("status".into(), status);

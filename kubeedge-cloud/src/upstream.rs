@@ -195,15 +195,8 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                     }
                 }
                 (ResourceType::PodPatch, Some(Operation::Patch)) => {
-                    let key = ObjectKey::new(Kind::Pod, ns.as_str(), name.as_str());
-                    if view.bound_to(&key, node).is_none() {
-                        return refuse(
-                            node,
-                            msg,
-                            ApiError::forbidden(format!(
-                                "pod {ns}/{name} is not bound to node {node}"
-                            )),
-                        );
+                    if let Some(refused) = refuse_unless_bound(node, msg, view, &ns, &name) {
+                        return refused;
                     }
                     match content_json(msg) {
                         Ok(patch) => Decision::Write(Action::PatchPodStatus {
@@ -215,15 +208,8 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                     }
                 }
                 (ResourceType::Pod, Some(Operation::Delete)) => {
-                    let key = ObjectKey::new(Kind::Pod, ns.as_str(), name.as_str());
-                    if view.bound_to(&key, node).is_none() {
-                        return refuse(
-                            node,
-                            msg,
-                            ApiError::forbidden(format!(
-                                "pod {ns}/{name} is not bound to node {node}"
-                            )),
-                        );
+                    if let Some(refused) = refuse_unless_bound(node, msg, view, &ns, &name) {
+                        return refused;
                     }
                     let options = if msg.content.is_null() {
                         json!({})
@@ -299,6 +285,25 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
             }
         }
         _ => Decision::Ignore("not a request this cloud serves"),
+    }
+}
+
+/// The refusal of a request about the Pod `ns/name` unless it is bound to `node`.
+fn refuse_unless_bound(
+    node: &str,
+    msg: &Message,
+    view: &Downstream,
+    ns: &str,
+    name: &str,
+) -> Option<Decision> {
+    let key = ObjectKey::new(Kind::Pod, ns, name);
+    match view.bound_to(&key, node) {
+        Some(_) => None,
+        None => Some(refuse(
+            node,
+            msg,
+            ApiError::forbidden(format!("pod {ns}/{name} is not bound to node {node}")),
+        )),
     }
 }
 
