@@ -1,23 +1,17 @@
 //! What the example binaries share: flag parsing, process figures read from `/proc`, the
-//! open-file limit, percentiles, the cluster CA in a PKI directory. Included with `#[path]`.
-
-// Each binary uses a different part of this module.
-#![allow(dead_code)]
+//! open-file limit, percentiles, the cluster CA in a PKI directory.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// `--name value` (or `--name=value`) flags, each given at most once.
-pub(crate) struct Flags {
+pub struct Flags {
     values: HashMap<String, String>,
 }
 
 impl Flags {
     /// Parses `--name value` pairs; `known` lists the accepted names (without `--`).
-    pub(crate) fn parse(
-        args: impl Iterator<Item = String>,
-        known: &[&str],
-    ) -> Result<Self, String> {
+    pub fn parse(args: impl Iterator<Item = String>, known: &[&str]) -> Result<Self, String> {
         let mut values = HashMap::new();
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
@@ -46,12 +40,12 @@ impl Flags {
     }
 
     /// The value of `--name`, if given.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
 
     /// The value of `--name` parsed, or `default` when not given.
-    pub(crate) fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
+    pub fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
     where
         T::Err: std::fmt::Display,
     {
@@ -62,7 +56,7 @@ impl Flags {
     }
 
     /// The value of `--name` parsed; an error when not given.
-    pub(crate) fn required<T: std::str::FromStr>(&self, name: &str) -> Result<T, String>
+    pub fn required<T: std::str::FromStr>(&self, name: &str) -> Result<T, String>
     where
         T::Err: std::fmt::Display,
     {
@@ -74,7 +68,7 @@ impl Flags {
 }
 
 /// A `kB` field of `/proc/self/status` (`VmRSS`, `RssAnon`, ...), in KiB; 0 if unreadable.
-pub(crate) fn status_kib(field: &str) -> u64 {
+pub fn status_kib(field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return 0;
     };
@@ -86,12 +80,12 @@ pub(crate) fn status_kib(field: &str) -> u64 {
 }
 
 /// The resident set size of this process, in KiB.
-pub(crate) fn rss_kib() -> u64 {
+pub fn rss_kib() -> u64 {
     status_kib("VmRSS")
 }
 
 /// CPU time (user + system, all threads) this process has used so far.
-pub(crate) fn cpu_time() -> Duration {
+pub fn cpu_time() -> Duration {
     // Fields 14 and 15 of /proc/self/stat, in USER_HZ ticks (100 per second on Linux).
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return Duration::ZERO;
@@ -111,7 +105,7 @@ pub(crate) fn cpu_time() -> Duration {
 }
 
 /// Raises the soft open-file limit to the hard limit; returns the resulting soft limit.
-pub(crate) fn raise_nofile_limit() -> u64 {
+pub fn raise_nofile_limit() -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -127,7 +121,7 @@ pub(crate) fn raise_nofile_limit() -> u64 {
 }
 
 /// The `p`-quantile (0..=1) of sorted `values`, nearest rank; zero when empty.
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -136,13 +130,13 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// A duration in milliseconds with one decimal, for the report lines.
-pub(crate) fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// The `main` of both binaries: parse the flags (exit 2 with the usage on a bad flag), run
 /// `run` on a multi-threaded tokio runtime, and turn its error into exit status 1.
-pub(crate) fn main_with<A, F>(
+pub fn main_with<A, F>(
     name: &str,
     usage: &str,
     parse: impl FnOnce() -> Result<A, String>,
@@ -180,7 +174,7 @@ where
 
 /// The cluster CA kept in `dir` as `ca.pem` and `ca-key.pem`: loaded if both exist, else
 /// generated and written (key first, certificate last: readers wait for `ca.pem`).
-pub(crate) fn load_or_create_ca(
+pub fn load_or_create_ca(
     dir: &std::path::Path,
 ) -> Result<kubeedge_hub::join::CertificateAuthority, String> {
     use kubeedge_hub::join::CertificateAuthority;
@@ -201,14 +195,14 @@ pub(crate) fn load_or_create_ca(
 }
 
 /// Writes `data` to `path` through a temporary file and a rename.
-pub(crate) fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
+pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub(crate) fn init_logs() {
+pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -218,7 +212,7 @@ pub(crate) fn init_logs() {
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
-pub(crate) async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -236,7 +230,7 @@ pub(crate) async fn cancel_on_signal(token: tokio_util::sync::CancellationToken)
 
 /// Serves `GET /metrics` (the text `render` returns, Prometheus format) and `GET /healthz`
 /// (`ok`) until `shutdown`. Requests are read up to 4 KiB and 5 s; anything else is a 404.
-pub(crate) async fn serve_metrics(
+pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     render: impl Fn() -> String + Send + Sync + 'static,
     shutdown: tokio_util::sync::CancellationToken,

@@ -39,9 +39,7 @@ use kubeedge_hub::{CloudHub, CloudHubConfig, DeliveryConfig, ReliableCloud, tls}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../common.rs"]
-mod common;
-use common::Flags;
+use kubeedge_examples::common::{self, Flags};
 
 const USAGE: &str = "usage: cloudcore [--pki-dir DIR] [--listen ADDR] [--https-listen ADDR]
   [--advertise-address IP,...] [--metrics-listen ADDR] [--kubeconfig FILE] [--install-crds true]

@@ -52,9 +52,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../common.rs"]
-mod common;
-use common::{Flags, cpu_time, raise_nofile_limit, rss_kib};
+use kubeedge_examples::common::{self, Flags, cpu_time, raise_nofile_limit, rss_kib};
 
 const USAGE: &str = "usage: edge-swarm --pki-dir DIR --nodes N [--server 127.0.0.1:10000]
   [--source-ips 127.0.0.2,127.0.0.3] [--ramp-per-sec 1000] [--duration-secs 300]

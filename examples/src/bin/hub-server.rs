@@ -36,9 +36,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-#[path = "../common.rs"]
-mod common;
-use common::{Flags, cpu_time, ms, percentile, raise_nofile_limit, rss_kib, status_kib};
+use kubeedge_examples::common::{
+    self, Flags, cpu_time, ms, percentile, raise_nofile_limit, rss_kib, status_kib,
+};
 
 const USAGE: &str = "usage: hub-server --pki-dir DIR --nodes-expected N [--listen 127.0.0.1:10000]
   [--fanout-rounds 5] [--window 16] [--connect-timeout-secs 120] [--settle-secs 5]
