@@ -12,7 +12,10 @@
 use bytes::Bytes;
 use kubeedge_proto::journal::Journaled;
 use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message, now_millis};
+use std::sync::Arc;
+
 use rusqlite::{OptionalExtension, params};
+use tokio::sync::watch;
 
 use crate::{Error, Result, Store};
 
@@ -56,12 +59,14 @@ pub struct Pending {
     pub message: Message,
 }
 
-/// The durable outbox inside a [`Store`].
+/// The durable outbox inside a [`Store`]. Clones share one outbox (and one
+/// [`appended`](Self::appended) signal).
 #[derive(Clone, Debug)]
 pub struct Outbox {
     store: Store,
     capacity: usize,
     policy: FullPolicy,
+    appended: Arc<watch::Sender<u64>>,
 }
 
 impl Outbox {
@@ -71,14 +76,43 @@ impl Outbox {
             store,
             capacity: capacity.max(1),
             policy,
+            appended: Arc::new(watch::channel(0).0),
         }
     }
 
     /// Appends `msg` durably (the future resolves after the commit). With a coalescing key, a
-    /// pending message with the same key is replaced.
+    /// pending message with the same key is replaced. Receivers of [`appended`](Self::appended)
+    /// see the change after the commit.
     pub async fn push(&self, msg: &Message, coalesce_key: Option<String>) -> Result<Pushed> {
         let staged = self.stage(msg, coalesce_key)?;
-        self.store.write(move |db| staged.apply(db)).await
+        let pushed = self.store.write(move |db| staged.apply(db)).await?;
+        if pushed != Pushed::AlreadyQueued {
+            self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(pushed)
+    }
+
+    /// A receiver that changes after every message [`push`](Self::push) committed, so the task
+    /// that sends the outbox (a hub's sender) can be woken by whoever appends: edged's status
+    /// patches, the node's lease. Appends through [`stage`](Self::stage) are announced by their
+    /// caller (the twin hands its reports to its link itself).
+    ///
+    /// ```
+    /// # use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
+    /// # use kubeedge_proto::{Content, Group, Message, Operation, Source};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> kubeedge_store::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(StoreConfig::new(dir.path().join("edge.db")))?;
+    /// let outbox = Outbox::new(store, 1000, FullPolicy::Reject);
+    /// let mut appended = outbox.appended();
+    /// let msg = Message::new(Source::Edged, Group::Resource, Operation::Update,
+    ///     "default/nodestatus/edge-1", Content::string("ready"));
+    /// outbox.push(&msg, None).await?;
+    /// assert!(appended.has_changed().unwrap());
+    /// # Ok(()) }
+    /// ```
+    pub fn appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Prepares `msg` for an append that commits together with other changes: call
