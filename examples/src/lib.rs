@@ -7,5 +7,9 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`common`] | flags, logs, signals, the metrics endpoint, the CA in a directory, `/proc` figures |
+//! | [`edgecore`] | the edge node: EdgeHub, MetaManager, edged, the twin, the EventBus and the DMI server wired together |
+//! | [`edgecore_config`] | the `edgecore.yaml` subset |
 
 pub mod common;
+pub mod edgecore;
+pub mod edgecore_config;
