@@ -183,14 +183,14 @@ pub fn load_or_create_ca(
         let cert = std::fs::read(&ca_path).map_err(|e| format!("{}: {e}", ca_path.display()))?;
         let key = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
         let ca = CertificateAuthority::from_pem(cert, key).map_err(|e| format!("CA: {e}"))?;
-        println!("pki: loaded the CA from {}", dir.display());
+        tracing::info!(dir = %dir.display(), "loaded the CA");
         return Ok(ca);
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ca = CertificateAuthority::generate().map_err(|e| format!("CA: {e}"))?;
     write_atomically(&key_path, ca.key_pem().as_bytes())?;
     write_atomically(&ca_path, ca.cert_pem().as_bytes())?;
-    println!("pki: generated a CA in {}", dir.display());
+    tracing::info!(dir = %dir.display(), "generated a CA");
     Ok(ca)
 }
 
@@ -201,12 +201,15 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), Strin
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`, with the embedded MQTT broker's
+/// per-connection chatter at `warn`), coloured only on a terminal.
 pub fn init_logs() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
