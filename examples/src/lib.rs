@@ -7,5 +7,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`common`] | flags, logs, signals, the metrics endpoint, the CA in a directory, `/proc` figures |
+//! | [`modbus_device`] | a simulated thermostat served over Modbus TCP (the quickstart's device) |
 
 pub mod common;
+pub mod modbus_device;
