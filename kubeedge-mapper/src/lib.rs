@@ -16,8 +16,10 @@
 //! | [`runtime`] | [`MapperRuntime`](runtime::MapperRuntime): devices from Device/DeviceModel YAML or DMI, a task per device polling at `collectCycle`, reports at `reportCycle` to the twin over MQTT or DMI, `online`/`offline` states, desired values written back; [`MapperOptions`](runtime::MapperOptions), the mapper command line |
 //! | [`Error`] | one error type; [`Error::is_retryable`] says whether trying again can help |
 //!
-//! Runnable mappers: `examples/modbus_mapper.rs` (Modbus, YAML or DMI, MQTT or DMI reports)
-//! and `examples/custom_mapper.rs` (Linux sysfs/procfs attributes: the driver is 98 lines).
+//! Runnable mappers: the `modbus-mapper` binary of the workspace's examples package
+//! (`cargo run -p kubeedge-examples --bin modbus-mapper -- --help`: Modbus, YAML or DMI, MQTT
+//! or DMI reports) and `examples/custom_mapper.rs` (Linux sysfs/procfs attributes: the driver
+//! is 98 lines).
 //!
 //! ## Writing a mapper for a new kind of device
 //!
