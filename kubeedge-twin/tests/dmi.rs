@@ -606,7 +606,13 @@ async fn device_changes_reach_the_mapper() {
         other => panic!("expected CreateDeviceModel, got {other:?}"),
     }
 
+    // A device insert sends its model again first: the mapper may have registered after the
+    // model arrived and never got it.
     h.registry.apply_meta_message(device_insert).await.unwrap();
+    match next_call(&mut calls).await {
+        Call::CreateModel(model) => assert_thermo_model(&model),
+        other => panic!("expected CreateDeviceModel before the device, got {other:?}"),
+    }
     match next_call(&mut calls).await {
         Call::RegisterDevice(device) => assert_thermo_1(&device, "20"),
         other => panic!("expected RegisterDevice, got {other:?}"),

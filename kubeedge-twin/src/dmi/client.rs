@@ -239,6 +239,9 @@ impl MapperRegistry {
 
     /// Sends a new device to its protocol's mapper (`RegisterDevice`), with its model's defaults
     /// applied (the model is read from the store, `<ns>/devicemodel/<spec.deviceModelRef>`).
+    /// The model is sent first (`CreateDeviceModel`, which mappers treat as create-or-replace):
+    /// a model that reached the node before the mapper registered was never given to it, and a
+    /// mapper refuses a device whose model it does not know.
     ///
     /// Fails with [`Error::Validation`] for a malformed Device, [`Error::Dmi`] when its model is
     /// not stored, no mapper serves its protocol, or the call fails.
@@ -246,8 +249,17 @@ impl MapperRegistry {
         let (ns, name) = convert::object_namespaced_name(device)?;
         lock(&self.inner.specs).insert(format!("{ns}/{name}"), normalized_spec(device));
         let protocol = convert::device_protocol(device);
-        let pb = self.overridden(device, &ns, &name).await?;
+        let model = self.stored_model(device, &ns, &name).await?;
+        let pb = convert::device_from_json(&convert::apply_model_defaults(device, &model)?)?;
         let mut client = self.client(protocol)?;
+        let model_pb = convert::device_model_from_json(&model)?;
+        let model_name = model_pb.name.clone();
+        client
+            .create_device_model(dmi::CreateDeviceModelRequest {
+                model: Some(model_pb),
+            })
+            .await
+            .map_err(|s| rpc_error("CreateDeviceModel", &ns, &model_name, protocol, &s))?;
         client
             .register_device(dmi::RegisterDeviceRequest { device: Some(pb) })
             .await
@@ -392,6 +404,12 @@ impl MapperRegistry {
 
     /// The DMI Device for `device`, its model's defaults applied.
     async fn overridden(&self, device: &Value, ns: &str, name: &str) -> Result<dmi::Device> {
+        let model = self.stored_model(device, ns, name).await?;
+        convert::device_from_json(&convert::apply_model_defaults(device, &model)?)
+    }
+
+    /// The stored DeviceModel `device` refers to.
+    async fn stored_model(&self, device: &Value, ns: &str, name: &str) -> Result<Value> {
         let Some(model_name) = convert::device_model_ref(device) else {
             return Err(Error::Validation(format!(
                 "Device {ns}/{name} has no device model reference"
@@ -410,12 +428,11 @@ impl MapperRegistry {
                 truncate(model_name, MAX_NAME_LEN)
             )));
         };
-        let model: Value = serde_json::from_str(&row.value).map_err(|e| {
+        serde_json::from_str(&row.value).map_err(|e| {
             Error::Dmi(format!(
                 "stored device model {ns}/{model_name} is not JSON: {e}"
             ))
-        })?;
-        convert::device_from_json(&convert::apply_model_defaults(device, &model)?)
+        })
     }
 }
 
