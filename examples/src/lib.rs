@@ -7,5 +7,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`common`] | flags, logs, signals, the metrics endpoint, the CA in a directory, `/proc` figures |
+//! | [`cloudcore_config`] | `cloudcore --config`: KubeEdge's `cloudcore.yaml` (the subset cloudcore uses), merged with the flags |
 
+pub mod cloudcore_config;
 pub mod common;
