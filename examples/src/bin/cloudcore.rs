@@ -1,18 +1,20 @@
 //! `cloudcore`: the kubeedge-rs cloud, wire-compatible with KubeEdge's cloudcore.
 //!
 //! ```text
-//! cloudcore [--pki-dir /etc/kubeedge/pki] [--listen 0.0.0.0:10000] [--https-listen 0.0.0.0:10002]
-//!           [--advertise-address 127.0.0.1,...] [--metrics-listen 127.0.0.1:10550]
-//!           [--kubeconfig FILE] [--install-crds true]
+//! cloudcore [--config cloudcore.yaml] [--pki-dir /etc/kubeedge/pki] [--listen 0.0.0.0:10000]
+//!           [--https-listen 0.0.0.0:10002] [--advertise-address 127.0.0.1,...]
+//!           [--metrics-listen 127.0.0.1:10550] [--kubeconfig FILE] [--install-crds true]
 //!           [--manifests DIR] [--status-dir DIR] [--scan-interval-ms 1000]
 //!           [--inventory-grace-ms 2000] [--node-limit 500]
-//! cloudcore gettoken [--pki-dir /etc/kubeedge/pki]
+//! cloudcore --defaultconfig
+//! cloudcore gettoken [--config cloudcore.yaml] [--pki-dir /etc/kubeedge/pki]
 //! ```
 //!
 //! Serves edge nodes on `--listen` (CloudHub, mutual TLS WebSocket) and node join on
 //! `--https-listen` (`/ca.crt`, `/edge.crt`), with the cluster CA in `--pki-dir` (`ca.pem`,
 //! `ca-key.pem`; generated on first start, share the directory between replicas). The server
-//! certificate is issued at start for the advertise addresses.
+//! certificate is issued at start for the advertise addresses (or loaded from the config's
+//! `tlsCertFile` and `tlsPrivateKeyFile` when both exist).
 //!
 //! Where the objects come from:
 //! - a cluster (default): `--kubeconfig FILE`, else `KUBECONFIG`, `~/.kube/config` or the
@@ -23,98 +25,82 @@
 //!
 //! `--node-limit` is KubeEdge's `cloudHub.nodeLimit`: the most nodes one replica holds.
 //! `--metrics-listen` serves Prometheus text on `/metrics` and `/healthz`.
-//! `cloudcore gettoken` prints a join token (valid 24 h) for `edgecore join --token`.
+//! `cloudcore gettoken` prints a join token for `edgecore join --token`, valid twice
+//! `tokenRefreshDuration` (24 h by default).
 //! Logs go to stderr; `RUST_LOG` filters them (default `info`).
+//!
+//! `--config FILE` reads KubeEdge's `cloudcore.yaml` (a KubeEdge file works as it is; keys
+//! cloudcore does not use are ignored): `modules.cloudHub` (`websocket`, `https`,
+//! `advertiseAddress`, `dnsNames`, `nodeLimit`, `keepaliveInterval`, `tlsCAFile` +
+//! `tlsCAKeyFile` instead of `--pki-dir`, `tlsCertFile` + `tlsPrivateKeyFile`,
+//! `edgeCertSigningDuration`, `tokenRefreshDuration`), `kubeAPIConfig.kubeConfig`,
+//! `commonConfig.monitorServer.bindAddress`, `modules.deviceController.enable`, and the
+//! kubeedge-rs extension `kubeedgeRs` (`manifests: {dir, statusDir, scanIntervalMs}`,
+//! `installCRDs`, `inventoryGraceMs`). Flags override the file; without a file the defaults
+//! are the ones above. `cloudcore --defaultconfig` prints the file with every key at its
+//! default; [`kubeedge_examples::cloudcore_config`] documents each key.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use kubeedge_cloud::{CloudConfig, CloudController, CloudMetrics, ClusterWriter, ObjectEvent};
+use kubeedge_cloud::{
+    CloudConfig, CloudController, CloudMetrics, ClusterWriter, Kind, ObjectEvent,
+};
 use kubeedge_hub::bootstrap::{BootstrapConfig, BootstrapServer};
 use kubeedge_hub::join::Token;
 use kubeedge_hub::{CloudHub, CloudHubConfig, DeliveryConfig, ReliableCloud, tls};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use kubeedge_examples::cloudcore_config::{self, DEFAULT_CONFIG, FLAGS, Settings};
 use kubeedge_examples::common::{self, Flags};
 
-const USAGE: &str = "usage: cloudcore [--pki-dir DIR] [--listen ADDR] [--https-listen ADDR]
-  [--advertise-address IP,...] [--metrics-listen ADDR] [--kubeconfig FILE] [--install-crds true]
-  [--manifests DIR] [--status-dir DIR] [--scan-interval-ms 1000] [--inventory-grace-ms 2000]
-  [--node-limit 500]
-       cloudcore gettoken [--pki-dir DIR]";
+const USAGE: &str = "usage: cloudcore [--config FILE] [--pki-dir DIR] [--listen ADDR]
+  [--https-listen ADDR] [--advertise-address IP,...] [--metrics-listen ADDR]
+  [--kubeconfig FILE] [--install-crds true] [--manifests DIR] [--status-dir DIR]
+  [--scan-interval-ms 1000] [--inventory-grace-ms 2000] [--node-limit 500]
+       cloudcore --defaultconfig     (print a commented cloudcore.yaml with the defaults)
+       cloudcore gettoken [--config FILE] [--pki-dir DIR]
+Flags override the values of the --config file (KubeEdge's cloudcore.yaml; unknown keys
+are ignored).";
 
-const FLAGS: &[&str] = &[
-    "pki-dir",
-    "listen",
-    "https-listen",
-    "advertise-address",
-    "metrics-listen",
-    "kubeconfig",
-    "install-crds",
-    "manifests",
-    "status-dir",
-    "scan-interval-ms",
-    "inventory-grace-ms",
-    "node-limit",
-];
+/// What to do.
+enum Mode {
+    /// Run the cloud.
+    Serve,
+    /// Print a join token.
+    GetToken,
+    /// Print [`DEFAULT_CONFIG`].
+    DefaultConfig,
+}
 
 struct Args {
-    gettoken: bool,
-    pki_dir: PathBuf,
-    listen: SocketAddr,
-    https_listen: SocketAddr,
-    advertise: Vec<IpAddr>,
-    metrics_listen: Option<SocketAddr>,
-    kubeconfig: Option<PathBuf>,
-    install_crds: bool,
-    manifests: Option<PathBuf>,
-    status_dir: Option<PathBuf>,
-    scan_interval: Duration,
-    inventory_grace: Duration,
-    node_limit: usize,
+    mode: Mode,
+    settings: Settings,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let gettoken = args.first().is_some_and(|a| a == "gettoken");
-    if gettoken {
-        args.remove(0);
+    if args.iter().any(|a| a == "--defaultconfig") {
+        if args.len() != 1 {
+            return Err("--defaultconfig takes no other argument".into());
+        }
+        return Ok(Args {
+            mode: Mode::DefaultConfig,
+            settings: Settings::default(),
+        });
     }
-    let flags = Flags::parse(args.into_iter(), FLAGS)?;
-    let advertise = match flags.get("advertise-address") {
-        None => vec![IpAddr::from([127, 0, 0, 1])],
-        Some(list) => list
-            .split(',')
-            .map(|ip| {
-                ip.trim()
-                    .parse()
-                    .map_err(|e| format!("--advertise-address {ip:?}: {e}"))
-            })
-            .collect::<Result<_, _>>()?,
+    let mode = if args.first().is_some_and(|a| a == "gettoken") {
+        args.remove(0);
+        Mode::GetToken
+    } else {
+        Mode::Serve
     };
-    Ok(Args {
-        gettoken,
-        pki_dir: flags.parsed("pki-dir", PathBuf::from("/etc/kubeedge/pki"))?,
-        listen: flags.parsed("listen", SocketAddr::from(([0, 0, 0, 0], 10_000)))?,
-        https_listen: flags.parsed("https-listen", SocketAddr::from(([0, 0, 0, 0], 10_002)))?,
-        advertise,
-        metrics_listen: flags
-            .get("metrics-listen")
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| format!("--metrics-listen: {e}"))?,
-        kubeconfig: flags.get("kubeconfig").map(PathBuf::from),
-        install_crds: flags.parsed("install-crds", false)?,
-        manifests: flags.get("manifests").map(PathBuf::from),
-        status_dir: flags.get("status-dir").map(PathBuf::from),
-        scan_interval: Duration::from_millis(flags.parsed("scan-interval-ms", 1000)?),
-        inventory_grace: Duration::from_millis(flags.parsed("inventory-grace-ms", 2000)?),
-        node_limit: flags.parsed("node-limit", 500)?,
-    })
+    let flags = Flags::parse(args.into_iter(), FLAGS)?;
+    let settings = Settings::from_flags(&flags)?;
+    Ok(Args { mode, settings })
 }
 
 fn main() -> ExitCode {
@@ -123,48 +109,82 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let ca = common::load_or_create_ca(&args.pki_dir)?;
-    if args.gettoken {
-        let validity = Token::validity_for_refresh(Token::DEFAULT_REFRESH);
-        println!("{}", Token::issue(&ca, validity, SystemTime::now()));
-        return Ok(());
+    let settings = args.settings;
+    match args.mode {
+        Mode::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            return Ok(());
+        }
+        Mode::GetToken => {
+            let ca = cloudcore_config::load_or_create_ca(&settings.ca)?;
+            let validity = Token::validity_for_refresh(settings.token_refresh);
+            println!("{}", Token::issue(&ca, validity, SystemTime::now()));
+            return Ok(());
+        }
+        Mode::Serve => {}
     }
+    for warning in &settings.warnings {
+        tracing::warn!("config: {warning}");
+    }
+    if settings.kube_qps.is_some() || settings.kube_burst.is_some() {
+        tracing::debug!(
+            qps = ?settings.kube_qps,
+            burst = ?settings.kube_burst,
+            "kubeAPIConfig.qps and burst are not applied (no client-side rate limiter)"
+        );
+    }
+    let ca = cloudcore_config::load_or_create_ca(&settings.ca)?;
     common::raise_nofile_limit();
-    let server = ca
-        .issue_server_cert(&args.advertise, &["localhost"])
-        .map_err(|e| format!("server certificate: {e}"))?;
-    let hub_tls = tls::server_config(
-        server.cert_pem.as_bytes(),
-        server.key_pem.as_bytes(),
-        ca.cert_pem().as_bytes(),
-    )
-    .map_err(|e| format!("server TLS: {e}"))?;
+    let (cert_pem, key_pem) = match settings.read_server_cert(&ca)? {
+        Some(loaded) => {
+            tracing::info!("server certificate loaded from tlsCertFile and tlsPrivateKeyFile");
+            (loaded.cert_pem, loaded.key_pem)
+        }
+        None => {
+            let mut dns_names = vec!["localhost".to_owned()];
+            dns_names.extend(settings.dns_names.iter().cloned());
+            let server = ca
+                .issue_server_cert(&settings.advertise, &dns_names)
+                .map_err(|e| format!("server certificate: {e}"))?;
+            (server.cert_pem.into_bytes(), server.key_pem.into_bytes())
+        }
+    };
+    let hub_tls = tls::server_config(&cert_pem, &key_pem, ca.cert_pem().as_bytes())
+        .map_err(|e| format!("server TLS: {e}"))?;
     let shutdown = CancellationToken::new();
 
-    let mut hub_config = CloudHubConfig::new(args.listen, hub_tls);
-    hub_config.node_limit = args.node_limit;
+    let mut hub_config = CloudHubConfig::new(settings.listen, hub_tls);
+    hub_config.node_limit = settings.node_limit;
+    hub_config.keepalive_timeout = settings.keepalive;
     let (hub, raw, raw_events) = CloudHub::bind(hub_config)
         .await
-        .map_err(|e| format!("cloudhub on {}: {e}", args.listen))?;
-    let bootstrap_config = BootstrapConfig::new(
-        args.https_listen,
-        Arc::new(ca),
-        server.cert_pem.as_bytes(),
-        server.key_pem.as_bytes(),
-    )
-    .map_err(|e| format!("join server: {e}"))?;
-    let bootstrap = BootstrapServer::bind(bootstrap_config)
-        .await
-        .map_err(|e| format!("join server on {}: {e}", args.https_listen))?;
+        .map_err(|e| format!("cloudhub on {}: {e}", settings.listen))?;
+    let bootstrap = match settings.https_listen {
+        Some(listen) => {
+            let mut config = BootstrapConfig::new(listen, Arc::new(ca), &cert_pem, &key_pem)
+                .map_err(|e| format!("join server: {e}"))?;
+            config.cert_validity_days = settings.edge_cert_validity_days;
+            let server = BootstrapServer::bind(config)
+                .await
+                .map_err(|e| format!("join server on {listen}: {e}"))?;
+            Some(server)
+        }
+        None => None,
+    };
     let (reliable, cloud, delivery) =
         ReliableCloud::new(raw, raw_events, DeliveryConfig::default());
-    tracing::info!(listen = %args.listen, join = %args.https_listen, "cloudhub listening");
+    match settings.https_listen {
+        Some(join) => tracing::info!(listen = %settings.listen, %join, "cloudhub listening"),
+        None => tracing::info!(listen = %settings.listen, "cloudhub listening, no join server"),
+    }
     tokio::spawn(hub.run(shutdown.clone()));
-    tokio::spawn(bootstrap.run(shutdown.clone()));
+    if let Some(bootstrap) = bootstrap {
+        tokio::spawn(bootstrap.run(shutdown.clone()));
+    }
     tokio::spawn(reliable.run(shutdown.clone()));
 
     let config = CloudConfig {
-        inventory_grace: args.inventory_grace,
+        inventory_grace: settings.inventory_grace,
         ..CloudConfig::default()
     };
     let (objects_tx, objects) = mpsc::channel::<ObjectEvent>(4096);
@@ -173,40 +193,61 @@ async fn run(args: Args) -> Result<(), String> {
         cloud,
         delivery,
         objects,
-        metrics_listen: args.metrics_listen,
+        metrics_listen: settings.metrics_listen,
     };
     let signals = tokio::spawn(common::cancel_on_signal(shutdown.clone()));
-    let result = if let Some(dir) = &args.manifests {
-        let status = args
+    let result = if let Some(dir) = &settings.manifests {
+        let status = settings
             .status_dir
             .clone()
             .unwrap_or_else(|| dir.with_file_name("status"));
         let mut manifest = kubeedge_cloud::ManifestConfig::new(dir, &status);
-        manifest.scan_interval = args.scan_interval;
+        manifest.scan_interval = settings.scan_interval;
         let (source, writer) = kubeedge_cloud::ManifestSource::open(manifest)
             .map_err(|e| format!("manifests: {e}"))?;
         tracing::info!(manifests = %dir.display(), status = %status.display(), "manifest mode");
-        tokio::spawn(source.run(objects_tx, shutdown.clone()));
+        if settings.devices {
+            tokio::spawn(source.run(objects_tx, shutdown.clone()));
+        } else {
+            let (all_tx, all) = mpsc::channel::<ObjectEvent>(1024);
+            tokio::spawn(source.run(all_tx, shutdown.clone()));
+            tokio::spawn(without_devices(all, objects_tx));
+        }
         serve(writer, parts, &shutdown).await
     } else {
-        let client = kubeedge_cloud::client(args.kubeconfig.as_deref())
+        let client = kubeedge_cloud::client(settings.kubeconfig.as_deref())
             .await
             .map_err(|e| format!("kubernetes: {e}"))?;
-        if args.install_crds {
+        if settings.install_crds {
             kubeedge_cloud::crd::install_crds(&client)
                 .await
                 .map_err(|e| format!("installing CRDs: {e}"))?;
             tracing::info!("device CRDs applied");
         }
-        let source = kubeedge_cloud::KubeSource::new(
-            client.clone(),
-            kubeedge_cloud::KubeSourceConfig::default(),
-        );
+        let mut source_config = kubeedge_cloud::KubeSourceConfig::default();
+        if !settings.devices {
+            source_config = source_config.without_devices();
+        }
+        let source = kubeedge_cloud::KubeSource::new(client.clone(), source_config);
         tokio::spawn(source.run(objects_tx, shutdown.clone()));
         serve(kubeedge_cloud::KubeWriter::new(client), parts, &shutdown).await
     };
     signals.abort();
     result
+}
+
+/// Forwards `events` without Devices and DeviceModels (`deviceController.enable: false`).
+async fn without_devices(mut events: mpsc::Receiver<ObjectEvent>, to: mpsc::Sender<ObjectEvent>) {
+    let is_device = |kind: Kind| matches!(kind, Kind::Device | Kind::DeviceModel);
+    while let Some(event) = events.recv().await {
+        let kind = match &event {
+            ObjectEvent::Applied(o) | ObjectEvent::Deleted(o) => o.kind(),
+            ObjectEvent::Listed { kind, .. } => *kind,
+        };
+        if !is_device(kind) && to.send(event).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// What the controller is built from, whichever the writer.
