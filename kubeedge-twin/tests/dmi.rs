@@ -749,3 +749,50 @@ async fn socket_lifecycle() {
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read(&socket).unwrap(), b"not a socket");
 }
+
+/// The cloud sends a model and its device on separate queues: when the device arrives first,
+/// its registration fails for want of the model, and it is registered when the model comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_arrives_before_its_model_is_registered_when_the_model_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
+    let metamanager = MetaManager::new(store.clone(), MetaManagerConfig::new(NODE));
+    let h = start(dir.path(), store, |_| {}, IngressConfig::default());
+    let mut client = dmi_client(&h.socket).await;
+    let mapper_sock = dir.path().join("modbus-mapper.sock");
+    let mapper_stop = CancellationToken::new();
+    let (mut calls, mapper_task) = start_mapper(&mapper_sock, mapper_stop.clone());
+    client
+        .mapper_register(register_request(
+            mapper("modbus-mapper", "modbus", &mapper_sock),
+            false,
+        ))
+        .await
+        .expect("mapper registers");
+
+    // The device (seq 39) first: stored, but the mapper cannot be given it yet.
+    let device_insert = apply(&metamanager, 39).await.expect("forwarded");
+    let err = h.registry.apply_meta_message(&device_insert).await.unwrap_err();
+    assert!(matches!(&err, Error::Dmi(m) if m.contains("not found")), "{err:?}");
+
+    // Then its model (seq 37): the model, then the waiting device, reach the mapper.
+    let model_insert = apply(&metamanager, 37).await.expect("forwarded");
+    h.registry.apply_meta_message(&model_insert).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_call(&mut calls).await);
+    }
+    assert!(matches!(&seen[0], Call::CreateModel(_)), "{seen:?}");
+    assert!(matches!(&seen[1], Call::CreateModel(_)), "{seen:?}");
+    match &seen[2] {
+        Call::RegisterDevice(device) => assert_thermo_1(device, "20"),
+        other => panic!("expected RegisterDevice, got {other:?}"),
+    }
+
+    // Only once: another model update registers nothing again.
+    h.registry.apply_meta_message(&model_insert).await.unwrap();
+    assert!(matches!(next_call(&mut calls).await, Call::CreateModel(_)));
+    mapper_stop.cancel();
+    timeout(WAIT, mapper_task).await.unwrap().unwrap();
+    h.stop().await;
+}

@@ -68,6 +68,8 @@ struct Inner {
     mappers: Mutex<HashMap<String, Entry>>,
     /// Normalized `spec` of each known device, by `<ns>/<name>`.
     specs: Mutex<HashMap<String, Value>>,
+    /// Devices that arrived before their model, by `<ns>/<model>`: registered when it comes.
+    awaiting_model: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 struct Entry {
@@ -110,6 +112,7 @@ impl MapperRegistry {
                 request_timeout,
                 mappers: Mutex::new(HashMap::new()),
                 specs: Mutex::new(HashMap::new()),
+                awaiting_model: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -249,7 +252,18 @@ impl MapperRegistry {
         let (ns, name) = convert::object_namespaced_name(device)?;
         lock(&self.inner.specs).insert(format!("{ns}/{name}"), normalized_spec(device));
         let protocol = convert::device_protocol(device);
-        let model = self.stored_model(device, &ns, &name).await?;
+        let model = match self.stored_model(device, &ns, &name).await {
+            Ok(model) => model,
+            Err(e) => {
+                if let Some(model) = convert::device_model_ref(device) {
+                    lock(&self.inner.awaiting_model)
+                        .entry(format!("{ns}/{model}"))
+                        .or_default()
+                        .insert(name.clone());
+                }
+                return Err(e);
+            }
+        };
         let pb = convert::device_from_json(&convert::apply_model_defaults(device, &model)?)?;
         let mut client = self.client(protocol)?;
         let model_pb = convert::device_model_from_json(&model)?;
@@ -389,7 +403,10 @@ impl MapperRegistry {
                 self.remove_device(&ns, &name, convert::device_protocol(&content))
                     .await
             }
-            (_, Some(Operation::Insert)) => self.create_model(&content).await,
+            (_, Some(Operation::Insert)) => match self.create_model(&content).await {
+                Ok(()) => self.register_devices_of_model(&ns, &name).await,
+                Err(e) => Err(e),
+            },
             (_, Some(Operation::Update)) => self.update_model(&content).await,
             (_, _) => {
                 self.remove_model(&ns, &name, convert::model_protocol(&content))
@@ -400,6 +417,31 @@ impl MapperRegistry {
             tracing::warn!(resource, operation = ?op, error = %e, "DMI: mapper not updated");
         }
         result
+    }
+
+    /// Registers the devices that arrived before model `<namespace>/<model>` with their mapper,
+    /// now that the model is here. The cloud sends a model and its devices on separate queues,
+    /// so a device can arrive first; its registration then failed for want of the model.
+    async fn register_devices_of_model(&self, namespace: &str, model: &str) -> Result<()> {
+        let waiting = lock(&self.inner.awaiting_model).remove(&format!("{namespace}/{model}"));
+        let mut first_error = None;
+        for name in waiting.unwrap_or_default() {
+            let key = format!("{namespace}/{DEVICE_TYPE}/{name}");
+            let row = self
+                .inner
+                .store
+                .read(move |conn| meta::get(conn, &key))
+                .await?;
+            let Some(device) = row.and_then(|r| serde_json::from_str::<Value>(&r.value).ok())
+            else {
+                continue; // deleted meanwhile
+            };
+            if let Err(e) = self.register_device(&device).await {
+                tracing::warn!(device = %format!("{namespace}/{name}"), error = %e, "DMI: device waiting for its model not registered");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The DMI Device for `device`, its model's defaults applied.
