@@ -89,12 +89,18 @@ async fn running_container(sys: &System, pod: &str) -> String {
     .await
 }
 
-/// Deletes the pod's manifest and waits until its container is gone.
+/// Deletes the pod's manifest and waits until its container stopped and edged removed the
+/// pod (its directory goes last, after the containers and the sandbox).
 async fn remove_pod(sys: &System, file: &str, container: &str) {
     sys.delete(file);
-    eventually("the deleted pod's container stopped", || async {
-        (!sys.container_running(container).await).then_some(())
-    })
+    let pods = sys.dir.path().join("edge/kubelet/pods");
+    eventually(
+        "the deleted pod stopped and removed from the node",
+        || async {
+            let left = std::fs::read_dir(&pods).map(|d| d.count()).unwrap_or(0);
+            (left == 0 && !sys.container_running(container).await).then_some(())
+        },
+    )
     .await;
 }
 

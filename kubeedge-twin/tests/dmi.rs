@@ -772,8 +772,15 @@ async fn a_device_that_arrives_before_its_model_is_registered_when_the_model_com
 
     // The device (seq 39) first: stored, but the mapper cannot be given it yet.
     let device_insert = apply(&metamanager, 39).await.expect("forwarded");
-    let err = h.registry.apply_meta_message(&device_insert).await.unwrap_err();
-    assert!(matches!(&err, Error::Dmi(m) if m.contains("not found")), "{err:?}");
+    let err = h
+        .registry
+        .apply_meta_message(&device_insert)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Dmi(m) if m.contains("not found")),
+        "{err:?}"
+    );
 
     // Then its model (seq 37): the model, then the waiting device, reach the mapper.
     let model_insert = apply(&metamanager, 37).await.expect("forwarded");
