@@ -29,7 +29,7 @@ use kubeedge_edged::node_status::{HostInfo, NodeConfig};
 use kubeedge_edged::{
     CriRuntime, Edged, EdgedConfig, EdgedHandle, NodeReporter, NodeReporterConfig,
 };
-use kubeedge_hub::bootstrap::{CertPaths, EdgeBootstrap};
+use kubeedge_hub::bootstrap::{CertPaths, EdgeBootstrap, EdgeCredentials};
 use kubeedge_hub::{
     EdgeHub, EdgeHubConfig, RateLimit, ReliableEdge, ReliableEdgeHandle, UpstreamConfig,
     UpstreamEvent,
@@ -42,7 +42,7 @@ use kubeedge_twin::{
     DmiConfig, DmiServer, Ingress, IngressConfig, MapperRegistry, TwinConfig, TwinEngine,
 };
 use rustls::pki_types::ServerName;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -161,11 +161,8 @@ fn spawn<E: std::fmt::Display>(
     tasks.spawn(async move { (name, fut.await.map_err(|e| e.to_string())) });
 }
 
-/// The node's credentials: those on disk, or new ones from the cloud with the token.
-pub async fn credentials(
-    file: &EdgeCoreFile,
-    node: &str,
-) -> Result<kubeedge_hub::EdgeCredentials, String> {
+/// The join client of `file`: its certificate server, token and certificate paths.
+fn join_client(file: &EdgeCoreFile, node: &str) -> EdgeBootstrap {
     let hub = &file.modules.edge_hub;
     let mut join = EdgeBootstrap::new(hub.http_server.clone(), hub.token.clone(), node, "/");
     join.paths = CertPaths {
@@ -173,7 +170,13 @@ pub async fn credentials(
         cert: hub.tls_cert_file.clone(),
         key: hub.tls_private_key_file.clone(),
     };
-    if hub.http_server.is_empty() {
+    join
+}
+
+/// The node's credentials: those on disk, or new ones from the cloud with the token.
+pub async fn credentials(file: &EdgeCoreFile, node: &str) -> Result<EdgeCredentials, String> {
+    let join = join_client(file, node);
+    if file.modules.edge_hub.http_server.is_empty() {
         return join
             .load()
             .map_err(|e| format!("node certificate: {e}"))?
@@ -204,11 +207,19 @@ pub async fn run(
 
     // The link: EdgeHub (mutual TLS WebSocket) under ReliableEdge (ACKs, dedupe, the outbox as
     // its journal).
-    let tls = credentials(file, &node)
-        .await?
-        .client_config()
-        .map_err(|e| format!("TLS: {e}"))?;
+    // The certificate is renewed in the background (rotateCertificates); every handshake
+    // presents the newest one.
+    let (current, credentials_rx) = watch::channel(credentials(file, &node).await?);
+    let tls =
+        EdgeCredentials::rotating_client_config(credentials_rx).map_err(|e| format!("TLS: {e}"))?;
     let hub_file = &file.modules.edge_hub;
+    if hub_file.rotate_certificates && !hub_file.http_server.is_empty() {
+        let (join, stop) = (join_client(file, &node), stop.clone());
+        spawn(&mut tasks, "certificate rotation", async move {
+            join.rotate(current, stop).await;
+            Ok::<(), String>(())
+        });
+    }
     let server_name = ServerName::try_from(file.cloud_host()?)
         .map_err(|e| format!("modules.edgeHub.websocket.server: {e}"))?;
     let mut hub_config =

@@ -12,6 +12,7 @@
 //! | `modules.edgeHub.websocket.server` | CloudHub's `host:port` (10000) |
 //! | `modules.edgeHub.httpServer` | the join/certificate server, `https://host:10002` |
 //! | `modules.edgeHub.token` | the join token, used when no usable certificate is on disk |
+//! | `modules.edgeHub.rotateCertificates` | renew the node certificate at 70-90 % of its lifetime |
 //! | `modules.edgeHub.tlsCaFile`, `tlsCertFile`, `tlsPrivateKeyFile` | where the node's certificates are kept |
 //! | `modules.edgeHub.heartbeat`, `messageQPS`, `messageBurst`, `projectID`, `websocket.handshakeTimeout` | the link |
 //! | `modules.edged.enable`, `hostnameOverride` (the node name), `rootDirectory`, `nodeIP`, `tailoredKubeletConfig.containerRuntimeEndpoint`, `registerSchedulable`, `maxPods`, `labels` | pods and the node |
@@ -118,6 +119,8 @@ pub struct EdgeHubModule {
     pub http_server: String,
     /// The join token (`<caHash>.<JWT>`).
     pub token: String,
+    /// Renew the node certificate before it expires (true).
+    pub rotate_certificates: bool,
 }
 
 impl Default for EdgeHubModule {
@@ -133,6 +136,7 @@ impl Default for EdgeHubModule {
             websocket: WebSocket::default(),
             http_server: String::new(),
             token: String::new(),
+            rotate_certificates: true,
         }
     }
 }

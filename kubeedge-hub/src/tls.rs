@@ -73,6 +73,82 @@ pub fn client_config(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<A
     Ok(Arc::new(config))
 }
 
+/// The EdgeHub's TLS configuration for a certificate that is renewed while the node runs: the
+/// cloud is verified against `ca_pem`, and each handshake presents the certificate and key
+/// `current` returns at that moment. An EdgeHub is built with one [`ClientConfig`]; with this one
+/// its next reconnect uses the renewed certificate (see
+/// [`EdgeBootstrap::rotate`](crate::bootstrap::EdgeBootstrap::rotate) and
+/// [`EdgeCredentials::rotating_client_config`](crate::bootstrap::EdgeCredentials::rotating_client_config)).
+///
+/// `current` gives `(cert_pem, key_pem)`; a pair that does not parse presents no certificate
+/// (the cloud then refuses the connection) and is logged.
+pub fn rotating_client_config(
+    ca_pem: &[u8],
+    current: impl Fn() -> (String, String) + Send + Sync + 'static,
+) -> Result<Arc<ClientConfig>> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::TlsConfig(e.to_string()))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_cert_resolver(Arc::new(LatestCertificate {
+            current: Box::new(current),
+            cached: std::sync::Mutex::new(None),
+        }));
+    Ok(Arc::new(config))
+}
+
+type CurrentPair = Box<dyn Fn() -> (String, String) + Send + Sync>;
+
+/// Presents the newest certificate; the parsed key is kept until the certificate changes.
+struct LatestCertificate {
+    current: CurrentPair,
+    cached: std::sync::Mutex<Option<(String, Arc<rustls::sign::CertifiedKey>)>>,
+}
+
+impl std::fmt::Debug for LatestCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatestCertificate").finish_non_exhaustive()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LatestCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let (cert_pem, key_pem) = (self.current)();
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((pem, key)) = cached.as_ref()
+            && *pem == cert_pem
+        {
+            return Some(Arc::clone(key));
+        }
+        let parsed = certs(cert_pem.as_bytes(), "node certificate").and_then(|chain| {
+            rustls::sign::CertifiedKey::from_der(chain, key(key_pem.as_bytes())?, &provider())
+                .map_err(|e| Error::TlsConfig(format!("node certificate: {e}")))
+        });
+        match parsed {
+            Ok(certified) => {
+                let certified = Arc::new(certified);
+                *cached = Some((cert_pem, Arc::clone(&certified)));
+                Some(certified)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "node certificate unusable; connecting without one");
+                None
+            }
+        }
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The node a (verified) client certificate belongs to: its common name without the
 /// `system:node:` prefix.
 pub fn node_of_certificate(der: &[u8]) -> Result<String> {

@@ -200,6 +200,20 @@ impl EdgeCredentials {
         )
     }
 
+    /// The EdgeHub's TLS configuration for credentials that [`EdgeBootstrap::rotate`] renews:
+    /// every handshake presents the certificate `credentials` holds at that moment, so the
+    /// EdgeHub's next reconnect uses the renewed one ([`tls::rotating_client_config`]). The CA
+    /// is the one of the credentials held now (rotation keeps it).
+    pub fn rotating_client_config(
+        credentials: watch::Receiver<EdgeCredentials>,
+    ) -> crate::Result<Arc<ClientConfig>> {
+        let ca_pem = credentials.borrow().ca_pem.clone();
+        tls::rotating_client_config(ca_pem.as_bytes(), move || {
+            let current = credentials.borrow();
+            (current.cert_pem.clone(), current.key_pem.clone())
+        })
+    }
+
     /// Checks that the certificate chains to the CA, allows client authentication, is valid at
     /// `now` and is `node`'s (`CN=system:node:<node>`).
     pub fn verify(&self, node: &str, now: SystemTime) -> Result<(), Error> {
