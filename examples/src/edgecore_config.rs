@@ -550,4 +550,25 @@ modules:
                 .contains("longer than")
         );
     }
+
+    proptest::proptest! {
+        /// A damaged file (bytes flipped, cut short) is an error or a checked config, never a
+        /// panic.
+        #[test]
+        fn a_damaged_file_is_refused_or_checked_never_a_panic(
+            cut in 0usize..2000,
+            flips in proptest::collection::vec((0usize..2000, proptest::prelude::any::<u8>()), 0..8),
+        ) {
+            let mut bytes = KUBEEDGE_FILE.as_bytes().to_vec();
+            for (at, byte) in flips {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(file) = EdgeCoreFile::parse(&text) {
+                proptest::prop_assert!(file.check().is_ok());
+            }
+        }
+    }
 }

@@ -634,4 +634,31 @@ mod tests {
         registers.step();
         assert_eq!(registers.holdings[1], 201);
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends in a well-framed request, the device answers it, ignores it
+        /// or closes the connection: it never panics (rmodbus would on some frames), an answer
+        /// is a well-formed Modbus TCP frame for the same transaction, and the setpoint stays
+        /// within its range.
+        #[test]
+        fn any_request_is_answered_refused_or_dropped_without_panicking(
+            unit in 0u8..3,
+            pdu in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=253),
+        ) {
+            let shared = shared();
+            let mut request = vec![0x12, 0x34, 0, 0];
+            request.extend_from_slice(&(pdu.len() as u16 + 1).to_be_bytes());
+            request.push(unit);
+            request.extend_from_slice(&pdu);
+            if let Ok(Some(answer)) = respond(&request, &shared) {
+                proptest::prop_assert!(answer.len() >= 9 && answer.len() <= MAX_ADU_LEN);
+                proptest::prop_assert_eq!(&answer[..4], &[0x12, 0x34, 0, 0]);
+                let length = usize::from(u16::from_be_bytes([answer[4], answer[5]]));
+                proptest::prop_assert_eq!(length + 6, answer.len());
+                proptest::prop_assert_eq!(answer[6], unit);
+            }
+            let setpoint = shared.registers().holdings[0];
+            proptest::prop_assert!((SETPOINT_MIN..=SETPOINT_MAX).contains(&setpoint));
+        }
+    }
 }
