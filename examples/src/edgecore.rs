@@ -19,6 +19,8 @@
 //! - Edged's pod and node status, leases and the twin's reports are appended to the outbox and
 //!   stay there until the cloud answers them, across disconnects and restarts.
 //! - Pods keep running when edgecore stops; the next start adopts them.
+//! - The node certificate is renewed at 70-90 % of its lifetime (`rotateCertificates`), and
+//!   the next reconnect presents the new one.
 
 use std::net::IpAddr;
 use std::sync::Arc;
