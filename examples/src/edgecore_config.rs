@@ -258,6 +258,12 @@ impl Default for DeviceTwinModule {
     }
 }
 
+/// This host's name, lower-cased: the node name when none is given (as KubeEdge's
+/// `hostnameOverride` default).
+pub fn host_name() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase())
+}
+
 impl EdgeCoreFile {
     /// Reads and checks `path` (at most [`MAX_CONFIG_LEN`] bytes).
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -332,9 +338,7 @@ impl EdgeCoreFile {
     /// The node name: `modules.edged.hostnameOverride`, else the host name.
     pub fn node_name(&self) -> Result<String, String> {
         let name = if self.modules.edged.hostname_override.is_empty() {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_lowercase())
-                .unwrap_or_default()
+            host_name().unwrap_or_default()
         } else {
             self.modules.edged.hostname_override.clone()
         };

@@ -2,16 +2,14 @@
 //! with the test containerd, and every step it promises is reported. Skipped, saying so, when
 //! `EDGED_CRI_ENDPOINT` is not set.
 
+mod system;
+
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_shows_the_whole_flow_and_leaves_nothing_behind() {
-    let cri = match std::env::var("EDGED_CRI_ENDPOINT") {
-        Ok(e) if !e.is_empty() => e,
-        _ => {
-            eprintln!("skipped: EDGED_CRI_ENDPOINT not set (run scripts/containerd-env.sh up)");
-            return;
-        }
+    let Some(cri) = system::cri_endpoint() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_quickstart"))

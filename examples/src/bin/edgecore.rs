@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use kubeedge_examples::common::{self, Flags};
 use kubeedge_examples::edgecore::{self, EdgeCoreMetrics};
-use kubeedge_examples::edgecore_config::EdgeCoreFile;
+use kubeedge_examples::edgecore_config::{self, EdgeCoreFile};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "usage: edgecore [--config FILE] [--root DIR] [--metrics-listen ADDR]
@@ -83,8 +83,7 @@ fn parse_args() -> Result<Command, String> {
             let https_port: u16 = flags.parsed("https-port", 10002)?;
             let node = match flags.get("node") {
                 Some(node) => node.to_owned(),
-                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|s| s.trim().to_lowercase())
+                None => edgecore_config::host_name()
                     .map_err(|e| format!("host name: {e} (give --node)"))?,
             };
             let mut file = EdgeCoreFile::for_join(
