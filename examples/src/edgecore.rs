@@ -438,21 +438,25 @@ async fn dispatch(
     metrics: &EdgeCoreMetrics,
 ) {
     match event {
-        UpstreamEvent::Connected => {
+        UpstreamEvent::Connected { extensions } => {
             metrics.connected.store(1, Ordering::Relaxed);
             metrics.connects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("connected to the cloud");
-            match meta
-                .inventory()
-                .await
-                .and_then(|inv| inv.to_message().map_err(Into::into))
-            {
-                Ok(inventory) => {
-                    if let Err(e) = handle.send(inventory).await {
-                        tracing::warn!(error = %e, "inventory not sent");
+            tracing::info!(?extensions, "connected to the cloud");
+            // Only a kubeedge-rs cloud understands the inventory; KubeEdge's would log it as
+            // an unknown resource and drop it.
+            if extensions.inventory {
+                match meta
+                    .inventory()
+                    .await
+                    .and_then(|inv| inv.to_message().map_err(Into::into))
+                {
+                    Ok(inventory) => {
+                        if let Err(e) = handle.send(inventory).await {
+                            tracing::warn!(error = %e, "inventory not sent");
+                        }
                     }
+                    Err(e) => tracing::warn!(error = %e, "inventory not built"),
                 }
-                Err(e) => tracing::warn!(error = %e, "inventory not built"),
             }
             handle.replay();
             if let Some(twin) = twin {

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kubeedge_proto::extensions::{EXTENSIONS_HEADER, Extensions};
 use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -38,6 +39,9 @@ pub struct CloudHubConfig {
     pub node_limit: usize,
     /// Events queued for the application before the hub waits for it.
     pub events_len: usize,
+    /// The kubeedge-rs extensions announced to edges in the upgrade response (all by
+    /// default; [`Extensions::none`] makes this hub look like KubeEdge's).
+    pub extensions: Extensions,
 }
 
 impl CloudHubConfig {
@@ -52,6 +56,7 @@ impl CloudHubConfig {
             node_queue_len: 1024,
             node_limit: 500,
             events_len: 4096,
+            extensions: Extensions::all(),
         }
     }
 }
@@ -297,9 +302,15 @@ impl Connection {
             #[allow(clippy::result_large_err)]
             let ws = tokio_tungstenite::accept_hdr_async_with_config(
                 tls,
-                |req: &Request, resp: Response| match check_upgrade(req, &cert_node) {
+                |req: &Request, mut resp: Response| match check_upgrade(req, &cert_node) {
                     Ok(u) => {
                         upgrade = Some(u);
+                        let offered = config.extensions.to_header();
+                        if let Ok(value) = HeaderValue::from_str(&offered)
+                            && !offered.is_empty()
+                        {
+                            resp.headers_mut().insert(EXTENSIONS_HEADER, value);
+                        }
                         Ok(resp)
                     }
                     Err(reason) => Err(refuse(&reason)),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kubeedge_proto::extensions::{EXTENSIONS_HEADER, Extensions};
 use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -86,7 +87,11 @@ impl EdgeHubConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum EdgeEvent {
     /// The link to the cloud is up.
-    Connected,
+    Connected {
+        /// What the cloud said it understands beyond KubeEdge's protocol (nothing for a
+        /// KubeEdge cloudcore).
+        extensions: Extensions,
+    },
     /// The link went down (a reconnect follows unless the hub is shutting down).
     Disconnected {
         /// Why.
@@ -204,8 +209,8 @@ impl EdgeHub {
                     result.map_err(|_| Error::HandshakeTimeout).and_then(|r| r)
                 }
             };
-            let ws = match connected {
-                Ok(ws) => ws,
+            let (ws, extensions) = match connected {
+                Ok(connected) => connected,
                 Err(e) => {
                     tracing::info!(server = %self.config.server, error = %e, "cannot reach the cloud");
                     seed = xorshift(seed);
@@ -220,7 +225,12 @@ impl EdgeHub {
                 }
             };
             backoff = self.config.min_backoff;
-            if self.events.send(EdgeEvent::Connected).await.is_err() {
+            if self
+                .events
+                .send(EdgeEvent::Connected { extensions })
+                .await
+                .is_err()
+            {
                 break;
             }
             let options = LinkOptions {
@@ -255,8 +265,10 @@ impl EdgeHub {
 
     async fn connect(
         &self,
-    ) -> Result<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>
-    {
+    ) -> Result<(
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+        Extensions,
+    )> {
         let c = &self.config;
         let tcp = TcpStream::connect(&c.server).await?;
         let _ = tcp.set_nodelay(true);
@@ -271,14 +283,19 @@ impl EdgeHub {
         headers.insert("ConnectionUse", HeaderValue::from_static("msg"));
         headers.insert("Node_id", header_value(&c.node_id)?);
         headers.insert("Project_id", header_value(&c.project_id)?);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(
+        let (ws, response) = tokio_tungstenite::client_async_with_config(
             request,
             tls,
             Some(ws_config(c.max_message_len)),
         )
         .await
         .map_err(|e| Error::Handshake(format!("WebSocket upgrade: {e}")))?;
-        Ok(ws)
+        let extensions = response
+            .headers()
+            .get(EXTENSIONS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(Extensions::none, Extensions::parse);
+        Ok((ws, extensions))
     }
 }
 

@@ -57,7 +57,10 @@ impl Default for UpstreamConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum UpstreamEvent {
     /// The link to the cloud is up (journaled messages are being replayed).
-    Connected,
+    Connected {
+        /// What the cloud understands beyond KubeEdge's protocol.
+        extensions: kubeedge_proto::extensions::Extensions,
+    },
     /// The link is down; journaled messages wait.
     Disconnected {
         /// Why.
@@ -247,11 +250,11 @@ impl<J: MessageJournal> ReliableEdge<J> {
                 event = self.raw.recv() => {
                     let Some(event) = event else { break Ok(()) };
                     let forward = match event {
-                        EdgeEvent::Connected => {
+                        EdgeEvent::Connected { extensions } => {
                             self.sender.connected.store(true, Ordering::SeqCst);
                             self.sender.restart();
                             resend.reset();
-                            UpstreamEvent::Connected
+                            UpstreamEvent::Connected { extensions }
                         }
                         EdgeEvent::Disconnected { reason } => {
                             self.sender.connected.store(false, Ordering::SeqCst);

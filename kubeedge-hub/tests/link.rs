@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use kubeedge_hub::{
     CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle, EdgeEvent, EdgeHub, LinkEnd, tls,
 };
+use kubeedge_proto::extensions::Extensions;
 use kubeedge_proto::{Content, Message};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -110,7 +111,13 @@ async fn edgehub_and_cloudhub_exchange_messages_and_keepalives() {
     let edge_stop = CancellationToken::new();
     tokio::spawn(edge.run(edge_stop.clone()));
 
-    assert_eq!(next(&mut edge_events).await, EdgeEvent::Connected);
+    // This CloudHub announces its extensions in the upgrade response.
+    assert_eq!(
+        next(&mut edge_events).await,
+        EdgeEvent::Connected {
+            extensions: Extensions::all()
+        }
+    );
     assert_eq!(
         next(&mut cloud.events).await,
         CloudEvent::Connected {
@@ -418,7 +425,10 @@ async fn a_new_connection_replaces_the_old_and_the_edge_reconnects() {
     let (edge, _handle, mut edge_events) = EdgeHub::new(pki.edge_config(cloud.addr, "edge-2"));
     let edge_stop = CancellationToken::new();
     tokio::spawn(edge.run(edge_stop.clone()));
-    assert_eq!(next(&mut edge_events).await, EdgeEvent::Connected);
+    assert!(matches!(
+        next(&mut edge_events).await,
+        EdgeEvent::Connected { .. }
+    ));
     let addr = cloud.addr;
     cloud.stop.cancel();
     cloud.task.await.unwrap().unwrap();
@@ -427,7 +437,10 @@ async fn a_new_connection_replaces_the_old_and_the_edge_reconnects() {
         EdgeEvent::Disconnected { .. }
     ));
     let mut restarted = cloud_at(&pki, addr, |_| {}).await;
-    assert_eq!(next(&mut edge_events).await, EdgeEvent::Connected);
+    assert!(matches!(
+        next(&mut edge_events).await,
+        EdgeEvent::Connected { .. }
+    ));
     let CloudEvent::Connected { node, .. } = next(&mut restarted.events).await else {
         panic!()
     };
@@ -512,4 +525,24 @@ async fn a_frame_that_never_ends_is_cut_off() {
             reason: LinkEnd::Timeout
         }
     );
+}
+
+#[tokio::test]
+async fn a_cloudhub_offering_no_extensions_looks_like_kubeedges() {
+    let pki = Pki::new();
+    let mut cloud = cloud(&pki, |c| c.extensions = Extensions::none()).await;
+    let (edge, _handle, mut edge_events) = EdgeHub::new(pki.edge_config(cloud.addr, "edge-1"));
+    let edge_stop = CancellationToken::new();
+    tokio::spawn(edge.run(edge_stop.clone()));
+    assert_eq!(
+        next(&mut edge_events).await,
+        EdgeEvent::Connected {
+            extensions: Extensions::none()
+        }
+    );
+    assert!(matches!(
+        next(&mut cloud.events).await,
+        CloudEvent::Connected { .. }
+    ));
+    edge_stop.cancel();
 }

@@ -52,6 +52,7 @@
 mod content;
 pub mod device;
 mod error;
+pub mod extensions;
 pub mod go_json;
 mod go_layout;
 pub mod inventory;
@@ -73,7 +74,7 @@ pub use content::{Content, ContentKind, ObjectMeta};
 pub use error::{Error, QUOTE_LIMIT, Result};
 pub use message::{
     DEFAULT_MAX_MESSAGE_LEN, Message, MessageHeader, MessageRoute, new_message_id, now_millis,
-    rfc3339_utc,
+    parse_rfc3339, rfc3339_utc,
 };
 pub use names::{Group, Operation, ResourceType, Source};
 pub use object_resp::ObjectResp;

@@ -153,7 +153,7 @@ impl TestEdge {
                     event = events.recv() => match event { Some(e) => e, None => return },
                 };
                 match event {
-                    UpstreamEvent::Connected => {
+                    UpstreamEvent::Connected { .. } => {
                         let inventory = mm.inventory().await.unwrap();
                         let _ = h.send(inventory.to_message().unwrap()).await;
                         h.replay();
