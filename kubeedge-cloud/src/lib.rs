@@ -94,7 +94,8 @@ pub use downstream::{Downstream, Outgoing};
 pub use error::{ApiError, Error, Result};
 #[cfg(feature = "kube")]
 pub use kube_cluster::{KubeSource, KubeSourceConfig, KubeWriter, client};
-pub use lifecycle::{parse_rfc3339, ready_status, unreachable_patch};
+pub use kubeedge_proto::parse_rfc3339;
+pub use lifecycle::{ready_status, unreachable_patch};
 #[cfg(feature = "manifest")]
 pub use manifest::{ManifestConfig, ManifestSource, ManifestWriter};
 pub use object::{

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use kubeedge_proto::parse_rfc3339;
 use serde_json::{Value, json};
 
 use crate::downstream::Downstream;
@@ -88,60 +89,6 @@ pub(crate) fn lapsed_nodes(
         out.push((name.to_owned(), node.value().clone()));
     }
     out
-}
-
-/// Seconds since the epoch of an RFC 3339 time (`2026-11-23T04:31:09.123456Z`,
-/// `...+02:00`); `None` if it is not one.
-///
-/// ```
-/// assert_eq!(kubeedge_cloud::parse_rfc3339("1970-01-02T00:00:01Z"), Some(86_401));
-/// assert_eq!(kubeedge_cloud::parse_rfc3339("2026-11-23T04:31:09.5+01:00"), Some(1_795_404_669));
-/// assert_eq!(kubeedge_cloud::parse_rfc3339("yesterday"), None);
-/// ```
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<i64> {
-        let part = s.get(from..to)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, min, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') => {
-            let h = num(s.len() - 5, s.len() - 3)?;
-            let m = num(s.len() - 2, s.len())?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (h * 3600 + m * 60)
-        }
-        _ => return None,
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + min * 60 + sec - offset)
 }
 
 #[cfg(test)]

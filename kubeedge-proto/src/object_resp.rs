@@ -55,6 +55,81 @@ impl ObjectResp {
         !self.err.is_null()
     }
 
+    /// Reads any reply the cloud sends to an edge request, whatever its shape: an `ObjectResp`
+    /// (node registration, leases, patches), a bare `{"ErrStatus": ...}` (KubeEdge's failed
+    /// queries), a bare object (KubeEdge's answered queries: the ConfigMap, the TokenRequest),
+    /// a string (`"OK"` is success without an object; any other text is an error) or `null`.
+    ///
+    /// ```
+    /// use kubeedge_proto::{Content, ObjectResp};
+    ///
+    /// let object = ObjectResp::from_reply(&Content::try_from(r#"{"kind":"ConfigMap"}"#).unwrap());
+    /// assert!(!object.is_err() && !object.object.is_null());
+    /// let refused = ObjectResp::from_reply(
+    ///     &Content::try_from(r#"{"ErrStatus":{"reason":"NotFound","code":404,"message":"gone"}}"#).unwrap(),
+    /// );
+    /// assert_eq!(refused.error_reason().as_deref(), Some("NotFound"));
+    /// ```
+    pub fn from_reply(content: &Content) -> Self {
+        if content.is_null() {
+            return Self::default();
+        }
+        if let Some(text) = content.as_str() {
+            if text == "OK" {
+                return Self::default();
+            }
+            return Self {
+                object: Content::null(),
+                err: content.clone(),
+            };
+        }
+        #[derive(Deserialize)]
+        struct Keys(std::collections::HashMap<String, IgnoredAny>);
+        let Ok(Keys(keys)) = serde_json::from_slice::<Keys>(content.as_json()) else {
+            // An array or a number: not a reply shape this protocol has.
+            return Self {
+                object: Content::null(),
+                err: content.clone(),
+            };
+        };
+        let has = |name: &str| keys.keys().any(|k| k.eq_ignore_ascii_case(name));
+        if has("object") || has("err") {
+            content.decode().unwrap_or_else(|_| Self {
+                object: Content::null(),
+                err: content.clone(),
+            })
+        } else if has("ErrStatus") {
+            Self {
+                object: Content::null(),
+                err: content.clone(),
+            }
+        } else {
+            Self::ok(content.clone())
+        }
+    }
+
+    /// `ErrStatus.reason` of a status error (`NotFound`, `AlreadyExists`, `Conflict`, ...);
+    /// `None` on success or for an error without a reason.
+    pub fn error_reason(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct StatusHolder {
+            #[serde(rename = "ErrStatus")]
+            err_status: Status,
+        }
+        #[derive(Deserialize)]
+        struct Status {
+            #[serde(default)]
+            reason: String,
+        }
+        if !self.is_err() {
+            return None;
+        }
+        serde_json::from_slice::<StatusHolder>(self.err.as_json())
+            .ok()
+            .map(|h| h.err_status.reason)
+            .filter(|r| !r.is_empty())
+    }
+
     /// The error text: `ErrStatus.message` of a status error, the text of a string error, or a
     /// generic text for an error without details. `None` on success.
     pub fn error_message(&self) -> Option<String> {

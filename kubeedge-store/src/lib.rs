@@ -55,6 +55,7 @@ mod metamanager;
 mod outbox;
 mod schema;
 mod store;
+pub mod tokens;
 
 pub use error::{Error, Result};
 pub use metamanager::{

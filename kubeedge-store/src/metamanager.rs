@@ -14,10 +14,15 @@
 use kubeedge_proto::{Content, Group, Message, Operation, Resource, ResourceType, Source};
 
 use rusqlite::OptionalExtension;
+use tokio::sync::broadcast;
 
 use crate::meta::{self, ObjectVersion, Upserted};
 use crate::outbox::{FullPolicy, Outbox};
+use crate::tokens::{IssuedToken, TOKEN_TYPE, TokenSpec};
 use crate::{Error, Result, Store};
+
+/// Replies from the cloud kept for [`MetaManager::replies`] subscribers that fall behind.
+const REPLIES_BUFFER: usize = 256;
 
 /// Settings for a [`MetaManager`].
 #[derive(Clone, Debug)]
@@ -108,6 +113,7 @@ pub struct MetaManager {
     store: Store,
     outbox: Outbox,
     config: std::sync::Arc<MetaManagerConfig>,
+    replies: broadcast::Sender<Message>,
 }
 
 impl MetaManager {
@@ -118,7 +124,30 @@ impl MetaManager {
             store,
             outbox,
             config: std::sync::Arc::new(config),
+            replies: broadcast::channel(REPLIES_BUFFER).0,
         }
+    }
+
+    /// Every reply (`response`) from the cloud, once [`from_cloud`](Self::from_cloud) has
+    /// stored what it carries: how a local component that sent a request through the outbox
+    /// learns its outcome (a lease's new resourceVersion, a refusal). A subscriber that falls
+    /// more than 256 replies behind misses the oldest ones (`RecvError::Lagged`).
+    pub fn replies(&self) -> broadcast::Receiver<Message> {
+        self.replies.subscribe()
+    }
+
+    /// Asks the cloud for an object the store lacks (a `query` message: a ConfigMap or Secret
+    /// a pod needs, a service-account token, the node's Lease). The query goes through the
+    /// durable outbox, so it is sent as soon as the link is up and again after every reconnect
+    /// until the cloud answers; the answer is stored by [`from_cloud`](Self::from_cloud) like
+    /// any object. A query for the same thing still waiting is replaced, not repeated.
+    pub async fn query_cloud(&self, msg: Message) -> Result<()> {
+        if msg.route.operation != Some(Operation::Query) {
+            return Err(Error::InvalidMessage(format!("not a query: {}", msg.route)));
+        }
+        let coalesce = coalesce_key(&msg);
+        self.outbox.push(&msg, coalesce).await?;
+        Ok(())
     }
 
     /// The durable outbox of edge-to-cloud messages (replay [`Outbox::pending`] after a
@@ -234,6 +263,10 @@ impl MetaManager {
         if let Some(object) = &object {
             self.store.check_len("object", object.len())?;
         }
+        let token_answer = is_token_reply(&msg).then(|| msg.content.data().into_owned());
+        if let Some(answer) = &token_answer {
+            self.store.check_len("token", answer.len())?;
+        }
         let keep = self.config.seen_capacity;
         let msg_id = msg.header.id.clone();
         let (removed, changed) = self
@@ -249,10 +282,25 @@ impl MetaManager {
                 if !msg_id.is_empty() && !meta::mark_seen(db, &msg_id, keep)? {
                     return Ok((removed, false));
                 }
-                // The answer to a delete carries the deleted object: never store it back.
-                let answers_delete = removed
+                let request = removed
                     .as_deref()
-                    .and_then(|json| Message::from_json(json.as_bytes()).ok())
+                    .and_then(|json| Message::from_json(json.as_bytes()).ok());
+                // A token is stored under the key of what was asked for (the answer's audience
+                // is the API server's default when the request named none).
+                if let Some(answer) = token_answer {
+                    let spec = request.as_ref().and_then(TokenSpec::of_message);
+                    let issued = IssuedToken::parse(&answer);
+                    if let (Some(spec), Some(_), Ok(answer)) =
+                        (spec, issued, String::from_utf8(answer))
+                    {
+                        meta::upsert(db, &spec.key(), TOKEN_TYPE, &answer, None)?;
+                        return Ok((removed, true));
+                    }
+                    return Ok((removed, false));
+                }
+                // The answer to a delete carries the deleted object: never store it back.
+                let answers_delete = request
+                    .as_ref()
                     .is_some_and(|m| m.route.operation == Some(Operation::Delete));
                 let mut changed = false;
                 if let (Some((key, kind)), Some(object), false) = (key, object, answers_delete) {
@@ -270,6 +318,8 @@ impl MetaManager {
             .and_then(|json| Message::from_json(json.as_bytes()).ok())
             .is_some_and(|m| m.route.operation == Some(Operation::Patch));
         let ack = (!was_patch).then(|| msg.ack());
+        // Nobody listening is fine: the reply is stored.
+        let _ = self.replies.send(msg.clone());
         let forward = Some(Forward {
             target: LocalTarget::Edged,
             message: msg,
@@ -443,29 +493,33 @@ fn reply_key(msg: &Message) -> Option<(String, String)> {
 /// The object a reply carries: the `Object` of an `ObjectResp`, or the content itself when it
 /// is a Kubernetes object (query replies). `None` for errors and empty objects.
 fn reply_object(content: &Content) -> Option<String> {
-    let fields: serde_json::Map<String, serde_json::Value> = content.decode().ok()?;
-    let is_object_resp = fields
-        .keys()
-        .any(|k| k.eq_ignore_ascii_case("object") || k.eq_ignore_ascii_case("err"));
-    let json = if is_object_resp {
-        let resp: kubeedge_proto::ObjectResp = content.decode().ok()?;
-        if resp.is_err() || resp.object.is_null() {
-            return None;
-        }
-        resp.object.into_json()
-    } else {
-        bytes::Bytes::copy_from_slice(&content.data())
-    };
+    let resp = kubeedge_proto::ObjectResp::from_reply(content);
+    if resp.is_err() || resp.object.is_null() {
+        return None;
+    }
+    let json = resp.object.into_json();
     ObjectVersion::of(&json)?;
     String::from_utf8(json.to_vec()).ok()
 }
 
+/// Whether `msg` answers a service-account token request.
+fn is_token_reply(msg: &Message) -> bool {
+    matches!(msg.resource(), Ok(Resource::Object(obj)) if obj.resource_type == ResourceType::ServiceAccountToken)
+}
+
 /// Messages where only the latest matters share a key in the outbox: status patches and leases
-/// per object. Everything else is queued as it comes.
+/// per object, and queries per object asked for (per pod and token for service-account
+/// tokens). Everything else is queued as it comes.
 fn coalesce_key(msg: &Message) -> Option<String> {
     let Ok(Resource::Object(obj)) = msg.resource() else {
         return None;
     };
+    if msg.route.operation == Some(Operation::Query) {
+        return Some(match TokenSpec::of_message(msg) {
+            Some(token) => format!("query:{}", token.key()),
+            None => format!("query:{}", msg.route.resource),
+        });
+    }
     let latest_only = matches!(
         (msg.route.operation.as_ref(), &obj.resource_type),
         (

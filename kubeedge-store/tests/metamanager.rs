@@ -426,3 +426,101 @@ async fn the_answer_to_a_delete_does_not_store_the_deleted_object_back() {
     assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
     assert_eq!(mm.outbox().len().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn queries_for_what_the_store_lacks_wait_in_the_outbox_and_their_answers_are_stored() {
+    use kubeedge_store::tokens::{IssuedToken, TokenSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    let mut replies = mm.replies();
+
+    // A ConfigMap query, asked twice before an answer: one request waits.
+    let query = || {
+        Message::new(
+            "edged",
+            "meta",
+            "query",
+            "default/configmap/app-cfg",
+            Content::null(),
+        )
+    };
+    mm.query_cloud(query()).await.unwrap();
+    let second = query();
+    mm.query_cloud(second.clone()).await.unwrap();
+    assert_eq!(
+        mm.outbox().len().await.unwrap(),
+        1,
+        "queries for one object coalesce"
+    );
+    // KubeEdge's answer to a query for a missing object: the error itself, nothing to store.
+    let refused = Message::new(
+        "edgecontroller",
+        "resource",
+        "response",
+        "default/configmap/app-cfg",
+        Content::try_from(r#"{"ErrStatus":{"status":"Failure","reason":"NotFound","code":404,"message":"configmaps \"app-cfg\" not found"}}"#).unwrap(),
+    )
+    .with_parent(second.header.id.as_str());
+    let outcome = mm.from_cloud(refused).await.unwrap();
+    assert!(outcome.ack.is_some() && !outcome.changed);
+    assert!(mm.outbox().is_empty().await.unwrap());
+    assert_eq!(
+        replies.recv().await.unwrap().route.resource,
+        "default/configmap/app-cfg"
+    );
+
+    // Two pods of one service account get two tokens.
+    let spec = |pod: &str, uid: &str| TokenSpec {
+        namespace: "default".into(),
+        service_account: "default".into(),
+        pod_name: pod.into(),
+        pod_uid: uid.into(),
+        audience: None,
+        expiration_seconds: 3607,
+    };
+    let (a, b) = (spec("a", "ua"), spec("b", "ub"));
+    let (qa, qb) = (a.query_message().unwrap(), b.query_message().unwrap());
+    mm.query_cloud(qa.clone()).await.unwrap();
+    mm.query_cloud(qb.clone()).await.unwrap();
+    assert_eq!(mm.outbox().len().await.unwrap(), 2);
+    for (q, token) in [(&qa, "token-a"), (&qb, "token-b")] {
+        // The answer names the API server's audience, which the request left empty.
+        let answer = format!(
+            r#"{{"metadata":{{"name":"default","namespace":"default"}},"spec":{{"audiences":["https://kubernetes.default.svc.cluster.local"],"expirationSeconds":3607,"boundObjectRef":{{"kind":"Pod","apiVersion":"v1","name":"x","uid":"y"}}}},"status":{{"token":"{token}","expirationTimestamp":"2030-01-01T00:00:00Z"}}}}"#
+        );
+        let reply = Message::new(
+            "edgecontroller",
+            "resource",
+            "response",
+            "default/serviceaccounttoken/default",
+            Content::try_from(answer.as_str()).unwrap(),
+        )
+        .with_parent(q.header.id.as_str());
+        let outcome = mm.from_cloud(reply).await.unwrap();
+        assert!(outcome.changed && outcome.ack.is_some());
+    }
+    assert!(mm.outbox().is_empty().await.unwrap());
+    for (s, token) in [(&a, "token-a"), (&b, "token-b")] {
+        let key = s.key();
+        let row = mm
+            .store()
+            .read(move |db| meta::get(db, &key))
+            .await
+            .unwrap()
+            .expect("token stored");
+        assert_eq!(row.kind, "serviceaccounttoken");
+        assert_eq!(
+            IssuedToken::parse(row.value.as_bytes()).unwrap().token,
+            token
+        );
+    }
+    // Tokens are not objects of the inventory.
+    assert!(
+        mm.inventory()
+            .await
+            .unwrap()
+            .objects
+            .iter()
+            .all(|e| !e.key.contains("serviceaccounttoken"))
+    );
+}
