@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, ResourceFieldSelector, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::quantity;
 use crate::runtime::{
     ContainerConfig, LABEL_CONTAINER_HASH, LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME,
     LABEL_POD_NAMESPACE, LABEL_POD_UID, LinuxResources, Mount, PortMapping, SandboxConfig,
 };
+use crate::volumes::ObjectLookup;
 use crate::{Error, Result};
 
 /// CFS period the kubelet uses (100 ms).
@@ -274,7 +276,9 @@ fn environment(
                 } else if let Some(r) = &from.field_ref {
                     field_value(pod, id, &r.field_path, fields)?
                 } else if let Some(r) = &from.resource_field_ref {
-                    resource_field(container, &r.resource)?
+                    let allocatable = objects.node_allocatable();
+                    resource_field_value(pod, Some(container), r, allocatable.as_ref())
+                        .map_err(Error::Spec)?
                 } else {
                     return Err(Error::Spec(format!("env {:?}: empty valueFrom", var.name)));
                 }
@@ -291,7 +295,6 @@ fn utf8(bytes: &[u8], key: &str) -> Result<String> {
 }
 
 fn field_value(pod: &Pod, id: &PodRef, path: &str, fields: &RuntimeFields) -> Result<String> {
-    let meta = &pod.metadata;
     Ok(match path {
         "metadata.name" => id.name.clone(),
         "metadata.namespace" => id.namespace.clone(),
@@ -304,41 +307,181 @@ fn field_value(pod: &Pod, id: &PodRef, path: &str, fields: &RuntimeFields) -> Re
             .unwrap_or_default(),
         "status.podIP" => fields.pod_ip.clone(),
         "status.hostIP" => fields.host_ip.clone(),
-        other => {
-            let label = other
-                .strip_prefix("metadata.labels['")
-                .and_then(|k| k.strip_suffix("']"))
-                .map(|k| meta.labels.as_ref().and_then(|l| l.get(k)));
-            let annotation = other
-                .strip_prefix("metadata.annotations['")
-                .and_then(|k| k.strip_suffix("']"))
-                .map(|k| meta.annotations.as_ref().and_then(|a| a.get(k)));
-            match label.or(annotation) {
-                Some(value) => value.cloned().unwrap_or_default(),
-                None => return Err(Error::Spec(format!("fieldRef {other:?} is not supported"))),
-            }
-        }
+        other => pod_metadata_field(pod, other).map_err(Error::Spec)?,
     })
 }
 
-fn resource_field(container: &Container, resource: &str) -> Result<String> {
-    let res = container.resources.as_ref();
-    let (map, name) = match resource.split_once('.') {
-        Some(("limits", name)) => (res.and_then(|r| r.limits.as_ref()), name),
-        Some(("requests", name)) => (res.and_then(|r| r.requests.as_ref()), name),
-        _ => {
-            return Err(Error::Spec(format!(
-                "resourceFieldRef {resource:?} is not supported"
-            )));
-        }
-    };
-    let value = map.and_then(|m| m.get(name)).map(|q| q.0.clone());
-    Ok(match (name, value) {
-        // Kubernetes exposes CPU rounded up to whole cores, memory in bytes.
-        ("cpu", Some(q)) => ((quantity::millicores(&q)? + 999) / 1000).to_string(),
-        (_, Some(q)) => quantity::bytes(&q)?.to_string(),
-        (_, None) => "0".to_owned(),
+/// Splits `metadata.labels['k']` into `("metadata.labels", "k")`, as the kubelet's
+/// `fieldpath.SplitMaybeSubscriptedPath` does.
+fn split_subscript(path: &str) -> Option<(&str, &str)> {
+    let (map, key) = path.strip_suffix("']")?.split_once("['")?;
+    (!map.is_empty()).then_some((map, key))
+}
+
+/// The value of a `metadata.*` `fieldPath` as the kubelet renders it
+/// (`fieldpath.ExtractFieldPathAsString`): `metadata.name`, `metadata.namespace`, `metadata.uid`,
+/// `metadata.labels['k']` and `metadata.annotations['k']` (empty when the key is missing), and the
+/// whole `metadata.labels` or `metadata.annotations` as sorted `key="value"` lines, the value
+/// quoted as Go's `strconv.Quote` does. Env `fieldRef`s and downwardAPI volumes both use it. The
+/// error is the message alone; the caller wraps it.
+pub(crate) fn pod_metadata_field(pod: &Pod, path: &str) -> std::result::Result<String, String> {
+    let meta = &pod.metadata;
+    if let Some((map, key)) = split_subscript(path) {
+        let map = match map {
+            "metadata.labels" => &meta.labels,
+            "metadata.annotations" => &meta.annotations,
+            _ => return Err(format!("fieldPath {path:?} does not support subscript")),
+        };
+        return Ok(map
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .cloned()
+            .unwrap_or_default());
+    }
+    Ok(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "metadata.labels" => format_map(meta.labels.as_ref()),
+        "metadata.annotations" => format_map(meta.annotations.as_ref()),
+        other => return Err(format!("fieldPath {other:?} is not supported")),
     })
+}
+
+/// A map as the kubelet's `fieldpath.FormatMap` writes it: `key="value"` per line, sorted by key,
+/// no final newline.
+fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    let lines: Vec<String> = map
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", go_quote(v)))
+        .collect();
+    lines.join("\n")
+}
+
+/// `text` quoted as Go's `strconv.Quote` quotes it: `"` and `\` escaped, `\a \b \f \n \r \t \v`
+/// by name, other ASCII control characters as `\xNN`, non-printable non-ASCII characters as
+/// `\uNNNN` or `\UNNNNNNNN`; printable characters as they are.
+fn go_quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{07}' => out.push_str("\\a"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0b}' => out.push_str("\\v"),
+            ' '..='~' => out.push(c),
+            c if c.is_ascii() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if go_printable(c) => out.push(c),
+            c if u32::from(c) < 0x1_0000 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push_str(&format!("\\U{:08x}", u32::from(c))),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether Go's `unicode.IsPrint` holds for a non-ASCII `c` (letters, marks, numbers,
+/// punctuation, symbols). Rust's `escape_debug` leaves exactly those characters alone (not the
+/// separators, control, format, private-use and unassigned ones) when they do not start the
+/// string, where it would also escape combining marks.
+fn go_printable(c: char) -> bool {
+    let mut pair = String::with_capacity(8);
+    pair.push('a');
+    pair.push(c);
+    pair.escape_debug().nth(1) == Some(c)
+}
+
+/// The value of a `resourceFieldRef` as the kubelet computes it
+/// (`resource.ExtractContainerResourceValue`): `limits.*` and `requests.*` of `cpu`, `memory`,
+/// `ephemeral-storage` and `hugepages-<size>`, of the container `selector.containerName` (a
+/// container or init container of `pod`) or else `current`, divided by `divisor` (default `1`)
+/// and rounded up. An unset limit of `cpu`, `memory` or `ephemeral-storage` is the node's
+/// `allocatable` value, as in the kubelet; without `allocatable` it is an error (a wrong number
+/// would be worse). An unset request is `0`. Env and downwardAPI volumes both use it; the error is
+/// the message alone.
+pub(crate) fn resource_field_value(
+    pod: &Pod,
+    current: Option<&Container>,
+    selector: &ResourceFieldSelector,
+    allocatable: Option<&BTreeMap<String, Quantity>>,
+) -> std::result::Result<String, String> {
+    let container = match selector.container_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => pod
+            .spec
+            .iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .find(|c| c.name == name)
+            .ok_or_else(|| format!("container {name:?} not found"))?,
+        None => current.ok_or("resourceFieldRef: containerName is required")?,
+    };
+    let resource = selector.resource.as_str();
+    let unsupported = || format!("unsupported container resource {resource:?}");
+    let (limits, name) = match resource.split_once('.') {
+        Some(("limits", name)) => (true, name),
+        Some(("requests", name)) => (false, name),
+        _ => return Err(unsupported()),
+    };
+    let cpu = name == "cpu";
+    let defaulted = matches!(name, "cpu" | "memory" | "ephemeral-storage");
+    if !defaulted && !name.starts_with("hugepages-") {
+        return Err(unsupported());
+    }
+    let res = container.resources.as_ref();
+    let map = if limits {
+        res.and_then(|r| r.limits.as_ref())
+    } else {
+        res.and_then(|r| r.requests.as_ref())
+    };
+    let value = match map.and_then(|m| m.get(name)) {
+        Some(q) => q.0.as_str(),
+        None if limits && defaulted => match allocatable.and_then(|a| a.get(name)) {
+            Some(q) => q.0.as_str(),
+            None => {
+                return Err(format!(
+                    "{resource} of container {:?} is not set and the node's allocatable {name} \
+                     is not known to edged",
+                    container.name
+                ));
+            }
+        },
+        None => "0",
+    };
+    let scaled = |text: &str| {
+        let parsed = if cpu {
+            quantity::millicores(text)
+        } else {
+            quantity::bytes(text)
+        };
+        parsed.map_err(|e| match e {
+            Error::Spec(m) => m,
+            other => other.to_string(),
+        })
+    };
+    let value = scaled(value)?;
+    let divisor = match selector.divisor.as_ref().map(|d| d.0.as_str()) {
+        Some(d) if !d.trim().is_empty() => scaled(d)?,
+        _ => 0,
+    };
+    // A zero divisor means `1`, as in the kubelet.
+    let divisor = match divisor {
+        0 if cpu => 1000,
+        0 => 1,
+        d => d,
+    };
+    // Both are non-negative (the quantity parser refuses negative values).
+    let (value, divisor) = (value.unsigned_abs(), divisor.unsigned_abs());
+    Ok(value.div_ceil(divisor).to_string())
 }
 
 /// The container's CPU and memory limits in the runtime's units, as the kubelet computes them.
@@ -521,5 +664,56 @@ mod tests {
         assert_eq!(config.hostname, "");
         assert_eq!(config.port_mappings[0].host_port, 8080);
         assert_eq!(config.log_directory, Path::new("/logs/ns_p_u"));
+    }
+
+    #[test]
+    fn env_resource_fields_share_the_volume_rules() {
+        let pod = pod(serde_json::json!({
+            "metadata": {"name": "p", "uid": "u"},
+            "spec": {"containers": [
+                {"name": "app", "image": "i",
+                 "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "100m"}},
+                 "env": [
+                    {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+                    {"name": "SIDE_CPU", "valueFrom": {"resourceFieldRef": {"containerName": "side", "resource": "limits.cpu"}}}
+                 ]},
+                {"name": "side", "image": "i", "resources": {"limits": {"cpu": "2500m"}},
+                 "env": [{"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}]}
+            ]}
+        }));
+        let spec = pod.spec.as_ref().unwrap();
+        let run = |container: &Container| {
+            container_config(
+                &pod,
+                container,
+                0,
+                &PodObjects::default(),
+                &RuntimeFields::default(),
+                Vec::new(),
+            )
+        };
+        let config = run(&spec.containers[0]).unwrap();
+        let env: HashMap<_, _> = config.env.iter().cloned().collect();
+        assert_eq!(env["MEM_MI"], "128");
+        assert_eq!(env["CPU_M"], "100");
+        assert_eq!(env["SIDE_CPU"], "3");
+        // No memory limit and no node allocatable: an error, not a made-up number.
+        let err = run(&spec.containers[1]).unwrap_err();
+        assert!(err.to_string().contains("limits.memory"), "{err}");
+    }
+
+    #[test]
+    fn go_quote_matches_strconv_quote() {
+        assert_eq!(go_quote(""), r#""""#);
+        assert_eq!(go_quote("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(
+            go_quote("\u{7}\u{8}\u{c}\n\r\t\u{b}\0\u{1b}"),
+            r#""\a\b\f\n\r\t\v\x00\x1b""#
+        );
+        assert_eq!(
+            go_quote("日本\u{301}\u{a0}\u{2028}"),
+            "\"日本\u{301}\\u00a0\\u2028\""
+        );
     }
 }
