@@ -117,4 +117,29 @@ pub trait ClusterWriter: Clone + Send + Sync + 'static {
         namespace: &str,
         event: Value,
     ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// Issues a service-account token (the TokenRequest API, `request` bound to a Pod) and
+    /// returns the answered `TokenRequest`.
+    fn create_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        request: Value,
+    ) -> impl Future<Output = Result<Value, ApiError>> + Send;
+
+    /// The record of what was sent to `node` (see [`crate::SentRecord`]), as stored by
+    /// [`store_sent_record`](Self::store_sent_record); `None` if there is none.
+    fn load_sent_record(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Option<String>, ApiError>> + Send;
+
+    /// Stores the record of what was sent to `node`, replacing the previous one; owned by the
+    /// Node (`node_uid`) where the store can say so, so that it goes with the Node.
+    fn store_sent_record(
+        &self,
+        node: &str,
+        node_uid: Option<&str>,
+        record: String,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
 }

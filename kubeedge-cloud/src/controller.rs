@@ -15,8 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::downstream::{Downstream, Outgoing};
 use crate::lifecycle::lapsed_nodes;
+use crate::record::SentRecord;
 use crate::upstream::{Action, Decision, decide, merge_twins, write_reply};
-use crate::{ApiError, ClusterWriter, NODE_LEASE_NAMESPACE, ObjectEvent, Result};
+use crate::{ApiError, ClusterWriter, Kind, NODE_LEASE_NAMESPACE, ObjectEvent, ObjectKey, Result};
+
+/// Messages a node's sender hands the hub per record write, at most.
+const SEND_BATCH: usize = 256;
+
+/// The sender of one node: its queue, and whether its messages are recorded.
+struct NodeSender {
+    tx: mpsc::UnboundedSender<Message>,
+}
 
 /// Settings of [`CloudController`].
 #[derive(Clone, Debug)]
@@ -29,6 +38,9 @@ pub struct CloudConfig {
     /// A node whose lease was last renewed longer ago than this (and at least the lease's own
     /// duration) is marked unreachable. Default 40 s (Kubernetes' node-monitor-grace-period).
     pub node_monitor_grace: Duration,
+    /// Keep a [`SentRecord`](crate::SentRecord) for nodes that send no inventory (KubeEdge
+    /// edges), so that any replica tells them the deletes they missed. Default on.
+    pub sent_records: bool,
 }
 
 impl Default for CloudConfig {
@@ -37,6 +49,7 @@ impl Default for CloudConfig {
             inventory_grace: Duration::from_secs(2),
             tick: Duration::from_secs(1),
             node_monitor_grace: Duration::from_secs(40),
+            sent_records: true,
         }
     }
 }
@@ -159,7 +172,12 @@ impl<W: ClusterWriter> CloudController<W> {
     /// Runs until `shutdown` (or until the transport stops).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let mut view = Downstream::new(self.config.inventory_grace);
-        let mut senders: HashMap<String, mpsc::UnboundedSender<Message>> = HashMap::new();
+        let mut senders: HashMap<String, NodeSender> = HashMap::new();
+        // Nodes without an inventory whose messages are recorded, with their record until
+        // their sender takes it.
+        let mut recorded: HashMap<String, Option<SentRecord>> = HashMap::new();
+        let (records_tx, mut records_rx) =
+            mpsc::channel::<(String, Result<Option<String>, ApiError>)>(1024);
         let mut workers: HashMap<String, mpsc::UnboundedSender<(Message, Action)>> = HashMap::new();
         let mut marked = HashSet::new();
         let mut ticker = tokio::time::interval(self.config.tick);
@@ -172,7 +190,7 @@ impl<W: ClusterWriter> CloudController<W> {
                 event = self.objects.recv(), if objects_open => match event {
                     Some(event) => {
                         let out = view.apply(event);
-                        self.dispatch(&mut senders, out);
+                        self.dispatch(&view, &mut senders, &mut recorded, out);
                         self.metrics.0.objects.store(view.object_count() as u64, Ordering::Relaxed);
                     }
                     None => {
@@ -192,19 +210,51 @@ impl<W: ClusterWriter> CloudController<W> {
                             view.disconnected(&node);
                             senders.remove(&node);
                             workers.remove(&node);
+                            recorded.remove(&node);
                         }
                         DeliveryEvent::Delivered { .. } => {
                             self.metrics.0.acked.fetch_add(1, Ordering::Relaxed);
                         }
                         DeliveryEvent::Message { node, message } => {
-                            self.upstream(&mut view, &mut senders, &mut workers, node, message).await;
+                            self.upstream(&mut view, &mut senders, &mut recorded, &mut workers, node, message).await;
                         }
                     }
                     self.metrics.0.connected.store(view.session_count() as u64, Ordering::Relaxed);
                 }
+                Some((node, loaded)) = records_rx.recv() => {
+                    if !view.is_connected(&node) {
+                        continue;
+                    }
+                    let record = match loaded {
+                        Ok(text) => SentRecord::parse(text.as_deref().unwrap_or("")),
+                        Err(err) => {
+                            tracing::warn!(node, %err, "cannot read the node's sent record; sending its full set (deletes it missed are not known)");
+                            SentRecord::default()
+                        }
+                    };
+                    tracing::info!(node, objects = record.len(), "no inventory from the node: bringing it from its sent record");
+                    let out = if record.is_empty() {
+                        view.full_set(&node)
+                    } else {
+                        view.inventory(&node, &record.to_inventory())
+                    };
+                    recorded.insert(node.clone(), Some(record));
+                    senders.remove(&node);
+                    self.dispatch(&view, &mut senders, &mut recorded, out);
+                }
                 _ = ticker.tick() => {
-                    let out = view.tick(Instant::now());
-                    self.dispatch(&mut senders, out);
+                    let now = Instant::now();
+                    if self.config.sent_records {
+                        for node in view.expire(now) {
+                            let (writer, tx) = (self.writer.clone(), records_tx.clone());
+                            tokio::spawn(async move {
+                                let loaded = writer.load_sent_record(&node).await;
+                                let _ = tx.send((node, loaded)).await;
+                            });
+                        }
+                    }
+                    let out = view.tick(now);
+                    self.dispatch(&view, &mut senders, &mut recorded, out);
                     let now_secs = now_millis() / 1000;
                     for (name, node) in lapsed_nodes(&view, now_secs, grace_secs, &mut marked) {
                         tracing::warn!(node = name, "node lease lapsed: marking the node unreachable");
@@ -227,7 +277,8 @@ impl<W: ClusterWriter> CloudController<W> {
     async fn upstream(
         &self,
         view: &mut Downstream,
-        senders: &mut HashMap<String, mpsc::UnboundedSender<Message>>,
+        senders: &mut HashMap<String, NodeSender>,
+        recorded: &mut HashMap<String, Option<SentRecord>>,
         workers: &mut HashMap<String, mpsc::UnboundedSender<(Message, Action)>>,
         node: String,
         message: Message,
@@ -240,7 +291,11 @@ impl<W: ClusterWriter> CloudController<W> {
             Decision::Inventory(inventory) => {
                 tracing::debug!(node, objects = inventory.objects.len(), "inventory");
                 let out = view.inventory(&node, &inventory);
-                self.dispatch(senders, out);
+                // The node keeps its own inventory: nothing to record for it.
+                if recorded.remove(&node).is_some() {
+                    senders.remove(&node);
+                }
+                self.dispatch(view, senders, recorded, out);
             }
             Decision::Reply(reply) => self.reply(&node, reply).await,
             Decision::Refuse(reply) => {
@@ -274,11 +329,29 @@ impl<W: ClusterWriter> CloudController<W> {
         let cloud = self.cloud.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            // The refusal last logged per resource: a write refused again for the same
+            // reason (a lease every 10 s) is logged once, until it succeeds or the reason
+            // changes.
+            let mut refused: HashMap<String, String> = HashMap::new();
             while let Some((request, action)) = rx.recv().await {
                 let result = perform(&writer, &action).await;
-                if let Err(err) = &result {
-                    metrics.0.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(node, resource = %request.route.resource, %err, "cluster write failed");
+                let resource = &request.route.resource;
+                match &result {
+                    Err(err) => {
+                        metrics.0.write_errors.fetch_add(1, Ordering::Relaxed);
+                        let reason = err.to_string();
+                        if refused.get(resource) != Some(&reason) {
+                            tracing::warn!(node, %resource, %err, "the API server refused a write for the node (logged once until it changes)");
+                            refused.insert(resource.clone(), reason);
+                        } else {
+                            tracing::debug!(node, %resource, %err, "write refused again");
+                        }
+                    }
+                    Ok(_) => {
+                        if refused.remove(resource).is_some() {
+                            tracing::info!(node, %resource, "the write the API server refused succeeds now");
+                        }
+                    }
                 }
                 let reply = write_reply(&request, &action, result);
                 if cloud.send(&node, reply).await.is_err() {
@@ -291,36 +364,102 @@ impl<W: ClusterWriter> CloudController<W> {
 
     fn dispatch(
         &self,
-        senders: &mut HashMap<String, mpsc::UnboundedSender<Message>>,
+        view: &Downstream,
+        senders: &mut HashMap<String, NodeSender>,
+        recorded: &mut HashMap<String, Option<SentRecord>>,
         out: Vec<Outgoing>,
     ) {
         for Outgoing { node, message } in out {
             self.metrics.0.downstream.fetch_add(1, Ordering::Relaxed);
-            let sender = senders
-                .entry(node.clone())
-                .or_insert_with(|| spawn_sender(self.cloud.clone(), node.clone()));
-            if let Err(mpsc::error::SendError(message)) = sender.send(message) {
-                let sender = spawn_sender(self.cloud.clone(), node.clone());
-                let _ = sender.send(message);
-                senders.insert(node, sender);
-            }
+            let message = match senders.get(&node) {
+                Some(sender) => match sender.tx.send(message) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::SendError(message)) => message,
+                },
+                None => message,
+            };
+            let record = recorded.get_mut(&node).map(|r| {
+                let node_uid = view
+                    .get(&ObjectKey::new(Kind::Node, "", node.as_str()))
+                    .map(|n| n.uid().to_owned());
+                RecordKeeper {
+                    record: r.take().unwrap_or_default(),
+                    writer: self.writer.clone(),
+                    node_uid,
+                }
+            });
+            let sender = spawn_sender(self.cloud.clone(), node.clone(), record);
+            let _ = sender.tx.send(message);
+            senders.insert(node, sender);
+        }
+    }
+}
+
+/// A node's sent record and where it is stored.
+struct RecordKeeper<W> {
+    record: SentRecord,
+    writer: W,
+    node_uid: Option<String>,
+}
+
+impl<W: ClusterWriter> RecordKeeper<W> {
+    async fn store(&self, node: &str) {
+        if let Err(err) = self
+            .writer
+            .store_sent_record(node, self.node_uid.as_deref(), self.record.render())
+            .await
+        {
+            tracing::warn!(node, %err, "cannot store the node's sent record; a replica that serves it next may not know what it holds");
         }
     }
 }
 
 /// A task that hands one node's messages to the reliable layer in order, waiting for room in
-/// the node's queue.
-fn spawn_sender(cloud: ReliableCloudHandle, node: String) -> mpsc::UnboundedSender<Message> {
+/// the node's queue. With a record, each batch that gives the node a new object is recorded
+/// first, and deletes after.
+fn spawn_sender<W: ClusterWriter>(
+    cloud: ReliableCloudHandle,
+    node: String,
+    mut record: Option<RecordKeeper<W>>,
+) -> NodeSender {
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            if let Err(err) = cloud.send(&node, message).await {
-                tracing::debug!(node, %err, "transport stopped");
-                return;
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < SEND_BATCH {
+                match rx.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            let mut removed = false;
+            if let Some(keeper) = &mut record {
+                let mut added = false;
+                for message in &batch {
+                    let noted = keeper.record.note(message);
+                    added |= noted.added;
+                    removed |= noted.removed;
+                }
+                if added {
+                    keeper.store(&node).await;
+                    removed = false;
+                }
+            }
+            for message in batch.drain(..) {
+                if let Err(err) = cloud.send(&node, message).await {
+                    tracing::debug!(node, %err, "transport stopped");
+                    return;
+                }
+            }
+            if let Some(keeper) = &record
+                && removed
+            {
+                keeper.store(&node).await;
             }
         }
     });
-    tx
+    NodeSender { tx }
 }
 
 /// Performs an authorised write.
@@ -359,6 +498,15 @@ async fn perform<W: ClusterWriter>(
         } => writer.delete_pod(namespace, name, options.clone()).await,
         Action::RecordEvent { namespace, event } => {
             writer.record_event(namespace, event.clone()).await
+        }
+        Action::CreateToken {
+            namespace,
+            service_account,
+            request,
+        } => {
+            writer
+                .create_token(namespace, service_account, request.clone())
+                .await
         }
         Action::TwinReported {
             device,

@@ -44,6 +44,8 @@ enum Phase {
     Waiting {
         until: Instant,
     },
+    /// No inventory came: the controller is reading the node's sent record.
+    Recording,
     Synced,
 }
 
@@ -193,6 +195,31 @@ impl Downstream {
         out
     }
 
+    /// Time passed: the nodes whose inventory did not come in time. They get nothing until
+    /// [`inventory`](Self::inventory) (with their [`SentRecord`](crate::SentRecord) as one)
+    /// or [`full_set`](Self::full_set) is called for them.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (node, session) in &mut self.sessions {
+            if matches!(session.phase, Phase::Waiting { until } if until <= now) {
+                session.phase = Phase::Recording;
+                due.push(node.clone());
+            }
+        }
+        due
+    }
+
+    /// The full set for `node`, as if it held nothing (a KubeEdge edge whose record cannot
+    /// be read).
+    pub fn full_set(&mut self, node: &str) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if let Some(session) = self.sessions.get_mut(node) {
+            session.phase = Phase::Synced;
+            self.reconcile(node, &mut out);
+        }
+        out
+    }
+
     /// Time passed: nodes whose inventory did not come in time get their full set.
     pub fn tick(&mut self, now: Instant) -> Vec<Outgoing> {
         let due: Vec<String> = self
@@ -318,7 +345,10 @@ impl Downstream {
                     affected.extend(nodes.keys().cloned());
                 }
             }
-            Kind::Node | Kind::Lease => {}
+            Kind::Node => {
+                affected.insert(object.key().name.clone());
+            }
+            Kind::Lease => {}
         }
     }
 
@@ -353,7 +383,10 @@ impl Downstream {
                     affected.extend(nodes.keys().cloned());
                 }
             }
-            Kind::Node | Kind::Lease => {}
+            Kind::Node => {
+                affected.insert(object.key().name.clone());
+            }
+            Kind::Lease => {}
         }
     }
 
@@ -361,6 +394,12 @@ impl Downstream {
     /// (referenced objects first, Pods last).
     fn desired(&self, node: &str) -> BTreeMap<(u8, ObjectKey), Object> {
         let mut out = BTreeMap::new();
+        // The node's own Node, as KubeEdge v1.23 pushes it (`null/node/<name>`): the edge
+        // learns its uid (the owner of its Lease) and what the cluster says of its status.
+        let own = ObjectKey::new(Kind::Node, "", node);
+        if let Some(object) = self.cache.get(&own) {
+            out.insert((rank(Kind::Node), own), object.clone());
+        }
         let Some(bound) = self.bound.get(node) else {
             return out;
         };
@@ -393,7 +432,11 @@ impl Downstream {
         let mut gone: Vec<ObjectKey> = session
             .sent
             .keys()
-            .filter(|k| !wanted.contains(k) && self.listed.contains(&k.kind))
+            // A Node that went away is not deleted on its edge: KubeEdge's cloud ends the
+            // session instead.
+            .filter(|k| {
+                !wanted.contains(k) && self.listed.contains(&k.kind) && k.kind != Kind::Node
+            })
             .cloned()
             .collect();
         gone.sort_by_key(|k| (std::cmp::Reverse(rank(k.kind)), k.clone()));
@@ -434,6 +477,14 @@ impl Downstream {
         for ((_, key), object) in &desired {
             let rv = object.resource_version_u64().unwrap_or(0);
             let op = match session.sent.get_mut(key) {
+                // KubeEdge sends its Node as `update`, status changes included (the node
+                // lifecycle controller's `Unknown` is what the edge must hear about).
+                None if key.kind == Kind::Node => Some("update"),
+                Some(sent)
+                    if key.kind == Kind::Node && (rv > sent.rv || sent.uid != object.uid()) =>
+                {
+                    Some("update")
+                }
                 None => Some("insert"),
                 Some(sent) if sent.uid != object.uid() => Some("insert"),
                 Some(sent) if rv > sent.rv => {
@@ -471,7 +522,7 @@ impl Downstream {
 /// Send order: what others reference first, then Devices, then Pods.
 fn rank(kind: Kind) -> u8 {
     match kind {
-        Kind::ConfigMap | Kind::Secret | Kind::DeviceModel => 0,
+        Kind::Node | Kind::ConfigMap | Kind::Secret | Kind::DeviceModel => 0,
         Kind::Device => 1,
         _ => 2,
     }
@@ -486,12 +537,17 @@ fn source_of(kind: Kind) -> &'static str {
 }
 
 /// `<ns>/<type>/<name>` (edge form) → key, for kinds the cloud sends.
-fn parse_edge_key(s: &str) -> Option<ObjectKey> {
+pub(crate) fn parse_edge_key(s: &str) -> Option<ObjectKey> {
     let mut parts = s.splitn(3, '/');
     let (ns, ty, name) = (parts.next()?, parts.next()?, parts.next()?);
     let kind = Kind::of_resource_type(ty).filter(|k| k.sent_to_edges())?;
     if name.is_empty() || ns.is_empty() || name.contains('/') {
         return None;
+    }
+    if kind == Kind::Node {
+        // Only the Node this cloud pushes (`null/node/<name>`); an older edge may also hold
+        // its registration answer under `default/node/<name>`, which is not ours to manage.
+        return (ns == "null").then(|| ObjectKey::new(kind, "", name));
     }
     Some(ObjectKey::new(kind, ns, name))
 }

@@ -68,6 +68,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 /// | `get_device_status` | `GET .../namespaces/{ns}/devicestatuses/{name}` | `404` → `None` |
 /// | `apply_device_status` | `PATCH .../devicestatuses/{name}` (merge, `{"status"}`) | `404` → `POST` |
 /// | `record_event` | `POST /api/v1/namespaces/{ns}/events` | `409 AlreadyExists` → `PUT .../events/{name}` |
+/// | `create_token` | `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` | |
+/// | `load_sent_record` | `GET /api/v1/namespaces/{records}/configmaps/kubeedge-rs-sent.{node}` | `404` → `None` |
+/// | `store_sent_record` | `PATCH` of that ConfigMap (merge, `{"data"}`) | `404` → `POST` (and the namespace `POST`ed if it is missing) |
 ///
 /// Requests carry no query string; bodies are JSON. Created objects never carry `metadata.resourceVersion` (the API server refuses creates
 /// that do). Names and namespaces must be valid path segments, else the write is a
@@ -75,6 +78,23 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
 #[derive(Clone)]
 pub struct KubeWriter {
     client: kube::Client,
+    records_namespace: String,
+}
+
+/// The namespace of the sent records by default: KubeEdge's own.
+pub const DEFAULT_RECORDS_NAMESPACE: &str = "kubeedge";
+
+/// The name of `node`'s sent record: `kubeedge-rs-sent.<node>` (a hash of the node name
+/// stands in for a name too long for an object name).
+fn record_name(node: &str) -> String {
+    let name = format!("kubeedge-rs-sent.{node}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("kubeedge-rs-sent.{}.{hash:016x}", &node[..200])
 }
 
 impl std::fmt::Debug for KubeWriter {
@@ -84,9 +104,20 @@ impl std::fmt::Debug for KubeWriter {
 }
 
 impl KubeWriter {
-    /// A writer over `client`.
+    /// A writer over `client`, keeping sent records in [`DEFAULT_RECORDS_NAMESPACE`].
     pub fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            records_namespace: DEFAULT_RECORDS_NAMESPACE.to_owned(),
+        }
+    }
+
+    /// Keeps the sent records (one ConfigMap per node that sends no inventory) in
+    /// `namespace` instead.
+    #[must_use]
+    pub fn with_records_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.records_namespace = namespace.into();
+        self
     }
 
     /// Sends one request and returns the response's JSON, or the API's refusal.
@@ -159,8 +190,18 @@ impl KubeWriter {
             Some(spec) if !spec.is_null() => spec.clone(),
             _ => json!({}),
         };
-        self.patch(&path, MERGE_PATCH, &json!({ "spec": spec }))
-            .await
+        let mut patch = json!({ "spec": spec });
+        // The owner (the Node) once the edge knows its uid; an empty uid is refused by every
+        // API server.
+        if let Some(owners) = lease["metadata"]["ownerReferences"].as_array()
+            && !owners.is_empty()
+            && owners
+                .iter()
+                .all(|o| o["uid"].as_str().is_some_and(|u| !u.is_empty()))
+        {
+            patch["metadata"] = json!({ "ownerReferences": owners });
+        }
+        self.patch(&path, MERGE_PATCH, &patch).await
     }
 }
 
@@ -278,6 +319,84 @@ impl ClusterWriter for KubeWriter {
         }
     }
 
+    async fn create_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        request: Value,
+    ) -> Result<Value, ApiError> {
+        let path = format!(
+            "/api/v1/namespaces/{}/serviceaccounts/{}/token",
+            segment(namespace)?,
+            segment(service_account)?
+        );
+        self.post(&path, &request).await
+    }
+
+    async fn load_sent_record(&self, node: &str) -> Result<Option<String>, ApiError> {
+        let path = format!(
+            "{}/{}",
+            configmaps_path(&self.records_namespace)?,
+            segment(&record_name(node))?
+        );
+        match self.get(&path).await {
+            Ok(map) => Ok(map["data"]["sent"].as_str().map(str::to_owned)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn store_sent_record(
+        &self,
+        node: &str,
+        node_uid: Option<&str>,
+        record: String,
+    ) -> Result<(), ApiError> {
+        let name = record_name(node);
+        let collection = configmaps_path(&self.records_namespace)?;
+        let path = format!("{collection}/{}", segment(&name)?);
+        let mut patch = json!({ "data": { "sent": record } });
+        match self.patch(&path, MERGE_PATCH, &patch).await {
+            Err(e) if e.is_not_found() => {}
+            other => return other.map(drop),
+        }
+        let mut map = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": self.records_namespace,
+                "labels": {"app.kubernetes.io/managed-by": "kubeedge-rs"},
+            },
+            "data": { "sent": patch["data"]["sent"].take() },
+        });
+        if let Some(uid) = node_uid.filter(|u| !u.is_empty()) {
+            map["metadata"]["ownerReferences"] =
+                json!([{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]);
+        }
+        match self.post(&collection, &map).await {
+            // The namespace is missing (a cluster without KubeEdge's install): create it.
+            Err(e) if e.is_not_found() => {
+                let namespace = json!({
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": self.records_namespace},
+                });
+                match self.post("/api/v1/namespaces", &namespace).await {
+                    Err(e) if !e.is_already_exists() => return Err(e),
+                    _ => {}
+                }
+                self.post(&collection, &map).await.map(drop)
+            }
+            // Another replica created it meanwhile.
+            Err(e) if e.is_already_exists() => self
+                .patch(&path, MERGE_PATCH, &patch_of(&map))
+                .await
+                .map(drop),
+            other => other.map(drop),
+        }
+    }
+
     async fn record_event(&self, namespace: &str, event: Value) -> Result<Value, ApiError> {
         let name = object_name(&event, "event")?;
         let collection = format!("/api/v1/namespaces/{}/events", segment(namespace)?);
@@ -291,6 +410,13 @@ impl ClusterWriter for KubeWriter {
             other => other,
         }
     }
+}
+
+fn configmaps_path(namespace: &str) -> Result<String, ApiError> {
+    Ok(format!(
+        "/api/v1/namespaces/{}/configmaps",
+        segment(namespace)?
+    ))
 }
 
 fn leases_path(namespace: &str) -> Result<String, ApiError> {
@@ -331,6 +457,11 @@ fn object_name<'a>(object: &'a Value, what: &str) -> Result<&'a str, ApiError> {
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request(format!("a {what} without metadata.name")))
+}
+
+/// The merge patch that gives an existing record ConfigMap `map`'s data.
+fn patch_of(map: &Value) -> Value {
+    json!({ "data": map["data"] })
 }
 
 /// `object` without `metadata.resourceVersion`.

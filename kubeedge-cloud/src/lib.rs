@@ -85,6 +85,7 @@ mod lifecycle;
 #[cfg(feature = "manifest")]
 mod manifest;
 mod object;
+mod record;
 mod refs;
 mod upstream;
 
@@ -93,7 +94,9 @@ pub use controller::{CloudConfig, CloudController, CloudMetrics};
 pub use downstream::{Downstream, Outgoing};
 pub use error::{ApiError, Error, Result};
 #[cfg(feature = "kube")]
-pub use kube_cluster::{KubeSource, KubeSourceConfig, KubeWriter, client};
+pub use kube_cluster::{
+    DEFAULT_RECORDS_NAMESPACE, KubeSource, KubeSourceConfig, KubeWriter, client,
+};
 pub use kubeedge_proto::parse_rfc3339;
 pub use lifecycle::{ready_status, unreachable_patch};
 #[cfg(feature = "manifest")]
@@ -102,6 +105,7 @@ pub use object::{
     DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectEvent,
     ObjectKey,
 };
+pub use record::{MAX_RECORD_BYTES, Noted, SentRecord};
 pub use refs::references;
 pub use upstream::{
     Action, Decision, decide, merge_twins, object_reply, twin_confirm, write_reply,

@@ -203,7 +203,17 @@ const DEVICE_STATUSES: &str = "devicestatuses";
 const EVENTS: &str = "events";
 
 /// The folders under `status_dir`.
-const STATUS_FOLDERS: [&str; 5] = ["pods", "nodes", "leases", DEVICE_STATUSES, EVENTS];
+const STATUS_FOLDERS: [&str; 6] = [
+    "pods",
+    "nodes",
+    "leases",
+    DEVICE_STATUSES,
+    EVENTS,
+    SENT_RECORDS,
+];
+/// The folder of the sent records (`<node>.txt`), the file form of the ConfigMaps a cluster
+/// keeps them in.
+const SENT_RECORDS: &str = "sent";
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -1860,6 +1870,63 @@ impl ClusterWriter for ManifestWriter {
 
     /// Keeps the Event (replacing one of the same name); the oldest beyond
     /// [`ManifestConfig::MAX_EVENTS`] are dropped.
+    /// Manifest mode has no API server to issue tokens: always a `400 BadRequest` saying so,
+    /// which the edge shows in the pod's status.
+    async fn create_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        _request: Value,
+    ) -> std::result::Result<Value, ApiError> {
+        Err(ApiError::bad_request(format!(
+            "service-account tokens ({namespace}/{service_account}) need a cluster: manifest mode has no API server to issue them"
+        )))
+    }
+
+    /// `status_dir/sent/<node>.txt`.
+    async fn load_sent_record(&self, node: &str) -> std::result::Result<Option<String>, ApiError> {
+        if !valid_name(node) {
+            return Ok(None);
+        }
+        let path = self
+            .shared
+            .config
+            .status_dir
+            .join(SENT_RECORDS)
+            .join(format!("{node}.txt"));
+        let _files = self.shared.files.lock().await;
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ApiError::internal(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes `status_dir/sent/<node>.txt` (atomically, as every status file).
+    async fn store_sent_record(
+        &self,
+        node: &str,
+        _node_uid: Option<&str>,
+        record: String,
+    ) -> std::result::Result<(), ApiError> {
+        if !valid_name(node) {
+            return Err(ApiError::bad_request(format!(
+                "{node:?} is not a node name"
+            )));
+        }
+        let path = self
+            .shared
+            .config
+            .status_dir
+            .join(SENT_RECORDS)
+            .join(format!("{node}.txt"));
+        let _files = self.shared.files.lock().await;
+        self.shared
+            .run_file_ops(vec![FileOp::Write(path, record.into_bytes())])
+            .await
+            .map_err(ApiError::internal)
+    }
+
     async fn record_event(
         &self,
         namespace: &str,

@@ -117,11 +117,16 @@ impl Kind {
         self != Kind::Node
     }
 
-    /// Whether the cloud sends objects of this kind down to edge nodes.
+    /// Whether the cloud sends objects of this kind down to edge nodes (a Node only to itself).
     pub fn sent_to_edges(self) -> bool {
         matches!(
             self,
-            Kind::Pod | Kind::ConfigMap | Kind::Secret | Kind::Device | Kind::DeviceModel
+            Kind::Pod
+                | Kind::ConfigMap
+                | Kind::Secret
+                | Kind::Node
+                | Kind::Device
+                | Kind::DeviceModel
         )
     }
 

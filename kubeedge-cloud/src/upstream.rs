@@ -67,6 +67,15 @@ pub enum Action {
         /// The Event.
         event: Value,
     },
+    /// Issue a service-account token bound to a Pod of the node (the TokenRequest API).
+    CreateToken {
+        /// The Pod's namespace.
+        namespace: String,
+        /// The service account.
+        service_account: String,
+        /// The `TokenRequest` (bound to the Pod).
+        request: Value,
+    },
     /// Twin values reported by the edge → DeviceStatus `status.twins`.
     TwinReported {
         /// The Device.
@@ -188,11 +197,33 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                             ApiError::forbidden("the lease names another node"),
                         );
                     }
+                    let lease = own_lease(node, lease, view);
                     if op == Operation::Insert {
                         Decision::Write(Action::CreateLease { lease })
                     } else {
                         Decision::Write(Action::UpdateLease { name, lease })
                     }
+                }
+                (ResourceType::Lease, Some(Operation::Query)) => {
+                    if ns != NODE_LEASE_NAMESPACE || name != node {
+                        return refuse(
+                            node,
+                            msg,
+                            ApiError::forbidden(format!(
+                                "node {node} may not read lease {ns}/{name}"
+                            )),
+                        );
+                    }
+                    let key = ObjectKey::new(Kind::Lease, NODE_LEASE_NAMESPACE, node);
+                    Decision::Reply(object_reply(
+                        msg,
+                        view.get(&key)
+                            .map(|lease| lease.value().clone())
+                            .ok_or_else(|| ApiError::not_found("leases", node)),
+                    ))
+                }
+                (ResourceType::ServiceAccountToken, Some(Operation::Query)) => {
+                    token_request(node, msg, view, &ns, &name)
                 }
                 (ResourceType::PodPatch, Some(Operation::Patch)) => {
                     if let Some(refused) = refuse_unless_bound(node, msg, view, &ns, &name) {
@@ -305,6 +336,91 @@ fn refuse_unless_bound(
             ApiError::forbidden(format!("pod {ns}/{name} is not bound to node {node}")),
         )),
     }
+}
+
+/// The Lease of `node` as the API server accepts it: an owner reference without a uid (older
+/// edges sent one, and every API server refuses it) gets the Node's uid from the view, or is
+/// dropped when the Node is not known yet.
+fn own_lease(node: &str, mut lease: Value, view: &Downstream) -> Value {
+    let Some(meta) = lease.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return lease;
+    };
+    let Some(refs) = meta
+        .get_mut("ownerReferences")
+        .and_then(Value::as_array_mut)
+    else {
+        return lease;
+    };
+    let node_uid = view
+        .get(&ObjectKey::new(Kind::Node, "", node))
+        .map(|n| n.uid().to_owned())
+        .filter(|u| !u.is_empty());
+    for owner in refs.iter_mut() {
+        if owner["uid"].as_str().is_none_or(str::is_empty) {
+            match (&node_uid, owner["kind"].as_str()) {
+                (Some(uid), Some("Node")) => owner["uid"] = json!(uid),
+                _ => owner["uid"] = Value::Null,
+            }
+        }
+    }
+    refs.retain(|owner| owner["uid"].is_string());
+    if refs.is_empty() {
+        meta.remove("ownerReferences");
+    }
+    lease
+}
+
+/// A service-account token for a Pod of `node`: the request must be bound to a Pod bound to
+/// the node, for that Pod's own service account (KubeEdge's cloud issues any token a node
+/// asks for).
+fn token_request(node: &str, msg: &Message, view: &Downstream, ns: &str, sa: &str) -> Decision {
+    let request = match content_json(msg) {
+        Ok(request) => request,
+        Err(err) => return refuse(node, msg, err),
+    };
+    let bound = &request["spec"]["boundObjectRef"];
+    if bound["kind"].as_str() != Some("Pod") {
+        return refuse(
+            node,
+            msg,
+            ApiError::forbidden("a node may ask only for tokens bound to its pods"),
+        );
+    }
+    let pod_name = bound["name"].as_str().unwrap_or("");
+    let Some(pod) = view.bound_to(&ObjectKey::new(Kind::Pod, ns, pod_name), node) else {
+        return refuse(
+            node,
+            msg,
+            ApiError::forbidden(format!("pod {ns}/{pod_name} is not bound to node {node}")),
+        );
+    };
+    let spec = &pod.value()["spec"];
+    let pod_sa = spec["serviceAccountName"]
+        .as_str()
+        .or_else(|| spec["serviceAccount"].as_str())
+        .unwrap_or("default");
+    if pod_sa != sa || bound["uid"].as_str() != Some(pod.uid()) {
+        return refuse(
+            node,
+            msg,
+            ApiError::forbidden(format!(
+                "pod {ns}/{pod_name} (uid {}) runs as service account {pod_sa}, not {sa}",
+                pod.uid()
+            )),
+        );
+    }
+    let mut request = request;
+    // Only what the TokenRequest API reads; the status is the answer's.
+    if let Some(fields) = request.as_object_mut() {
+        fields.remove("status");
+        fields.insert("apiVersion".into(), json!("authentication.k8s.io/v1"));
+        fields.insert("kind".into(), json!("TokenRequest"));
+    }
+    Decision::Write(Action::CreateToken {
+        namespace: ns.to_owned(),
+        service_account: sa.to_owned(),
+        request,
+    })
 }
 
 fn register_node(node: &str, msg: &Message, name: &str) -> Decision {
@@ -505,6 +621,22 @@ pub fn write_reply(request: &Message, action: &Action, result: Result<Value, Api
         },
         // The object is gone: an edge must not store the deleted Pod back from the answer.
         Action::DeletePod { .. } => object_reply(request, result.map(|_| Value::Null)),
+        // KubeEdge's queries are answered with the object itself, or the bare error.
+        Action::CreateToken { .. } => {
+            let content = match &result {
+                Ok(token) => Content::json(token),
+                Err(err) => Content::json(&json!({ "ErrStatus": err.status() })),
+            }
+            .unwrap_or_else(|_| Content::null());
+            Message::new(
+                "edgecontroller",
+                "resource",
+                "response",
+                request.route.resource.as_str(),
+                content,
+            )
+            .with_parent(request.header.id.as_str())
+        }
         _ => object_reply(request, result),
     }
 }

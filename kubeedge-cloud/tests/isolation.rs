@@ -476,3 +476,91 @@ fn malformed_requests_are_answered_not_dropped() {
     let request = msg("edged", "meta", "patch", "", Content::null());
     assert!(matches!(decide(ME, &request, &view()), Decision::Refuse(_)));
 }
+
+fn token_query(sa: &str, pod: &str, uid: &str) -> Message {
+    msg(
+        "edged",
+        "meta",
+        "query",
+        &format!("default/serviceaccounttoken/{sa}"),
+        object(
+            json!({"spec": {"expirationSeconds": 3607, "audiences": null,
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid}},
+            "status": {"token": ""}}),
+        ),
+    )
+}
+
+#[test]
+fn tokens_are_issued_only_for_the_nodes_own_pods_and_their_service_account() {
+    let Action::CreateToken {
+        namespace,
+        service_account,
+        request,
+    } = assert_write(token_query("default", "mine", "u-mine"))
+    else {
+        panic!("not a token request")
+    };
+    assert_eq!(
+        (namespace.as_str(), service_account.as_str()),
+        ("default", "default")
+    );
+    assert_eq!(request["kind"], "TokenRequest");
+    assert!(request.get("status").is_none(), "{request}");
+    // Another node's pod, another service account, a stale uid, no pod at all.
+    assert_forbidden(token_query("default", "theirs", "u-theirs"));
+    assert_forbidden(token_query("admin", "mine", "u-mine"));
+    assert_forbidden(token_query("default", "mine", "u-old"));
+    assert_forbidden(msg(
+        "edged",
+        "meta",
+        "query",
+        "default/serviceaccounttoken/default",
+        object(json!({"spec": {"expirationSeconds": 3607}})),
+    ));
+}
+
+#[test]
+fn a_node_reads_only_its_own_lease() {
+    let decision = decide(
+        ME,
+        &msg(
+            "edged",
+            "meta",
+            "query",
+            "kube-node-lease/lease/edge-a",
+            Content::null(),
+        ),
+        &view(),
+    );
+    let Decision::Reply(reply) = decision else {
+        panic!("not answered: {decision:?}")
+    };
+    // No Lease in the view: NotFound, which makes the edge create it.
+    let resp: ObjectResp = reply.content.decode().unwrap();
+    assert_eq!(resp.error_reason().as_deref(), Some("NotFound"));
+    assert_forbidden(msg(
+        "edged",
+        "meta",
+        "query",
+        "kube-node-lease/lease/edge-b",
+        Content::null(),
+    ));
+}
+
+#[test]
+fn a_lease_owner_without_uid_gets_the_nodes_uid() {
+    let lease = json!({"metadata": {"name": ME, "namespace": "kube-node-lease",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": ME, "uid": ""}]},
+        "spec": {"holderIdentity": ME}});
+    let Action::CreateLease { lease } = assert_write(msg(
+        "edged",
+        "meta",
+        "insert",
+        "kube-node-lease/lease/edge-a",
+        object(lease),
+    )) else {
+        panic!("not a lease")
+    };
+    assert_eq!(lease["metadata"]["ownerReferences"][0]["uid"], "n");
+}
