@@ -6,13 +6,15 @@
 //! drives the runtime towards them. Nothing is deleted because the cloud is away: only a pod
 //! the store no longer holds (the cloud deleted it) is stopped and removed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kubeedge_proto::{Content, Message};
+use kubeedge_store::tokens::{IssuedToken, TOKEN_TYPE, TokenSpec};
 use kubeedge_store::{MetaManager, meta};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::pod_spec::{PodObjects, PodRef};
 use crate::pod_worker::{PodWorker, WorkerConfig};
 use crate::runtime::{LABEL_NODE, PodRuntime, SandboxInfo};
-use crate::volumes::{ObjectLookup, VolumeManager};
+use crate::volumes::{ObjectLookup, PodNeed, TokenSource, VolumeManager, pod_needs};
 use crate::{Error, Result};
 
 /// Settings of [`Edged`].
@@ -36,6 +38,12 @@ pub struct EdgedConfig {
     /// How often every pod is synced even without a change (also the probe and restart
     /// resolution). KubeEdge's kubelet relists every second.
     pub sync_interval: Duration,
+    /// How soon something a pod needs and the store lacks (a ConfigMap, a Secret, a token)
+    /// is asked for again when the cloud did not give it; doubled on each try up to
+    /// [`fetch_backoff_max`](Self::fetch_backoff_max).
+    pub fetch_backoff: Duration,
+    /// The longest wait between two requests for the same missing object.
+    pub fetch_backoff_max: Duration,
 }
 
 impl EdgedConfig {
@@ -50,6 +58,8 @@ impl EdgedConfig {
             host_ip: host_ip.into(),
             root_dir: root_dir.into(),
             sync_interval: Duration::from_secs(1),
+            fetch_backoff: Duration::from_secs(5),
+            fetch_backoff_max: Duration::from_secs(300),
         }
     }
 }
@@ -90,6 +100,8 @@ pub struct Edged<R> {
     worker_config: Arc<WorkerConfig>,
     workers: HashMap<String, WorkerHandle>,
     changed: mpsc::Receiver<()>,
+    /// Requests for missing objects: when each was last sent and the wait before the next.
+    asked: HashMap<String, (Instant, Duration)>,
 }
 
 impl<R> std::fmt::Debug for Edged<R> {
@@ -121,6 +133,7 @@ impl<R: PodRuntime> Edged<R> {
                 worker_config,
                 workers: HashMap::new(),
                 changed: rx,
+                asked: HashMap::new(),
             },
             EdgedHandle { changed: tx },
         )
@@ -151,6 +164,14 @@ impl<R: PodRuntime> Edged<R> {
     async fn reconcile(&mut self) -> Result<()> {
         let (pods, objects) = load_desired(&self.meta, &self.config.node_name).await?;
         let mut desired = HashSet::new();
+        let mut wanted = HashSet::new();
+        for pod in &pods {
+            let Ok(id) = PodRef::of(pod) else { continue };
+            let have = objects.get(&id.namespace).cloned().unwrap_or_default();
+            self.fetch_missing(pod, &id, &have, &mut wanted).await;
+        }
+        // Requests for what no pod needs any more are forgotten.
+        self.asked.retain(|key, _| wanted.contains(key));
         for pod in pods {
             let Ok(id) = PodRef::of(&pod) else { continue };
             desired.insert(id.uid.clone());
@@ -168,6 +189,7 @@ impl<R: PodRuntime> Edged<R> {
             }
         }
         self.workers.retain(|_, w| !w.task.is_finished());
+        self.forget_tokens(&desired).await;
         // Sandboxes nobody owns (a pod deleted while edged was down): same path.
         let node = self.config.node_name.clone();
         let node = node.as_str();
@@ -202,6 +224,99 @@ impl<R: PodRuntime> Edged<R> {
             );
         }
         Ok(())
+    }
+
+    /// Asks the cloud for what `pod` needs and the store lacks: ConfigMaps and Secrets it
+    /// references (KubeEdge's cloud sends them only once a pod on the node referenced them,
+    /// and not at all when they were created before the pod), and service-account tokens
+    /// missing or due for renewal. Each request goes through the outbox (sent when the link is
+    /// up, again after reconnects); while the answer does not come, it is repeated with a
+    /// growing back-off. Keys of the requests are added to `wanted`.
+    async fn fetch_missing(
+        &mut self,
+        pod: &Pod,
+        id: &PodRef,
+        have: &PodObjects,
+        wanted: &mut HashSet<String>,
+    ) {
+        let now = Instant::now();
+        let now_secs = unix_now();
+        for need in pod_needs(pod) {
+            let (key, message) = match need {
+                PodNeed::ConfigMap { name, .. } if !have.configmaps.contains_key(&name) => {
+                    let resource = format!("{}/configmap/{name}", id.namespace);
+                    (resource.clone(), query(resource))
+                }
+                PodNeed::Secret { name, .. } if !have.secrets.contains_key(&name) => {
+                    let resource = format!("{}/secret/{name}", id.namespace);
+                    (resource.clone(), query(resource))
+                }
+                PodNeed::Token(source) => {
+                    let spec = token_spec(id, &source);
+                    let key = spec.key();
+                    if have
+                        .tokens
+                        .get(&key)
+                        .is_some_and(|t| !t.needs_refresh(now_secs))
+                    {
+                        continue;
+                    }
+                    match spec.query_message() {
+                        Ok(message) => (key, message),
+                        Err(e) => {
+                            tracing::warn!(pod = %id.key(), error = %e, "cannot build the token request");
+                            continue;
+                        }
+                    }
+                }
+                _ => continue,
+            };
+            wanted.insert(key.clone());
+            let due = self
+                .asked
+                .get(&key)
+                .is_none_or(|(last, wait)| now.duration_since(*last) >= *wait);
+            if !due {
+                continue;
+            }
+            let wait = self
+                .asked
+                .get(&key)
+                .map_or(self.config.fetch_backoff, |(_, w)| {
+                    (*w * 2).min(self.config.fetch_backoff_max)
+                });
+            match self.meta.query_cloud(message).await {
+                Ok(()) => {
+                    tracing::debug!(pod = %id.key(), %key, "asked the cloud for what the pod needs");
+                    self.asked.insert(key, (now, wait));
+                }
+                Err(e) => tracing::warn!(pod = %id.key(), %key, error = %e, "cannot ask the cloud"),
+            }
+        }
+    }
+
+    /// Removes the stored tokens of pods that are gone (KubeEdge's
+    /// `DeleteServiceAccountToken`).
+    async fn forget_tokens(&self, desired: &HashSet<String>) {
+        let desired = desired.clone();
+        let result = self
+            .meta
+            .store()
+            .write(move |db| {
+                for row in meta::list_by_type(db, TOKEN_TYPE)? {
+                    let name = row.key.rsplit('/').next().unwrap_or("");
+                    // `<sa>.<pod uid>.<seconds>.<hash>`: the uid is the third field from the end.
+                    let uid = name.rsplit('.').nth(2).unwrap_or("");
+                    if !desired.contains(uid) {
+                        meta::delete(db, &row.key, None)?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot remove the tokens of deleted pods");
+        }
     }
 
     fn feed(&mut self, id: PodRef, input: WorkerInput) {
@@ -301,6 +416,7 @@ async fn load_desired(
     node: &str,
 ) -> Result<(Vec<Pod>, HashMap<String, Arc<PodObjects>>)> {
     let node = node.to_owned();
+    let node_key = node.clone();
     let rows = meta
         .store()
         .read(move |conn| {
@@ -315,12 +431,17 @@ async fn load_desired(
             for ns in namespaces {
                 let cms = meta::list_in_namespace(conn, &ns, "configmap")?;
                 let secrets = meta::list_in_namespace(conn, &ns, "secret")?;
-                objects.push((ns, cms, secrets));
+                let tokens = meta::list_in_namespace(conn, &ns, TOKEN_TYPE)?;
+                objects.push((ns, cms, secrets, tokens));
             }
-            Ok((pods, objects))
+            let node = meta::get(conn, &crate::node_status::node_resource(&node_key))?;
+            Ok((pods, objects, node))
         })
         .await?;
-    let (pod_rows, object_rows) = rows;
+    let (pod_rows, object_rows, node_row) = rows;
+    let allocatable: Option<BTreeMap<String, Quantity>> = node_row
+        .and_then(|row| serde_json::from_str::<serde_json::Value>(&row.value).ok())
+        .and_then(|node| serde_json::from_value(node["status"]["allocatable"].clone()).ok());
     let mut pods = Vec::new();
     for row in pod_rows {
         match serde_json::from_str::<Pod>(&row.value) {
@@ -337,8 +458,19 @@ async fn load_desired(
         }
     }
     let mut objects = HashMap::new();
-    for (ns, cms, secrets) in object_rows {
-        let mut set = PodObjects::default();
+    for (ns, cms, secrets, tokens) in object_rows {
+        let mut set = PodObjects {
+            allocatable: allocatable.clone(),
+            ..PodObjects::default()
+        };
+        for row in tokens {
+            match IssuedToken::parse(row.value.as_bytes()) {
+                Some(token) => {
+                    set.tokens.insert(row.key, token);
+                }
+                None => tracing::warn!(key = %row.key, "stored token does not decode; skipped"),
+            }
+        }
         for row in cms {
             match serde_json::from_str::<ConfigMap>(&row.value) {
                 Ok(cm) => {
@@ -376,4 +508,38 @@ impl ObjectLookup for PodObjects {
     fn secret(&self, _namespace: &str, name: &str) -> Option<Secret> {
         self.secrets.get(name).cloned()
     }
+
+    fn service_account_token(&self, pod: &Pod, source: &TokenSource) -> Option<String> {
+        let id = PodRef::of(pod).ok()?;
+        let token = self.tokens.get(&token_spec(&id, source).key())?;
+        // A token due for renewal is still served while it is valid (also offline).
+        token.valid(unix_now()).then(|| token.token.clone())
+    }
+
+    fn node_allocatable(&self) -> Option<BTreeMap<String, Quantity>> {
+        self.allocatable.clone()
+    }
+}
+
+/// What the cloud is asked for when `pod` needs the token `source`.
+fn token_spec(id: &PodRef, source: &TokenSource) -> TokenSpec {
+    TokenSpec {
+        namespace: id.namespace.clone(),
+        service_account: source.service_account.clone(),
+        pod_name: id.name.clone(),
+        pod_uid: id.uid.clone(),
+        audience: source.audience.clone(),
+        expiration_seconds: source.expiration_seconds,
+    }
+}
+
+/// `edged/meta query <resource>`, as KubeEdge's edged asks for a ConfigMap or Secret.
+fn query(resource: String) -> Message {
+    Message::new("edged", "meta", "query", resource, Content::null())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

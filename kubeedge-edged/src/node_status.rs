@@ -7,10 +7,11 @@
 //! [`NodeHealth`] and the time:
 //!
 //! - [`node_object`]: the Node for registration, sent as `insert` on [`node_resource`]
-//!   (`default/node/<name>`: the kubelet bridge of KubeEdge uses namespace `default`).
+//!   (`null/node/<name>`, cluster-scoped, as KubeEdge v1.23's edged sends it; v1.22 used
+//!   `default`).
 //! - [`node_status`]: the status, recomputed every [`NODE_STATUS_UPDATE_FREQUENCY`];
 //!   [`node_status_patch`] makes the `patch` content for [`nodepatch_resource`]
-//!   (`default/nodepatch/<name>`), to send when [`status_changed`] says so or every
+//!   (`null/nodepatch/<name>`), to send when [`status_changed`] says so or every
 //!   [`NODE_STATUS_REPORT_FREQUENCY`].
 //!
 //! Conditions are the kubelet's (v1.22 edged no longer says `EdgeReady`; that was the edged of
@@ -41,11 +42,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use crate::Result;
 
-/// `kubeletVersion` of KubeEdge v1.22.2's edged: `<Kubernetes version>-kubeedge-<KubeEdge
+/// `kubeletVersion` of KubeEdge v1.23.1's edged: `<Kubernetes version>-kubeedge-<KubeEdge
 /// version>`.
-pub const KUBELET_VERSION: &str = "v1.32.10-kubeedge-v1.22.2";
-/// Namespace in the resource of node messages (`default/node/<name>`).
-pub const NODE_NAMESPACE: &str = "default";
+pub const KUBELET_VERSION: &str = "v1.32.10-kubeedge-v1.23.1";
+/// Namespace in the resource of node messages (`null/node/<name>`): KubeEdge's marker of a
+/// cluster-scoped object, the key under which its cloud also pushes the Node.
+pub const NODE_NAMESPACE: &str = "null";
 /// Default `maxPods`.
 pub const DEFAULT_MAX_PODS: u32 = 110;
 /// Default kubelet port in `daemonEndpoints.kubeletEndpoint`.
@@ -332,12 +334,12 @@ pub struct NodeHealth {
     pub pid_pressure: bool,
 }
 
-/// The resource of node registration messages: `default/node/<name>`.
+/// The resource of node registration messages: `null/node/<name>`.
 pub fn node_resource(node_name: &str) -> String {
     format!("{NODE_NAMESPACE}/node/{node_name}")
 }
 
-/// The resource of node status patches: `default/nodepatch/<name>`.
+/// The resource of node status patches: `null/nodepatch/<name>`.
 pub fn nodepatch_resource(node_name: &str) -> String {
     format!("{NODE_NAMESPACE}/nodepatch/{node_name}")
 }
@@ -683,7 +685,7 @@ mod tests {
                     "containerRuntimeVersion": "containerd://1.6.20",
                     "kernelVersion": "6.1.0-26-amd64",
                     "kubeProxyVersion": "",
-                    "kubeletVersion": "v1.32.10-kubeedge-v1.22.2",
+                    "kubeletVersion": "v1.32.10-kubeedge-v1.23.1",
                     "machineID": "0123456789abcdef0123456789abcdef",
                     "operatingSystem": "linux",
                     "osImage": "Debian GNU/Linux 12 (bookworm)",
@@ -709,10 +711,10 @@ mod tests {
         // And it reads back as a Node.
         let back: Node = serde_json::from_value(got).unwrap();
         assert_eq!(back, node);
-        assert_eq!(node_resource("ke-edge-test"), "default/node/ke-edge-test");
+        assert_eq!(node_resource("ke-edge-test"), "null/node/ke-edge-test");
         assert_eq!(
             nodepatch_resource("ke-edge-test"),
-            "default/nodepatch/ke-edge-test"
+            "null/nodepatch/ke-edge-test"
         );
     }
 

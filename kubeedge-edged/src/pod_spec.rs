@@ -62,13 +62,19 @@ impl PodRef {
     }
 }
 
-/// The ConfigMaps and Secrets of a pod's namespace that its containers and volumes may use.
+/// The ConfigMaps, Secrets and service-account tokens of a pod's namespace that its
+/// containers and volumes may use, and the node's allocatable resources.
 #[derive(Clone, Debug, Default)]
 pub struct PodObjects {
     /// ConfigMaps by name.
     pub configmaps: HashMap<String, ConfigMap>,
     /// Secrets by name.
     pub secrets: HashMap<String, Secret>,
+    /// Tokens the cloud issued, by their store key
+    /// ([`TokenSpec::key`](kubeedge_store::tokens::TokenSpec::key)).
+    pub tokens: HashMap<String, kubeedge_store::tokens::IssuedToken>,
+    /// `status.allocatable` of the cloud's copy of this Node, once known.
+    pub allocatable: Option<BTreeMap<String, Quantity>>,
 }
 
 /// Whether the pod shares the host's network.

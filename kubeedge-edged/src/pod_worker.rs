@@ -194,7 +194,7 @@ impl<R: PodRuntime> PodWorker<R> {
         };
 
         // Volumes: written before the first container and refreshed when their objects change.
-        let version = objects_version(objects);
+        let version = objects_version(pod, objects);
         if self.volumes_ready.as_deref() != Some(version.as_str()) {
             match self.volumes.setup_pod_volumes(pod, objects) {
                 Ok(()) => self.volumes_ready = Some(version),
@@ -967,8 +967,16 @@ pub fn grace_period(pod: &Pod) -> Duration {
     })
 }
 
-/// A string that changes when any ConfigMap or Secret the pod may use changes.
-fn objects_version(objects: &PodObjects) -> String {
+/// A string that changes when anything the pod's volumes are made of changes: a ConfigMap
+/// or Secret it may use, a token issued for it, its labels and annotations (downwardAPI).
+fn objects_version(pod: &Pod, objects: &PodObjects) -> String {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("");
+    let tokens = objects
+        .tokens
+        .iter()
+        .filter(|(key, _)| key.contains(uid))
+        .map(|(key, t)| format!("t/{key}/{}", t.expires));
+    let metadata = format!("m/{:?}/{:?}", pod.metadata.labels, pod.metadata.annotations);
     let mut parts: Vec<String> = objects
         .configmaps
         .iter()
@@ -984,6 +992,8 @@ fn objects_version(objects: &PodObjects) -> String {
                 s.metadata.resource_version.clone().unwrap_or_default()
             )
         }))
+        .chain(tokens)
+        .chain(std::iter::once(metadata))
         .collect();
     parts.sort();
     parts.join(",")
