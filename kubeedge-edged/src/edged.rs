@@ -346,7 +346,7 @@ async fn run_worker<R: PodRuntime>(
     mut input: watch::Receiver<WorkerInput>,
     meta: MetaManager,
 ) {
-    let mut last_sent: Option<serde_json::Value> = None;
+    let mut last_sent: Option<(serde_json::Value, Instant)> = None;
     let mut delete_sent = false;
     loop {
         let current = input.borrow_and_update().clone();
@@ -358,10 +358,27 @@ async fn run_worker<R: PodRuntime>(
             if outcome.gone {
                 return;
             }
-        } else if last_sent.as_ref() != Some(&outcome.status) {
-            match send_status(&meta, &id, &outcome.status).await {
-                Ok(()) => last_sent = Some(outcome.status.clone()),
-                Err(e) => tracing::warn!(pod = %id.key(), error = %e, "queueing the pod status"),
+        } else {
+            // Sent when it changed, and again when the cloud's copy still says something else
+            // a while after (a patch lost, or applied out of order by a cloud that patches in
+            // parallel, as KubeEdge's does): the kubelet's status manager reconciles the same
+            // way against the API server's copy.
+            let cloud = serde_json::to_value(&current.pod.status).unwrap_or_default();
+            let due = match &last_sent {
+                None => true,
+                Some((sent, at)) => {
+                    *sent != outcome.status
+                        || (at.elapsed() >= STATUS_RECHECK
+                            && status_digest(&cloud) != status_digest(&outcome.status))
+                }
+            };
+            if due {
+                match send_status(&meta, &id, &cloud, &outcome.status).await {
+                    Ok(()) => last_sent = Some((outcome.status.clone(), Instant::now())),
+                    Err(e) => {
+                        tracing::warn!(pod = %id.key(), error = %e, "queueing the pod status")
+                    }
+                }
             }
         }
         // A pod being deleted whose containers all stopped: ask the cloud to finish the delete.
@@ -377,9 +394,66 @@ async fn run_worker<R: PodRuntime>(
     }
 }
 
+/// How long after a status was sent the cloud's copy must agree with it.
+const STATUS_RECHECK: Duration = Duration::from_secs(10);
+
+/// What must agree between the pod's status here and in the cloud: the phase, the pod IP and
+/// each container's readiness, restarts and state (with its reason).
+fn status_digest(status: &serde_json::Value) -> serde_json::Value {
+    let containers = |field: &str| -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = status[field]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|c| {
+                        let state = c["state"].as_object().and_then(|s| {
+                            s.iter()
+                                .next()
+                                .map(|(k, v)| serde_json::json!([k, v["reason"], v["exitCode"]]))
+                        });
+                        serde_json::json!([c["name"], c["ready"], c["restartCount"], state])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by_key(|v| v.to_string());
+        out
+    };
+    serde_json::json!({
+        "phase": status["phase"],
+        "podIP": status["podIP"],
+        "containers": containers("containerStatuses"),
+        "init": containers("initContainerStatuses"),
+    })
+}
+
 /// `podpatch`: the kubelet status manager's patch of the status subresource, with the uid as a
-/// precondition, as a JSON string (KubeEdge's form).
-async fn send_status(meta: &MetaManager, id: &PodRef, status: &serde_json::Value) -> Result<()> {
+/// precondition, as a JSON string (KubeEdge's form). Like the kubelet's two-way strategic merge
+/// patch, it deletes the pod and host IPs the cloud's copy (`cloud`) has that the new status
+/// no longer has: those lists merge by `ip`, and an API server refuses a pod with two IPs of
+/// one family (a pod whose sandbox was made again gets a new IP).
+async fn send_status(
+    meta: &MetaManager,
+    id: &PodRef,
+    cloud: &serde_json::Value,
+    status: &serde_json::Value,
+) -> Result<()> {
+    let mut status = status.clone();
+    for field in ["podIPs", "hostIPs"] {
+        let (Some(old), Some(new)) = (cloud[field].as_array(), status[field].as_array()) else {
+            continue;
+        };
+        let mut list = new.clone();
+        for entry in old {
+            if !new.iter().any(|n| n["ip"] == entry["ip"]) {
+                list.push(serde_json::json!({"ip": entry["ip"], "$patch": "delete"}));
+            }
+        }
+        if list.len() > new.len() {
+            status[format!("$setElementOrder/{field}")] = serde_json::Value::Array(new.clone());
+            status[field] = serde_json::Value::Array(list);
+        }
+    }
     let patch = serde_json::json!({"metadata": {"uid": id.uid}, "status": status});
     let msg = Message::new(
         "edged",

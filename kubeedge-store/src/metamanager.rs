@@ -269,6 +269,8 @@ impl MetaManager {
         }
         let keep = self.config.seen_capacity;
         let msg_id = msg.header.id.clone();
+        // The request, if the transport confirmed it already (see the DELETE below otherwise).
+        let confirmed = self.outbox.answered(&parent);
         let (removed, changed) = self
             .store
             .write(move |db| {
@@ -278,7 +280,8 @@ impl MetaManager {
                         [&parent],
                         |row| row.get(0),
                     )
-                    .optional()?;
+                    .optional()?
+                    .or(confirmed);
                 if !msg_id.is_empty() && !meta::mark_seen(db, &msg_id, keep)? {
                     return Ok((removed, false));
                 }
@@ -290,13 +293,27 @@ impl MetaManager {
                 if let Some(answer) = token_answer {
                     let spec = request.as_ref().and_then(TokenSpec::of_message);
                     let issued = IssuedToken::parse(&answer);
-                    if let (Some(spec), Some(_), Ok(answer)) =
-                        (spec, issued, String::from_utf8(answer))
-                    {
-                        meta::upsert(db, &spec.key(), TOKEN_TYPE, &answer, None)?;
-                        return Ok((removed, true));
+                    match (spec, issued, String::from_utf8(answer)) {
+                        (Some(spec), Some(_), Ok(answer)) => {
+                            meta::upsert(db, &spec.key(), TOKEN_TYPE, &answer, None)?;
+                            return Ok((removed, true));
+                        }
+                        (spec, issued, answer) => {
+                            let refusal = answer.as_deref().map(|a| {
+                                kubeedge_proto::ObjectResp::from_reply(
+                                    &Content::try_from(a).unwrap_or_else(|_| Content::null()),
+                                )
+                                .error_message()
+                            });
+                            tracing::warn!(
+                                request_known = spec.is_some(),
+                                token = issued.is_some(),
+                                error = ?refusal.ok().flatten(),
+                                "a service-account token answer that cannot be used"
+                            );
+                            return Ok((removed, false));
+                        }
                     }
-                    return Ok((removed, false));
                 }
                 // The answer to a delete carries the deleted object: never store it back.
                 let answers_delete = request

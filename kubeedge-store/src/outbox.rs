@@ -67,7 +67,13 @@ pub struct Outbox {
     capacity: usize,
     policy: FullPolicy,
     appended: Arc<watch::Sender<u64>>,
+    /// The last messages [`confirm`](Self::confirm) removed, so that whoever handles the reply
+    /// after the transport confirmed it can still see what it answers.
+    confirmed: Arc<std::sync::Mutex<std::collections::VecDeque<(String, String)>>>,
 }
+
+/// How many confirmed messages [`Outbox::answered`] can still give back.
+const CONFIRMED_KEPT: usize = 256;
 
 impl Outbox {
     /// The outbox of `store`, holding at most `capacity` messages.
@@ -77,7 +83,18 @@ impl Outbox {
             capacity: capacity.max(1),
             policy,
             appended: Arc::new(watch::channel(0).0),
+            confirmed: Arc::default(),
         }
+    }
+
+    /// The message (JSON) that a reply with `parent_msg_id` answers, if it was confirmed
+    /// lately (the last 256): the hub confirms a reply before the application handles it.
+    pub fn answered(&self, parent_msg_id: &str) -> Option<String> {
+        let kept = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter()
+            .rev()
+            .find(|(id, _)| id == parent_msg_id)
+            .map(|(_, json)| json.clone())
     }
 
     /// Appends `msg` durably (the future resolves after the commit). With a coalescing key, a
@@ -159,11 +176,29 @@ impl Outbox {
     /// Returns whether a message was removed (a repeated reply removes nothing).
     pub async fn confirm(&self, parent_msg_id: &str) -> Result<bool> {
         let id = parent_msg_id.to_owned();
-        self.store
+        let removed: Option<String> = self
+            .store
             .write(move |db| {
-                Ok(db.execute("DELETE FROM kubeedge_rs_outbox WHERE msg_id = ?1", [id])? > 0)
+                Ok(db
+                    .query_row(
+                        "DELETE FROM kubeedge_rs_outbox WHERE msg_id = ?1 RETURNING message",
+                        [id],
+                        |row| row.get(0),
+                    )
+                    .optional()?)
             })
-            .await
+            .await?;
+        match removed {
+            Some(json) => {
+                let mut kept = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push_back((parent_msg_id.to_owned(), json));
+                while kept.len() > CONFIRMED_KEPT {
+                    kept.pop_front();
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Up to `limit` pending messages after position `after` (use 0 to start), in append order:
