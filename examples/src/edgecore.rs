@@ -459,6 +459,9 @@ async fn dispatch(
                 }
             }
             handle.replay();
+            if let Some(edged) = edged {
+                edged.resend_status();
+            }
             if let Some(twin) = twin {
                 let _ = twin.send(CloudInput::Connected).await;
             }

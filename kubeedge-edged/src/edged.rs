@@ -68,6 +68,7 @@ impl EdgedConfig {
 #[derive(Clone, Debug)]
 pub struct EdgedHandle {
     changed: mpsc::Sender<()>,
+    resend: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EdgedHandle {
@@ -75,6 +76,15 @@ impl EdgedHandle {
     /// several calls before the loop runs count as one.
     pub fn store_changed(&self) {
         let _ = self.changed.try_send(());
+    }
+
+    /// Sends every pod's status again, changed or not: call it after each reconnect. While
+    /// the node was away the cluster may have changed what it says of its pods (the node
+    /// lifecycle controller marks them not ready), and only the node can say they are fine.
+    pub fn resend_status(&self) {
+        self.resend
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.store_changed();
     }
 }
 
@@ -84,6 +94,8 @@ struct WorkerInput {
     pod: Arc<Pod>,
     objects: Arc<PodObjects>,
     terminate: bool,
+    /// Bumped by [`EdgedHandle::resend_status`]: the status goes out again.
+    resend: u64,
 }
 
 struct WorkerHandle {
@@ -102,6 +114,7 @@ pub struct Edged<R> {
     changed: mpsc::Receiver<()>,
     /// Requests for missing objects: when each was last sent and the wait before the next.
     asked: HashMap<String, (Instant, Duration)>,
+    resend: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<R> std::fmt::Debug for Edged<R> {
@@ -118,6 +131,7 @@ impl<R: PodRuntime> Edged<R> {
     /// through its outbox.
     pub fn new(runtime: Arc<R>, meta: MetaManager, config: EdgedConfig) -> (Self, EdgedHandle) {
         let (tx, rx) = mpsc::channel(1);
+        let resend = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let worker_config = Arc::new(WorkerConfig {
             node_name: config.node_name.clone(),
             host_ip: config.host_ip.clone(),
@@ -134,8 +148,12 @@ impl<R: PodRuntime> Edged<R> {
                 workers: HashMap::new(),
                 changed: rx,
                 asked: HashMap::new(),
+                resend: Arc::clone(&resend),
             },
-            EdgedHandle { changed: tx },
+            EdgedHandle {
+                changed: tx,
+                resend,
+            },
         )
     }
 
@@ -179,6 +197,7 @@ impl<R: PodRuntime> Edged<R> {
                 pod: Arc::new(pod),
                 objects: objects.get(&id.namespace).cloned().unwrap_or_default(),
                 terminate: false,
+                resend: self.resend.load(std::sync::atomic::Ordering::Relaxed),
             };
             self.feed(id, input);
         }
@@ -220,6 +239,7 @@ impl<R: PodRuntime> Edged<R> {
                     pod: Arc::new(orphan),
                     objects: Arc::default(),
                     terminate: true,
+                    resend: 0,
                 },
             );
         }
@@ -347,6 +367,7 @@ async fn run_worker<R: PodRuntime>(
     meta: MetaManager,
 ) {
     let mut last_sent: Option<(serde_json::Value, Instant)> = None;
+    let mut resent = 0;
     let mut delete_sent = false;
     loop {
         let current = input.borrow_and_update().clone();
@@ -366,6 +387,7 @@ async fn run_worker<R: PodRuntime>(
             let cloud = serde_json::to_value(&current.pod.status).unwrap_or_default();
             let due = match &last_sent {
                 None => true,
+                Some(_) if current.resend != resent => true,
                 Some((sent, at)) => {
                     *sent != outcome.status
                         || (at.elapsed() >= STATUS_RECHECK
@@ -374,7 +396,10 @@ async fn run_worker<R: PodRuntime>(
             };
             if due {
                 match send_status(&meta, &id, &cloud, &outcome.status).await {
-                    Ok(()) => last_sent = Some((outcome.status.clone(), Instant::now())),
+                    Ok(()) => {
+                        last_sent = Some((outcome.status.clone(), Instant::now()));
+                        resent = current.resend;
+                    }
                     Err(e) => {
                         tracing::warn!(pod = %id.key(), error = %e, "queueing the pod status")
                     }

@@ -297,6 +297,7 @@ impl TwinEngine {
             timestamp: msg.header.timestamp,
             twin: sync.clone(),
         })?;
+        tracing::debug!(device = %id, content = %String::from_utf8_lossy(msg.content.as_json()), "twin report for the cloud");
         Ok(Some(msg))
     }
 

@@ -577,5 +577,16 @@ async fn a_dmi_mapper_gets_its_devices_and_reports_twins() {
             "device/default/thermo-1/state/update"
         ]
     );
+    // What KubeEdge's devicecontroller reads into DeviceStatus: the values themselves.
+    let (_, update) = got
+        .iter()
+        .find(|(queued, m)| *queued && m.route.resource.ends_with("edge_updated"))
+        .unwrap();
+    let update: serde_json::Value = update.content.decode().unwrap();
+    eprintln!("edge_updated: {update}");
+    assert_eq!(
+        update["twin"]["temperature"]["actual"]["value"], "25",
+        "{update}"
+    );
     node.stop.cancel();
 }

@@ -58,6 +58,7 @@ where
 pub struct Relay {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    upstream: Arc<Mutex<SocketAddr>>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     task: JoinHandle<()>,
 }
@@ -67,8 +68,9 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(Mutex::new(upstream));
         let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (c, l) = (Arc::clone(&cut), Arc::clone(&links));
+        let (c, l, u) = (Arc::clone(&cut), Arc::clone(&links), Arc::clone(&upstream));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut edge, _)) = listener.accept().await else {
@@ -77,6 +79,7 @@ impl Relay {
                 if c.load(Ordering::SeqCst) {
                     continue; // dropped: the edge sees the connection closed
                 }
+                let upstream = *u.lock().unwrap();
                 let link = tokio::spawn(async move {
                     if let Ok(mut cloud) = TcpStream::connect(upstream).await {
                         let _ = tokio::io::copy_bidirectional(&mut edge, &mut cloud).await;
@@ -90,8 +93,17 @@ impl Relay {
         Self {
             addr,
             cut,
+            upstream,
             links,
             task,
+        }
+    }
+
+    /// Sends new connections to `upstream` (another replica) and drops the current ones.
+    pub fn switch(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
         }
     }
 
@@ -116,7 +128,7 @@ impl Drop for Relay {
     }
 }
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     match name {
         "cloudcore" => PathBuf::from(env!("CARGO_BIN_EXE_cloudcore")),
         "edgecore" => PathBuf::from(env!("CARGO_BIN_EXE_edgecore")),
@@ -134,7 +146,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Self {
+    pub fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Self {
         let mut p = Self {
             name: name.to_owned(),
             args,
@@ -155,7 +167,10 @@ impl Proc {
             .unwrap();
         let child = Command::new(bin(&self.name))
             .args(&self.args)
-            .env("RUST_LOG", "info,rumqttd=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KUBEEDGE_TEST_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -291,48 +291,62 @@ impl RealEdgecore {
     /// `null/node/NODE`) in edgecore.db's `meta` table: `(type, value)`, the value being the
     /// object's JSON. `None` if there is none yet (or the db cannot be read; that is printed).
     pub async fn meta(&self, key: &str) -> Option<(String, String)> {
-        let out = self.query_meta("key", key).await?;
-        serde_json::from_value(out).ok()
+        meta_row(&self.peers.python3, &self.db, key).await
     }
 
     /// The keys of every `meta` row of type `kind` (`pod`, `configmap`, `secret`, `node`, ...),
     /// sorted; empty if none (or the db cannot be read; that is printed).
     pub async fn meta_keys(&self, kind: &str) -> Vec<String> {
-        self.query_meta("type", kind)
-            .await
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default()
+        meta_keys_of(&self.peers.python3, &self.db, kind).await
     }
+}
 
-    async fn query_meta(&self, what: &str, arg: &str) -> Option<serde_json::Value> {
-        let run = tokio::process::Command::new(&self.peers.python3)
-            .arg("-c")
-            .arg(META_PY)
-            .arg(&self.db)
-            .arg(what)
-            .arg(arg)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        match tokio::time::timeout(Duration::from_secs(30), run).await {
-            Ok(Ok(out)) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
-            Ok(Ok(out)) => {
-                eprintln!(
-                    "peers: reading {} failed ({}): {}",
-                    self.db.display(),
-                    out.status,
-                    lossy(&out.stderr)
-                );
-                None
-            }
-            Ok(Err(e)) => {
-                eprintln!("peers: reading {}: {e}", self.db.display());
-                None
-            }
-            Err(_) => {
-                eprintln!("peers: reading {} timed out", self.db.display());
-                None
-            }
+/// The row of `key` in the `meta` table of the edgecore.db at `db` (KubeEdge's or
+/// kubeedge-rs' edgecore: the table is the same), read-only with a busy timeout, with
+/// `python3`'s sqlite3: `(type, value)`, or `None` if there is none (or the db cannot be
+/// read; that is printed).
+pub async fn meta_row(python3: &Path, db: &Path, key: &str) -> Option<(String, String)> {
+    let out = query_meta(python3, db, "key", key).await?;
+    serde_json::from_value(out).ok()
+}
+
+/// The keys of every `meta` row of type `kind` in the edgecore.db at `db`, sorted (see
+/// [`meta_row`]).
+pub async fn meta_keys_of(python3: &Path, db: &Path, kind: &str) -> Vec<String> {
+    query_meta(python3, db, "type", kind)
+        .await
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+async fn query_meta(python3: &Path, db: &Path, what: &str, arg: &str) -> Option<serde_json::Value> {
+    let run = tokio::process::Command::new(python3)
+        .arg("-c")
+        .arg(META_PY)
+        .arg(db)
+        .arg(what)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(out)) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
+        Ok(Ok(out)) => {
+            eprintln!(
+                "peers: reading {} failed ({}): {}",
+                db.display(),
+                out.status,
+                lossy(&out.stderr)
+            );
+            None
+        }
+        Ok(Err(e)) => {
+            eprintln!("peers: reading {}: {e}", db.display());
+            None
+        }
+        Err(_) => {
+            eprintln!("peers: reading {} timed out", db.display());
+            None
         }
     }
 }

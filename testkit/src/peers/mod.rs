@@ -85,7 +85,7 @@ use std::time::{Duration, Instant};
 
 pub use cloudcore::RealCloudcore;
 pub use control_plane::{ControlPlane, ControlPlaneOptions, KubectlError};
-pub use edgecore::{EdgeOptions, RealEdgecore};
+pub use edgecore::{EdgeOptions, RealEdgecore, meta_keys_of, meta_row};
 pub use sysctls::{KUBELET_SYSCTLS, KubeletSysctls};
 
 /// `KUBEEDGE_REQUIRE_PEERS=1`: what would skip panics instead.
@@ -355,6 +355,11 @@ impl Peers {
         &self.crds
     }
 
+    /// The python3 (with sqlite3) the harness runs: for [`meta_row`] and [`meta_keys_of`].
+    pub fn python3(&self) -> &Path {
+        &self.python3
+    }
+
     /// The harness scripts' folder.
     pub fn harness(&self) -> PathBuf {
         self.dir.join("harness")
@@ -557,7 +562,7 @@ impl Drop for RunDir {
         }
         cmd.env("PATH", &self.peers.path)
             .env("KEEP_RUN_DIR", if keep { "1" } else { "0" });
-        let problem = match run_bounded(&mut cmd, Duration::from_secs(600)) {
+        let mut problem = match run_bounded(&mut cmd, Duration::from_secs(600)) {
             Ok(out) => {
                 for line in lossy(&out.stderr).lines() {
                     eprintln!("[down.sh] {line}");
@@ -566,6 +571,14 @@ impl Drop for RunDir {
             }
             Err(e) => Some(format!("down.sh: {e}")),
         };
+        // KubeEdge's kubelet mounts a tmpfs for each secret and projected volume; with the
+        // kubelet stopped they stay, and down.sh cannot remove the run dir under them.
+        if !keep && unmount_under(&self.path) > 0 {
+            let _ = std::fs::remove_dir_all(&self.path);
+            if !self.path.exists() {
+                problem = None;
+            }
+        }
         if keep {
             eprintln!(
                 "peers: kept {} for inspection; remove it with {}/down.sh {0}",
@@ -585,6 +598,24 @@ impl Drop for RunDir {
             }
         }
     }
+}
+
+/// Unmounts (lazily, deepest first) every mount point under `dir`; how many there were.
+fn unmount_under(dir: &Path) -> usize {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in &points {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(point)
+            .status();
+    }
+    points.len()
 }
 
 /// Prints the last [`TAIL_LINES`] lines of each of `logs` to stderr, except those printed

@@ -1,0 +1,237 @@
+//! KubeEdge's real edgecore (v1.23.1, its embedded kubelet on the test containerd) under our
+//! cloudcore, in a real cluster (Kubernetes v1.32 with controller-manager and scheduler): the
+//! node registers and turns Ready with a Lease owned by the Node; a Pod whose ConfigMap and
+//! Secret were created before it, with the default service-account token, runs (the edge
+//! asks our cloud for all three); KubeEdge's own Device samples both ways through a real
+//! Modbus device and our mapper on the edge's DMI socket; and pods deleted and created while
+//! our cloudcore is down reach the edge when it comes back to another replica.
+//!
+//! It holds the kubelet's host sysctls for its duration (see `KubeletSysctls`), and it must
+//! not share the containerd with another kubelet: a kubelet stops every pod on its runtime
+//! that it does not know (test binaries run one after the other). Skipped (saying so) without
+//! `../shared/peers`, the test containerd or root.
+
+mod interop;
+mod system;
+
+use interop::{
+    ModbusSite, OurCloud, device_samples, node_ready, owned_lease_renew_time, pod, register_holds,
+    reported, running_and_ready, wait_for,
+};
+use kubeedge_testkit::peers::{
+    ControlPlane, ControlPlaneOptions, EdgeOptions, KubeletSysctls, Peers, RealEdgecore,
+};
+use system::{Relay, cri_endpoint};
+
+const NODE: &str = "ke-edge-1";
+
+fn workload(node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ke-cfg, namespace: default}}
+data: {{greeting: hello}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: ke-sec, namespace: default}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ke-pod, namespace: default}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: edged.test/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo cfg=$(cat /cfg/greeting) sec=$(cat /sec/password) token=$(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token); exec sleep 3600"]
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: sec, mountPath: /sec}}
+  volumes:
+  - name: cfg
+    configMap: {{name: ke-cfg}}
+  - name: sec
+    secret: {{secretName: ke-sec}}
+"#
+    )
+}
+
+fn small_pod(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: edged.test/busybox:1, imagePullPolicy: Never, command: [sleep, '3600']}}\n"
+    )
+}
+
+/// The container id of a pod's first container, as the API server has it.
+fn container_id(pod: &serde_json::Value) -> Option<String> {
+    pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_missed_deletes() {
+    let Some(peers) = Peers::find() else { return };
+    let Some(cri) = cri_endpoint() else { return };
+    let Some(_sysctls) = KubeletSysctls::apply() else {
+        return;
+    };
+    let cp = ControlPlane::start(
+        &peers,
+        ControlPlaneOptions {
+            controllers: true,
+            ..ControlPlaneOptions::default()
+        },
+    )
+    .await;
+    let dir = cp.run_dir().join("ours");
+    let mut first = OurCloud::start(&dir, "cloudcore-1", &cp).await;
+    let relay = Relay::start(first.ws).await;
+    let token = first.token().await;
+    let edge = RealEdgecore::start(
+        &cp,
+        NODE,
+        relay.addr,
+        first.https.port(),
+        &token,
+        EdgeOptions {
+            edged: true,
+            cri_endpoint: Some(cri),
+            ..EdgeOptions::default()
+        },
+    )
+    .await;
+
+    // KubeEdge's kubelet registers the node through our cloud; its Lease is owned by the
+    // Node (it needs the Node our cloud pushes as null/node/<name>) and renewed.
+    wait_for("the node Ready in the API", || async {
+        (node_ready(&cp, NODE).await.as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    let renewed = wait_for("the Lease owned by the Node", || {
+        owned_lease_renew_time(&cp, NODE)
+    })
+    .await;
+    wait_for("the Lease renewed", || {
+        let renewed = renewed.clone();
+        let cp = &cp;
+        async move {
+            owned_lease_renew_time(cp, NODE)
+                .await
+                .filter(|t| *t != renewed)
+        }
+    })
+    .await;
+
+    // ConfigMap, Secret and service-account token: KubeEdge's edge asks our cloud for each.
+    cp.apply(&workload(NODE)).await.unwrap();
+    let running = wait_for("the pod Running and ready", || async {
+        pod(&cp, "default", "ke-pod")
+            .await
+            .filter(running_and_ready)
+    })
+    .await;
+    let uid = running["metadata"]["uid"].as_str().unwrap().to_owned();
+    let log_dir = edge.dir().join(format!("pod-logs/default_ke-pod_{uid}/c"));
+    let log = wait_for("the container's output", || async {
+        let text: String = std::fs::read_dir(&log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        text.contains("cfg=").then_some(text)
+    })
+    .await;
+    assert!(log.contains("cfg=hello sec=s3cret"), "{log}");
+    let token_len: usize = log
+        .split("token=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(token_len > 100, "a real token: {log}");
+
+    // KubeEdge's own Device samples, our Modbus mapper on the KubeEdge edge's DMI socket.
+    let modbus = ModbusSite::start(&dir.join("modbus"), &edge.dir().join("dmi.sock")).await;
+    cp.apply(&device_samples(NODE, modbus.device.port))
+        .await
+        .unwrap();
+    wait_for("the desired value (30) written to the device", || async {
+        register_holds(modbus.device.holding(2).await, 30).then_some(())
+    })
+    .await;
+    wait_for("the value read from the device in DeviceStatus", || async {
+        (reported(&cp, "beta1-device", "temp").await.as_deref() == Some("30")).then_some(())
+    })
+    .await;
+
+    // Pods deleted and created while our cloudcore is down reach the edge when it comes back
+    // to another replica (a fresh process that never served it: it reads the node's record).
+    cp.apply(&format!(
+        "{}---\n{}",
+        small_pod("keep", NODE),
+        small_pod("gone", NODE)
+    ))
+    .await
+    .unwrap();
+    let kept = wait_for("pods keep and gone Running", || async {
+        let keep = pod(&cp, "default", "keep")
+            .await
+            .filter(running_and_ready)?;
+        pod(&cp, "default", "gone")
+            .await
+            .filter(running_and_ready)?;
+        container_id(&keep)
+    })
+    .await;
+    first.proc.kill().await;
+    cp.delete(&["pod", "gone", "--grace-period=0", "--force"])
+        .await
+        .unwrap();
+    cp.apply(&small_pod("born", NODE)).await.unwrap();
+    let second = OurCloud::start(&dir, "cloudcore-2", &cp).await;
+    relay.switch(second.ws);
+    wait_for("the pod created meanwhile Running", || async {
+        pod(&cp, "default", "born").await.filter(running_and_ready)
+    })
+    .await;
+    wait_for("the pod deleted meanwhile gone from the edge", || async {
+        edge.meta("default/pod/gone").await.is_none().then_some(())
+    })
+    .await;
+    let keep = pod(&cp, "default", "keep").await.unwrap();
+    assert!(running_and_ready(&keep), "{keep:#}");
+    assert_eq!(
+        container_id(&keep),
+        Some(kept),
+        "the kept pod was not restarted"
+    );
+    let record = cp
+        .get_json(&[
+            "configmap",
+            "-n",
+            "kubeedge",
+            &format!("kubeedge-rs-sent.{NODE}"),
+        ])
+        .await
+        .expect("the node's sent record");
+    let sent = record["data"]["sent"].as_str().unwrap_or("");
+    assert!(
+        sent.contains("default/pod/born ") && !sent.contains("default/pod/gone "),
+        "{sent}"
+    );
+
+    // The kubelet stops its pods before the test ends (they would outlive it otherwise).
+    cp.kubectl(&["delete", "pods", "--all", "--wait=false"])
+        .await
+        .unwrap();
+    wait_for("every pod gone from the edge", || async {
+        edge.meta_keys("pod").await.is_empty().then_some(())
+    })
+    .await;
+}
