@@ -407,6 +407,16 @@ impl Downstream {
             let Some(object) = self.cache.get(key) else {
                 continue;
             };
+            // A Device waits for its DeviceModel: KubeEdge's edge refuses a Device whose
+            // model it does not know yet ("device model not found in cache") and never
+            // takes it up again when the model follows.
+            if key.kind == Kind::Device
+                && references(object)
+                    .iter()
+                    .any(|r| r.kind == Kind::DeviceModel && !self.cache.contains_key(r))
+            {
+                continue;
+            }
             out.insert((rank(key.kind), key.clone()), object.clone());
             for r in references(object) {
                 if let Some(referenced) = self.cache.get(&r) {

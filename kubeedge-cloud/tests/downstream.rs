@@ -463,3 +463,32 @@ fn a_disconnected_node_is_sent_nothing_and_a_reconnect_starts_over() {
         ]
     );
 }
+
+#[test]
+fn a_device_waits_for_its_model() {
+    let mut down = synced(true);
+    let device = Object::new(
+        Kind::Device,
+        json!({"metadata": {"name": "d1", "namespace": "default", "uid": "ud", "resourceVersion": "5"},
+               "spec": {"nodeName": NODE, "deviceModelRef": {"name": "m1"}}}),
+    )
+    .unwrap();
+    let model = Object::new(
+        Kind::DeviceModel,
+        json!({"metadata": {"name": "m1", "namespace": "default", "uid": "um", "resourceVersion": "6"},
+               "spec": {"protocol": "modbus"}}),
+    )
+    .unwrap();
+    // The Device's watch event came first: nothing goes until the model is known.
+    assert!(resources(&down.apply(ObjectEvent::Applied(device)), NODE).is_empty());
+    let out = down.apply(ObjectEvent::Applied(model));
+    let sent: Vec<String> = out
+        .iter()
+        .map(|o| o.message.route.resource.clone())
+        .collect();
+    assert_eq!(
+        sent,
+        ["membership", "default/devicemodel/m1", "default/device/d1"],
+        "model before device"
+    );
+}

@@ -35,6 +35,22 @@
 /// Default path of edgecore's DMI socket (`DeviceManagerService`).
 pub const DEFAULT_EDGECORE_SOCKET: &str = "/etc/kubeedge/dmi.sock";
 
+/// The socket path of a mapper's `MapperInfo.address`: a bare path (what KubeEdge's own
+/// mappers announce) or gRPC's `unix://<path>` / `unix:<path>` target form.
+///
+/// ```
+/// use kubeedge_proto::dmi::mapper_socket_path;
+///
+/// assert_eq!(mapper_socket_path("unix:///etc/kubeedge/modbus.sock"), "/etc/kubeedge/modbus.sock");
+/// assert_eq!(mapper_socket_path("/etc/kubeedge/modbus.sock"), "/etc/kubeedge/modbus.sock");
+/// ```
+pub fn mapper_socket_path(address: &str) -> &str {
+    address
+        .strip_prefix("unix://")
+        .or_else(|| address.strip_prefix("unix:"))
+        .unwrap_or(address)
+}
+
 #[allow(
     missing_docs,
     unreachable_pub,

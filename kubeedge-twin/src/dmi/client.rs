@@ -538,7 +538,9 @@ fn validate_mapper(info: &dmi::MapperInfo) -> Result<PathBuf> {
                 "mapper {name:?}: address must be the path of its unix socket"
             ))
         })?;
-    Ok(PathBuf::from(address))
+    Ok(PathBuf::from(kubeedge_proto::dmi::mapper_socket_path(
+        address,
+    )))
 }
 
 /// A device's `spec` with properties and methods sorted by name, for change detection.
