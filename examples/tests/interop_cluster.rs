@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use interop::{
-    OurCloud, OurEdge, lease_renewed, log_lines, node_ready, running_and_ready, wait_for,
+    OurCloud, OurEdge, cloudcore_kubeconfig, lease_renewed, log_lines, node_ready,
+    running_and_ready, wait_for,
 };
 use kubeedge_testkit::peers::{ControlPlane, ControlPlaneOptions, Peers};
 use serde_json::Value;
@@ -77,7 +78,8 @@ async fn a_deployment_runs_on_our_edge_in_a_real_cluster_across_an_edge_outage()
     )
     .await;
     let dir = cp.run_dir().join("ours");
-    let cloud = OurCloud::start(&dir, "cloudcore", &cp).await;
+    let kubeconfig = cloudcore_kubeconfig(&cp, &dir).await;
+    let cloud = OurCloud::start(&dir, "cloudcore", &kubeconfig).await;
     let token = cloud.token().await;
     let mut edge = OurEdge::join(
         &peers,

@@ -15,8 +15,8 @@ mod interop;
 mod system;
 
 use interop::{
-    OurCloud, device_samples, node_ready, owned_lease_renew_time, pod, reported, running_and_ready,
-    twin_report, wait_for,
+    OurCloud, cloudcore_kubeconfig, device_samples, node_ready, owned_lease_renew_time, pod,
+    reported, running_and_ready, twin_report, wait_for,
 };
 use kubeedge_testkit::mosquitto_pub_ok;
 use kubeedge_testkit::peers::{
@@ -90,7 +90,8 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
     )
     .await;
     let dir = cp.run_dir().join("ours");
-    let mut first = OurCloud::start(&dir, "cloudcore-1", &cp).await;
+    let kubeconfig = cloudcore_kubeconfig(&cp, &dir).await;
+    let mut first = OurCloud::start(&dir, "cloudcore-1", &kubeconfig).await;
     let relay = Relay::start(first.ws).await;
     let token = first.token().await;
     let edge = RealEdgecore::start(
@@ -225,7 +226,7 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
         .await
         .unwrap();
     cp.apply(&small_pod("born", NODE)).await.unwrap();
-    let second = OurCloud::start(&dir, "cloudcore-2", &cp).await;
+    let second = OurCloud::start(&dir, "cloudcore-2", &kubeconfig).await;
     relay.switch(second.ws);
     wait_for("the pod created meanwhile Running", || async {
         pod(&cp, "default", "born").await.filter(running_and_ready)

@@ -168,7 +168,7 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                             ApiError::forbidden(format!("node {node} may not patch node {name}")),
                         );
                     }
-                    match content_json(msg).and_then(status_only) {
+                    match content_json(msg).and_then(node_patch) {
                         Ok(patch) => Decision::Write(Action::PatchNodeStatus { name, patch }),
                         Err(err) => refuse(node, msg, err),
                     }
@@ -575,12 +575,58 @@ fn content_json(msg: &Message) -> Result<Value, ApiError> {
     }
 }
 
-/// A node status patch may carry only `status`.
-fn status_only(patch: Value) -> Result<Value, ApiError> {
-    match patch.get("status") {
-        Some(status) if status.is_object() => Ok(json!({ "status": status })),
-        _ => Err(ApiError::bad_request("a node status patch without status")),
+/// A node's patch of its own Node (sent to the `status` subresource, as KubeEdge does): its
+/// `status`, and the labels and annotations the kubelet keeps (it patches them through the
+/// same call), except labels under `node-restriction.kubernetes.io/`, which Kubernetes'
+/// NodeRestriction reserves for administrators. Anything else is refused.
+fn node_patch(patch: Value) -> Result<Value, ApiError> {
+    let Some(fields) = patch.as_object() else {
+        return Err(ApiError::bad_request("a node patch that is not an object"));
+    };
+    let mut out = serde_json::Map::new();
+    for (key, value) in fields {
+        match key.as_str() {
+            "status" if value.is_object() => {
+                out.insert(key.clone(), value.clone());
+            }
+            "metadata" => {
+                let Some(meta) = value.as_object() else {
+                    return Err(ApiError::bad_request("metadata is not an object"));
+                };
+                for (field, v) in meta {
+                    let allowed = matches!(field.as_str(), "labels" | "annotations")
+                        || field.starts_with("$setElementOrder/")
+                        || field == "$retainKeys";
+                    if !allowed {
+                        return Err(ApiError::forbidden(format!(
+                            "a node may not patch metadata.{field} of its Node"
+                        )));
+                    }
+                    if field == "labels"
+                        && v.as_object().is_some_and(|labels| {
+                            labels
+                                .keys()
+                                .any(|k| k.starts_with("node-restriction.kubernetes.io/"))
+                        })
+                    {
+                        return Err(ApiError::forbidden(
+                            "node-restriction.kubernetes.io/ labels are reserved",
+                        ));
+                    }
+                }
+                out.insert(key.clone(), value.clone());
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "a node patch may carry status, labels and annotations, not {key}"
+                )));
+            }
+        }
     }
+    if out.is_empty() {
+        return Err(ApiError::bad_request("an empty node patch"));
+    }
+    Ok(Value::Object(out))
 }
 
 /// The reply KubeEdge's edgecontroller sends: `{"Object":...,"Err":...}`, `parent_msg_id` =

@@ -564,3 +564,20 @@ fn a_lease_owner_without_uid_gets_the_nodes_uid() {
     };
     assert_eq!(lease["metadata"]["ownerReferences"][0]["uid"], "n");
 }
+
+#[test]
+fn a_node_patches_its_status_labels_and_annotations_and_nothing_else() {
+    let patch = |p: Value| msg("edged", "meta", "patch", "null/nodepatch/edge-a", string(p));
+    // KubeEdge's kubelet patches labels and annotations through the same call.
+    let Action::PatchNodeStatus { patch: sent, .. } = assert_write(patch(
+        json!({"metadata": {"annotations": {"a": "b"}, "labels": {"x": "y"}}}),
+    )) else {
+        panic!("not a node patch")
+    };
+    assert_eq!(sent["metadata"]["labels"]["x"], "y");
+    assert_write(patch(json!({"status": {"phase": "Running"}})));
+    assert_forbidden(patch(json!({"metadata": {"ownerReferences": []}})));
+    assert_forbidden(patch(
+        json!({"metadata": {"labels": {"node-restriction.kubernetes.io/pool": "a"}}}),
+    ));
+}

@@ -31,7 +31,59 @@ where
     value
 }
 
-/// Our cloudcore in kube mode against `cp`'s API server.
+/// A kubeconfig for our cloudcore with only the permissions `deploy/cloudcore.yaml` grants
+/// (its ServiceAccount, ClusterRole and ClusterRoleBinding applied to `cp`, a token of that
+/// ServiceAccount): a cloudcore run with it shows that the RBAC rules we ship are enough.
+pub async fn cloudcore_kubeconfig(cp: &ControlPlane, dir: &Path) -> PathBuf {
+    let deploy = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cloudcore.yaml"),
+    )
+    .unwrap();
+    let rbac: Vec<&str> = deploy
+        .split("\n---\n")
+        .filter(|doc| {
+            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+                .iter()
+                .any(|k| doc.contains(&format!("\nkind: {k}\n")))
+        })
+        .collect();
+    assert_eq!(rbac.len(), 3, "deploy/cloudcore.yaml has its RBAC");
+    match cp.kubectl(&["create", "namespace", "kubeedge"]).await {
+        Err(e) if !e.stderr.contains("AlreadyExists") => panic!("{e:?}"),
+        _ => {}
+    }
+    cp.apply(&rbac.join("\n---\n")).await.unwrap();
+    let token = cp
+        .kubectl(&[
+            "create",
+            "token",
+            "cloudcore",
+            "-n",
+            "kubeedge",
+            "--duration=3h",
+        ])
+        .await
+        .unwrap();
+    let ca = std::fs::read(cp.run_dir().join("pki/ca.crt")).unwrap();
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: cloudcore\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: cloudcore}}\ncurrent-context: c\n",
+        cp.apiserver(),
+        base64_encode(&ca),
+        token.trim()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("cloudcore.kubeconfig");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Our cloudcore in kube mode against `cp`'s API server, with the permissions of
+/// [`cloudcore_kubeconfig`].
 pub struct OurCloud {
     pub proc: Proc,
     pub ws: SocketAddr,
@@ -42,7 +94,7 @@ pub struct OurCloud {
 impl OurCloud {
     /// Starts a replica named `name` (its log `<dir>/<name>.log`) with the CA in `<dir>/pki`
     /// (shared by every replica of `dir`), and waits until it serves the join endpoint.
-    pub async fn start(dir: &Path, name: &str, cp: &ControlPlane) -> Self {
+    pub async fn start(dir: &Path, name: &str, kubeconfig: &Path) -> Self {
         let ws: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let https: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         std::fs::create_dir_all(dir).unwrap();
@@ -52,7 +104,7 @@ impl OurCloud {
             format!("--listen={ws}"),
             format!("--https-listen={https}"),
             "--advertise-address=127.0.0.1".into(),
-            format!("--kubeconfig={}", cp.kubeconfig().display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--metrics-listen=127.0.0.1:{}", free_port()),
         ];
         let proc = Proc::spawn("cloudcore", args, dir.join(format!("{name}.log")));
