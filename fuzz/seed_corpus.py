@@ -80,6 +80,20 @@ def main():
         "route": {"source": "metamanager", "group": "resource", "operation": "list", "resource": "inventory"},
         "content": {"objects": [{"key": "default/pod/p1", "uid": "p1", "resourceVersion": 1},
                                 {"key": "default/pod/gone", "uid": "g", "resourceVersion": 9}]}}).encode())
+    # Token and lease queries of a KubeEdge edge, and what clouds answer edges.
+    put("cloud_upstream", req("query", "default/serviceaccounttoken/default",
+        {"spec": {"expirationSeconds": 3607, "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p1", "uid": "p1"}}}))
+    put("cloud_upstream", req("query", "kube-node-lease/lease/n1", None))
+    for seed in [
+        b'{"Object":{"metadata":{"name":"n1","resourceVersion":"7"}},"Err":null}',
+        b'{"ErrStatus":{"status":"Failure","reason":"NotFound","code":404,"message":"x"}}',
+        b'"OK"',
+        b'{"spec":{"expirationSeconds":3607,"boundObjectRef":{"kind":"Pod","name":"p","uid":"u"}},'
+        b'"status":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}',
+        b"inventory, x",
+        b"default/pod/web u1\nnull/node/n u\ndefault/configmap/c u2\n",
+    ]:
+        put("cloud_replies", seed)
 
 
 if __name__ == "__main__":

@@ -74,9 +74,10 @@ def exports(text):
 
 
 class Api:
-    """The admin's requests to the kube-apiserver (static token `admin` of control-plane.sh)."""
+    """The admin's requests to the kube-apiserver (the static token control-plane.sh made)."""
 
-    def __init__(self, url):
+    def __init__(self, url, token):
+        self.token = token
         self.host, self.port = url.replace("https://", "").split(":")
         self.ctx = ssl.create_default_context()
         self.ctx.check_hostname = False
@@ -86,7 +87,7 @@ class Api:
         return http.client.HTTPSConnection(self.host, int(self.port), context=self.ctx, timeout=60)
 
     def request(self, conn, method, path, body=None):
-        headers = {"Authorization": "Bearer admin", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         conn.request(method, path, body=json.dumps(body) if body is not None else None,
                      headers=headers)
         r = conn.getresponse()
@@ -106,7 +107,8 @@ def run_cloud(kind, args, peers_bin, crds, harness):
         if cp.returncode:
             sys.exit(f"control-plane.sh failed:\n{cp.stderr[-2000:]}")
         cpe = exports(cp.stdout)
-        api = Api(cpe["APISERVER"])
+        with open(os.path.join(run_dir, "pki", "admin.token")) as f:
+            api = Api(cpe["APISERVER"], f.read().strip())
         kubeconfig = cpe["KUBECONFIG"]
         pki = os.path.join(run_dir, "bench-pki")
         os.makedirs(pki)
@@ -117,7 +119,7 @@ def run_cloud(kind, args, peers_bin, crds, harness):
                 [os.path.join(args.bin_dir, "cloudcore"), "--pki-dir", pki,
                  "--listen", f"127.0.0.1:{hub}", "--https-listen", f"127.0.0.1:{https}",
                  "--advertise-address", "127.0.0.1", "--kubeconfig", kubeconfig,
-                 "--node-limit", str(args.nodes + 100)],
+                 "--node-limit", str(args.nodes + 100), "--sent-records", args.sent_records],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
             procs.append(cloud)
             cloud_pid = cloud.pid
@@ -143,7 +145,7 @@ def run_cloud(kind, args, peers_bin, crds, harness):
             secret = json.loads(body)
             for key, out, tool in (("cadata", "ca.pem", ["openssl", "x509", "-inform", "der"]),
                                    ("cakeydata", "ca-key.pem", ["openssl", "pkey", "-inform", "der"])):
-                der = base64.b64decode(base64.b64decode(secret["data"][key]))
+                der = base64.b64decode(secret["data"][key])
                 pem = subprocess.run(tool, input=der, capture_output=True, check=True).stdout
                 with open(os.path.join(pki, out), "wb") as f:
                     f.write(pem)
@@ -241,6 +243,7 @@ def main():
     ap.add_argument("--clouds", default="ours,kubeedge")
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--peers", default="../shared/peers")
+    ap.add_argument("--sent-records", default="true", help="our cloudcore's --sent-records")
     args = ap.parse_args()
     unpack = subprocess.run([os.path.join(args.peers, "unpack.sh")], capture_output=True, text=True,
                             check=True)

@@ -42,6 +42,7 @@
 //! | `kubeedgeRs.manifests.scanIntervalMs` | 1000 | how often the folder is scanned, at least 1 | `--scan-interval-ms` |
 //! | `kubeedgeRs.installCRDs` | `false` | apply the device CRDs to the cluster first | `--install-crds` |
 //! | `kubeedgeRs.inventoryGraceMs` | 2000 | how long to wait for a connecting node's inventory | `--inventory-grace-ms` |
+//! | `kubeedgeRs.sentRecords` | true | keep a record of what each node without an inventory (a KubeEdge edge) was sent, so that any replica tells it the deletes it missed | `--sent-records` |
 //!
 //! `kubeedgeRs` is a kubeedge-rs extension: KubeEdge has no manifest mode and no such key.
 //! Durations follow KubeEdge's units: seconds, days and hours as above, and milliseconds in the
@@ -108,6 +109,7 @@ pub const FLAGS: &[&str] = &[
     "status-dir",
     "scan-interval-ms",
     "inventory-grace-ms",
+    "sent-records",
     "node-limit",
 ];
 
@@ -183,6 +185,10 @@ kubeedgeRs:
   installCRDs: false
   # How long to wait for a connecting node's inventory, in ms. (--inventory-grace-ms)
   inventoryGraceMs: 2000
+  # Keep a record (one ConfigMap in the kubeedge namespace) of what each node without an
+  # inventory (a KubeEdge edge) was sent, so that any replica tells it the deletes it missed.
+  # (--sent-records)
+  sentRecords: true
 "#;
 
 /// A `cloudcore.yaml` as read: every key optional, unknown keys ignored. Turn it into what
@@ -322,6 +328,8 @@ pub struct Extension {
     pub install_crds: Option<bool>,
     /// `inventoryGraceMs`.
     pub inventory_grace_ms: Option<u64>,
+    /// `sentRecords`.
+    pub sent_records: Option<bool>,
 }
 
 /// `kubeedgeRs.manifests`: a folder of YAML instead of a cluster.
@@ -425,6 +433,8 @@ pub struct Settings {
     /// How long to wait for a connecting node's inventory (`--inventory-grace-ms`,
     /// `inventoryGraceMs`).
     pub inventory_grace: Duration,
+    /// Whether sent records are kept (`--sent-records`, `sentRecords`).
+    pub sent_records: bool,
     /// The most nodes one replica holds (`--node-limit`, `nodeLimit`).
     pub node_limit: usize,
     /// A node's session ends after this long without a message (`keepaliveInterval`).
@@ -459,6 +469,7 @@ impl Default for Settings {
             status_dir: None,
             scan_interval: Duration::from_millis(1000),
             inventory_grace: Duration::from_millis(2000),
+            sent_records: true,
             node_limit: 500,
             keepalive: Duration::from_secs(30),
             edge_cert_validity_days: kubeedge_hub::join::DEFAULT_EDGE_CERT_VALIDITY_DAYS,
@@ -538,6 +549,9 @@ impl Settings {
             }
             if let Some(ms) = ext.inventory_grace_ms {
                 self.inventory_grace = Duration::from_millis(ms);
+            }
+            if let Some(on) = ext.sent_records {
+                self.sent_records = on;
             }
         }
         Ok(())
@@ -722,6 +736,7 @@ impl Settings {
         if flags.get("inventory-grace-ms").is_some() {
             self.inventory_grace = Duration::from_millis(flags.required("inventory-grace-ms")?);
         }
+        self.sent_records = flags.parsed("sent-records", self.sent_records)?;
         self.node_limit = flags.parsed("node-limit", self.node_limit)?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! What edged takes from a stored Pod (the cloud's JSON, hostile like any input): decoding it,
 //! building the sandbox and every container's configuration (environment, `$(VAR)` expansion,
-//! resource quantities, ports), and Kubernetes quantities on their own never panic.
+//! resource quantities, ports), what it needs from the cloud, and Kubernetes quantities on
+//! their own never panic.
 #![no_main]
 
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = pod_spec::sandbox_config(&pod, 0, Path::new("/logs"));
+    // What the pod asks the cloud for (ConfigMaps, Secrets, service-account tokens).
+    let _ = kubeedge_edged::volumes::pod_needs(&pod);
     let objects = PodObjects::default();
     let fields = RuntimeFields::default();
     for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {

@@ -22,9 +22,22 @@ use crate::{ApiError, ClusterWriter, Kind, NODE_LEASE_NAMESPACE, ObjectEvent, Ob
 /// Messages a node's sender hands the hub per record write, at most.
 const SEND_BATCH: usize = 256;
 
-/// The sender of one node: its queue, and whether its messages are recorded.
+/// The sender of one node: its queue.
 struct NodeSender {
     tx: mpsc::UnboundedSender<Message>,
+}
+
+/// The controller's per-node tasks and records.
+struct Links {
+    /// One sender task per node (downstream, in order).
+    senders: HashMap<String, NodeSender>,
+    /// Nodes without an inventory whose messages are recorded, with their record until
+    /// their sender takes it.
+    recorded: HashMap<String, Option<SentRecord>>,
+    /// Bounds the sent-record reads and writes in flight.
+    record_io: Arc<tokio::sync::Semaphore>,
+    /// One writer task per node (upstream writes, in order).
+    workers: HashMap<String, mpsc::UnboundedSender<(Message, Action)>>,
 }
 
 /// Settings of [`CloudController`].
@@ -41,6 +54,9 @@ pub struct CloudConfig {
     /// Keep a [`SentRecord`](crate::SentRecord) for nodes that send no inventory (KubeEdge
     /// edges), so that any replica tells them the deletes they missed. Default on.
     pub sent_records: bool,
+    /// How many sent records are read or written at once (a burst of connects or of new
+    /// pods must not open a thousand API calls at a time). Default 32.
+    pub record_io: usize,
 }
 
 impl Default for CloudConfig {
@@ -50,6 +66,7 @@ impl Default for CloudConfig {
             tick: Duration::from_secs(1),
             node_monitor_grace: Duration::from_secs(40),
             sent_records: true,
+            record_io: 32,
         }
     }
 }
@@ -172,13 +189,14 @@ impl<W: ClusterWriter> CloudController<W> {
     /// Runs until `shutdown` (or until the transport stops).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let mut view = Downstream::new(self.config.inventory_grace);
-        let mut senders: HashMap<String, NodeSender> = HashMap::new();
-        // Nodes without an inventory whose messages are recorded, with their record until
-        // their sender takes it.
-        let mut recorded: HashMap<String, Option<SentRecord>> = HashMap::new();
+        let mut links = Links {
+            senders: HashMap::new(),
+            recorded: HashMap::new(),
+            record_io: Arc::new(tokio::sync::Semaphore::new(self.config.record_io.max(1))),
+            workers: HashMap::new(),
+        };
         let (records_tx, mut records_rx) =
             mpsc::channel::<(String, Result<Option<String>, ApiError>)>(1024);
-        let mut workers: HashMap<String, mpsc::UnboundedSender<(Message, Action)>> = HashMap::new();
         let mut marked = HashSet::new();
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,7 +208,7 @@ impl<W: ClusterWriter> CloudController<W> {
                 event = self.objects.recv(), if objects_open => match event {
                     Some(event) => {
                         let out = view.apply(event);
-                        self.dispatch(&view, &mut senders, &mut recorded, out);
+                        self.dispatch(&view, &mut links, out);
                         self.metrics.0.objects.store(view.object_count() as u64, Ordering::Relaxed);
                     }
                     None => {
@@ -208,15 +226,15 @@ impl<W: ClusterWriter> CloudController<W> {
                         DeliveryEvent::Disconnected { node, reason } => {
                             tracing::info!(node, ?reason, "edge node disconnected");
                             view.disconnected(&node);
-                            senders.remove(&node);
-                            workers.remove(&node);
-                            recorded.remove(&node);
+                            links.senders.remove(&node);
+                            links.workers.remove(&node);
+                            links.recorded.remove(&node);
                         }
                         DeliveryEvent::Delivered { .. } => {
                             self.metrics.0.acked.fetch_add(1, Ordering::Relaxed);
                         }
                         DeliveryEvent::Message { node, message } => {
-                            self.upstream(&mut view, &mut senders, &mut recorded, &mut workers, node, message).await;
+                            self.upstream(&mut view, &mut links, node, message).await;
                         }
                     }
                     self.metrics.0.connected.store(view.session_count() as u64, Ordering::Relaxed);
@@ -238,23 +256,25 @@ impl<W: ClusterWriter> CloudController<W> {
                     } else {
                         view.inventory(&node, &record.to_inventory())
                     };
-                    recorded.insert(node.clone(), Some(record));
-                    senders.remove(&node);
-                    self.dispatch(&view, &mut senders, &mut recorded, out);
+                    links.recorded.insert(node.clone(), Some(record));
+                    links.senders.remove(&node);
+                    self.dispatch(&view, &mut links, out);
                 }
                 _ = ticker.tick() => {
                     let now = Instant::now();
                     if self.config.sent_records {
                         for node in view.expire(now) {
                             let (writer, tx) = (self.writer.clone(), records_tx.clone());
+                            let io = Arc::clone(&links.record_io);
                             tokio::spawn(async move {
+                                let _permit = io.acquire().await;
                                 let loaded = writer.load_sent_record(&node).await;
                                 let _ = tx.send((node, loaded)).await;
                             });
                         }
                     }
                     let out = view.tick(now);
-                    self.dispatch(&view, &mut senders, &mut recorded, out);
+                    self.dispatch(&view, &mut links, out);
                     let now_secs = now_millis() / 1000;
                     for (name, node) in lapsed_nodes(&view, now_secs, grace_secs, &mut marked) {
                         tracing::warn!(node = name, "node lease lapsed: marking the node unreachable");
@@ -277,9 +297,7 @@ impl<W: ClusterWriter> CloudController<W> {
     async fn upstream(
         &self,
         view: &mut Downstream,
-        senders: &mut HashMap<String, NodeSender>,
-        recorded: &mut HashMap<String, Option<SentRecord>>,
-        workers: &mut HashMap<String, mpsc::UnboundedSender<(Message, Action)>>,
+        links: &mut Links,
         node: String,
         message: Message,
     ) {
@@ -292,10 +310,10 @@ impl<W: ClusterWriter> CloudController<W> {
                 tracing::debug!(node, objects = inventory.objects.len(), "inventory");
                 let out = view.inventory(&node, &inventory);
                 // The node keeps its own inventory: nothing to record for it.
-                if recorded.remove(&node).is_some() {
-                    senders.remove(&node);
+                if links.recorded.remove(&node).is_some() {
+                    links.senders.remove(&node);
                 }
-                self.dispatch(view, senders, recorded, out);
+                self.dispatch(view, links, out);
             }
             Decision::Reply(reply) => self.reply(&node, reply).await,
             Decision::Refuse(reply) => {
@@ -303,14 +321,15 @@ impl<W: ClusterWriter> CloudController<W> {
                 self.reply(&node, reply).await;
             }
             Decision::Write(action) => {
-                let worker = workers
+                let worker = links
+                    .workers
                     .entry(node.clone())
                     .or_insert_with(|| self.spawn_worker(node.clone()));
                 if let Err(mpsc::error::SendError(job)) = worker.send((message, action)) {
                     // The worker ended (its task panicked or was dropped): start another.
                     let worker = self.spawn_worker(node.clone());
                     let _ = worker.send(job);
-                    workers.insert(node, worker);
+                    links.workers.insert(node, worker);
                 }
             }
             Decision::Ignore(why) => tracing::trace!(node, why, "ignored"),
@@ -362,23 +381,17 @@ impl<W: ClusterWriter> CloudController<W> {
         tx
     }
 
-    fn dispatch(
-        &self,
-        view: &Downstream,
-        senders: &mut HashMap<String, NodeSender>,
-        recorded: &mut HashMap<String, Option<SentRecord>>,
-        out: Vec<Outgoing>,
-    ) {
+    fn dispatch(&self, view: &Downstream, links: &mut Links, out: Vec<Outgoing>) {
         for Outgoing { node, message } in out {
             self.metrics.0.downstream.fetch_add(1, Ordering::Relaxed);
-            let message = match senders.get(&node) {
+            let message = match links.senders.get(&node) {
                 Some(sender) => match sender.tx.send(message) {
                     Ok(()) => continue,
                     Err(mpsc::error::SendError(message)) => message,
                 },
                 None => message,
             };
-            let record = recorded.get_mut(&node).map(|r| {
+            let record = links.recorded.get_mut(&node).map(|r| {
                 let node_uid = view
                     .get(&ObjectKey::new(Kind::Node, "", node.as_str()))
                     .map(|n| n.uid().to_owned());
@@ -386,11 +399,12 @@ impl<W: ClusterWriter> CloudController<W> {
                     record: r.take().unwrap_or_default(),
                     writer: self.writer.clone(),
                     node_uid,
+                    io: Arc::clone(&links.record_io),
                 }
             });
             let sender = spawn_sender(self.cloud.clone(), node.clone(), record);
             let _ = sender.tx.send(message);
-            senders.insert(node, sender);
+            links.senders.insert(node, sender);
         }
     }
 }
@@ -400,10 +414,12 @@ struct RecordKeeper<W> {
     record: SentRecord,
     writer: W,
     node_uid: Option<String>,
+    io: Arc<tokio::sync::Semaphore>,
 }
 
 impl<W: ClusterWriter> RecordKeeper<W> {
     async fn store(&self, node: &str) {
+        let _permit = self.io.acquire().await;
         if let Err(err) = self
             .writer
             .store_sent_record(node, self.node_uid.as_deref(), self.record.render())

@@ -15,15 +15,20 @@
 //!   `ManifestWriter` into status files. It is the only thing that differs between the modes.
 //! - [`crd`] ships the CRD manifests of KubeEdge's device API (`devices.kubeedge.io/v1beta1`),
 //!   so that `kubectl apply` of KubeEdge's own Device samples works.
-//! - [`Downstream`] (pure state) decides what each connected node must hold: its Pods, the
-//!   ConfigMaps and Secrets they reference, its Devices and their DeviceModels; never another
-//!   node's objects (KubeEdge #3593). Every message carries `resourceversion` and goes on the
-//!   ACK path in KubeEdge's exact form; referenced objects go before the Pod that needs them; a
-//!   change of the status alone is not sent.
+//! - [`Downstream`] (pure state) decides what each connected node must hold: its own Node (as
+//!   KubeEdge v1.23 pushes it, `null/node/<name>`, status changes included: the edge learns
+//!   the uid that owns its Lease, and that the cluster marked it not Ready), its Pods, the
+//!   ConfigMaps and Secrets they reference, its Devices (each only once its DeviceModel is
+//!   known: KubeEdge's edge refuses a Device without its model and never takes it up again)
+//!   and their DeviceModels; never another node's objects (KubeEdge #3593). Every message
+//!   carries `resourceversion` and goes on the ACK path in KubeEdge's exact form; referenced
+//!   objects go before the Pod that needs them; a change of a Pod's status alone is not sent.
 //! - [`decide`] (pure) checks each request of a node against node isolation and turns it into
 //!   an [`Action`] or an answer: `podpatch` → Pod status, `nodepatch` → Node status, Node
-//!   registration, Lease create/renew, the final Pod delete of a graceful deletion,
-//!   ConfigMap/Secret queries (from the cache), events, twin and state reports → DeviceStatus.
+//!   registration, Lease create/renew/query (an owner reference without uid gets the Node's),
+//!   the final Pod delete of a graceful deletion, ConfigMap/Secret queries (from the cache),
+//!   service-account tokens (TokenRequest, only for a Pod bound to the node and its own
+//!   service account), events, twin and state reports → DeviceStatus.
 //!   Replies are `{"Object":...,"Err":...}` with `parent_msg_id` = the request's `msg_id`.
 //! - [`CloudController`] runs it all: one task owning the view, one sender task per node (in
 //!   order, waiting for the node's queue: backpressure from the hub), one writer task per node
@@ -34,12 +39,16 @@
 //! KubeEdge records, per node and object, the last acknowledged resourceVersion in an
 //! `ObjectSync` object in the API server (one write per object per node: KubeEdge #7278).
 //! This cloud keeps what it sent to a node in memory for the node's session only. When a node
-//! connects, a kubeedge-rs edge sends its [`Inventory`](kubeedge_proto::inventory::Inventory)
-//! (uid and resourceVersion of every object its store holds) and gets exactly the difference:
-//! newer versions, objects it lacks, deletes for what it should no longer hold. A KubeEdge edge
-//! sends none; after `inventory_grace` it gets its full set, which its store applies
-//! idempotently (what was deleted while such an edge was away is not known to a fresh replica:
-//! that case needs KubeEdge's ObjectSync, which this cloud does not keep).
+//! connects, a kubeedge-rs edge (told by the CloudHub's upgrade response that this cloud
+//! understands it) sends its [`Inventory`](kubeedge_proto::inventory::Inventory) (uid and
+//! resourceVersion of every object its store holds) and gets exactly the difference: newer
+//! versions, objects it lacks, deletes for what it should no longer hold. A KubeEdge edge
+//! sends none: for such a node the cloud keeps one [`SentRecord`] (key and uid of every
+//! object it sent the node, one ConfigMap per node owned by the Node, written before a batch
+//! that gives the node a new object), and a replica that never served the node reads it after
+//! `inventory_grace` and brings the node from it to what it should hold, deletes it missed
+//! included. That is one write per node and burst, not one per object and message as
+//! KubeEdge's ObjectSync.
 //!
 //! So any replica can serve any node, and replicas need no coordination: run several
 //! `cloudcore` processes behind one Kubernetes Service (or any TCP load balancer) on port 10000

@@ -10,6 +10,13 @@
 //!   the cloud sends; [`Edged`] reads the pods with `spec.nodeName` = this node (and the
 //!   ConfigMaps and Secrets of their namespaces) from KubeEdge's `meta` table at start, every
 //!   [`EdgedConfig::sync_interval`], and at once after [`EdgedHandle::store_changed`].
+//! - What a pod needs and the store lacks ([`volumes::pod_needs`]: ConfigMaps and Secrets
+//!   created before the pod, which KubeEdge's cloud never pushes; service-account tokens) is
+//!   asked of the cloud through the MetaManager's outbox (`query`, as KubeEdge's edge asks),
+//!   again with back-off while it does not come; the answers are stored and served locally,
+//!   also offline. Tokens are renewed at 80 % of their lifetime and removed with their pod.
+//! - Pod status is sent when it changed, again while the cloud's copy disagrees, and again
+//!   after every reconnect ([`EdgedHandle::resend_status`]).
 //! - Each pod has a worker task ([`pod_worker::PodWorker`]): sandbox, images (`ImageStatus`
 //!   first; pulled only when the pull policy says so), containers, restart policy, probes
 //!   ([`probe`]), volumes ([`volumes`]), termination with the grace period, and the status

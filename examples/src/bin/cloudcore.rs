@@ -5,7 +5,7 @@
 //!           [--https-listen 0.0.0.0:10002] [--advertise-address 127.0.0.1,...]
 //!           [--metrics-listen 127.0.0.1:10550] [--kubeconfig FILE] [--install-crds true]
 //!           [--manifests DIR] [--status-dir DIR] [--scan-interval-ms 1000]
-//!           [--inventory-grace-ms 2000] [--node-limit 500]
+//!           [--inventory-grace-ms 2000] [--sent-records true] [--node-limit 500]
 //! cloudcore --defaultconfig
 //! cloudcore gettoken [--config cloudcore.yaml] [--pki-dir /etc/kubeedge/pki]
 //! ```
@@ -60,7 +60,8 @@ use kubeedge_examples::common::{self, Flags};
 const USAGE: &str = "usage: cloudcore [--config FILE] [--pki-dir DIR] [--listen ADDR]
   [--https-listen ADDR] [--advertise-address IP,...] [--metrics-listen ADDR]
   [--kubeconfig FILE] [--install-crds true] [--manifests DIR] [--status-dir DIR]
-  [--scan-interval-ms 1000] [--inventory-grace-ms 2000] [--node-limit 500]
+  [--scan-interval-ms 1000] [--inventory-grace-ms 2000] [--sent-records true]
+  [--node-limit 500]
        cloudcore --defaultconfig     (print a commented cloudcore.yaml with the defaults)
        cloudcore gettoken [--config FILE] [--pki-dir DIR]
 Flags override the values of the --config file (KubeEdge's cloudcore.yaml; unknown keys
@@ -185,6 +186,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     let config = CloudConfig {
         inventory_grace: settings.inventory_grace,
+        sent_records: settings.sent_records,
         ..CloudConfig::default()
     };
     let (objects_tx, objects) = mpsc::channel::<ObjectEvent>(4096);

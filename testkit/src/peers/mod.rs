@@ -573,7 +573,7 @@ impl Drop for RunDir {
         };
         // KubeEdge's kubelet mounts a tmpfs for each secret and projected volume; with the
         // kubelet stopped they stay, and down.sh cannot remove the run dir under them.
-        if !keep && unmount_under(&self.path) > 0 {
+        if unmount_under(&self.path) > 0 && !keep {
             let _ = std::fs::remove_dir_all(&self.path);
             if !self.path.exists() {
                 problem = None;
