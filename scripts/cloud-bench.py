@@ -22,19 +22,7 @@ import tempfile
 import time
 import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from benchlib import free_port, pct, rss_kib, wait
 
 
 def metric(port, name):
@@ -46,22 +34,6 @@ def metric(port, name):
     except OSError:
         return -1
     return -1
-
-
-def wait(what, check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    sys.exit(f"timed out waiting for {what}")
-
-
-def pct(sorted_values, p):
-    if not sorted_values:
-        return float("nan")
-    i = min(len(sorted_values) - 1, max(0, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[i]
 
 
 def main():

@@ -11,53 +11,12 @@ mod system;
 
 use interop::{
     ModbusSite, OurEdge, device_samples, lease_renewed, log_lines, node_ready, pod, register_holds,
-    reported, running_and_ready, wait_for,
+    reported, running_and_ready, set_desired, sleeper, token_len, wait_for, workload,
 };
 use kubeedge_testkit::peers::{ControlPlane, ControlPlaneOptions, Peers, RealCloudcore};
 use system::{Relay, cri_endpoint};
 
 const NODE: &str = "rs-edge-1";
-
-fn workload(node: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: iop-cfg, namespace: default}}
-data: {{greeting: hello}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: iop-sec, namespace: default}}
-stringData: {{password: s3cret}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: iop, namespace: default}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: c
-    image: edged.test/busybox:1
-    imagePullPolicy: Never
-    command: ["sh", "-c", "echo cfg=$(cat /cfg/greeting) sec=$(cat /sec/password) token=$(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token) ns=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); exec sleep 3600"]
-    volumeMounts:
-    - {{name: cfg, mountPath: /cfg}}
-    - {{name: sec, mountPath: /sec}}
-  volumes:
-  - name: cfg
-    configMap: {{name: iop-cfg}}
-  - name: sec
-    secret: {{secretName: iop-sec}}
-"#
-    )
-}
-
-fn small_pod(name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: edged.test/busybox:1, imagePullPolicy: Never, command: [sleep, '3600']}}\n"
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
@@ -95,9 +54,11 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
 
     // A ConfigMap and a Secret created before the Pod that mounts them, and the default
     // service-account token (kube-api-access, added by admission).
-    cp.apply(&workload(NODE)).await.unwrap();
+    cp.apply(&workload("iop", NODE)).await.unwrap();
     let running = wait_for("the pod Running and ready in the API", || async {
-        pod(&cp, "default", "iop").await.filter(running_and_ready)
+        pod(&cp, "default", "iop-pod")
+            .await
+            .filter(running_and_ready)
     })
     .await;
     let uid = running["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -110,19 +71,13 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
         "admission added the service-account volume"
     );
     let log = wait_for("the container's output", || async {
-        let log = edge.container_log("default", "iop", &uid, "c");
+        let log = edge.container_log("default", "iop-pod", &uid, "c");
         log.contains("cfg=").then_some(log)
     })
     .await;
     assert!(log.contains("cfg=hello sec=s3cret"), "{log}");
     assert!(log.contains("ns=default"), "{log}");
-    let token_len: usize = log
-        .split("token=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(token_len > 100, "a real token: {log}");
+    assert!(token_len(&log) > 100, "a real token: {log}");
     // The token is one the API server issued for this pod.
     let token = std::fs::read_to_string(
         std::fs::read_dir(edge.root.join(format!(
@@ -149,7 +104,7 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
     assert_eq!(review["status"]["authenticated"], true, "{review:#}");
     assert_eq!(
         review["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0],
-        "iop"
+        "iop-pod"
     );
 
     // A ConfigMap change reaches the volume.
@@ -187,16 +142,7 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
         (reported(&cp, "beta1-device", "temp").await.as_deref() == Some("30")).then_some(())
     })
     .await;
-    cp.kubectl(&[
-        "patch",
-        "devices.devices.kubeedge.io",
-        "beta1-device",
-        "--type=json",
-        "-p",
-        r#"[{"op":"replace","path":"/spec/properties/0/desired/value","value":"35"}]"#,
-    ])
-    .await
-    .unwrap();
+    set_desired(&cp, "beta1-device", "35").await;
     wait_for(
         "the new desired value (35) written to the device",
         || async { register_holds(modbus.device.holding(2).await, 35).then_some(()) },
@@ -209,7 +155,7 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
 
     // The link is cut; a pod created meanwhile arrives and runs once it is back.
     relay.cut();
-    cp.apply(&small_pod("during-cut", NODE)).await.unwrap();
+    cp.apply(&sleeper("during-cut", NODE)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     relay.restore();
     wait_for("the pod created during the cut Running", || async {
@@ -222,7 +168,7 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
     // A burst of pods, created after the node has been Ready for a while: every one arrives
     // (one run in four lost a pod before).
     let burst: Vec<String> = (0..6).map(|i| format!("burst-{i}")).collect();
-    let manifests: Vec<String> = burst.iter().map(|n| small_pod(n, NODE)).collect();
+    let manifests: Vec<String> = burst.iter().map(|n| sleeper(n, NODE)).collect();
     cp.apply(&manifests.join("---\n")).await.unwrap();
     for name in &burst {
         wait_for(&format!("{name} Running"), || async {
@@ -232,15 +178,18 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
     }
 
     // Deletion: graceful, finished by the edge once the containers stopped.
-    cp.kubectl(&["delete", "pod", "iop", "--wait=false"])
+    cp.kubectl(&["delete", "pod", "iop-pod", "--wait=false"])
         .await
         .unwrap();
     wait_for("the deleted pod gone from the API", || async {
-        pod(&cp, "default", "iop").await.is_none().then_some(())
+        pod(&cp, "default", "iop-pod").await.is_none().then_some(())
     })
     .await;
     wait_for("the deleted pod gone from the edge's store", || async {
-        edge.stored("default/pod/iop").await.is_none().then_some(())
+        edge.stored("default/pod/iop-pod")
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
 

@@ -16,7 +16,7 @@ mod system;
 
 use interop::{
     OurCloud, cloudcore_kubeconfig, device_samples, node_ready, owned_lease_renew_time, pod,
-    reported, running_and_ready, twin_report, wait_for,
+    reported, running_and_ready, set_desired, sleeper, token_len, twin_report, wait_for, workload,
 };
 use kubeedge_testkit::mosquitto_pub_ok;
 use kubeedge_testkit::peers::{
@@ -25,47 +25,6 @@ use kubeedge_testkit::peers::{
 use system::{Relay, cri_endpoint};
 
 const NODE: &str = "ke-edge-1";
-
-fn workload(node: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: ke-cfg, namespace: default}}
-data: {{greeting: hello}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: ke-sec, namespace: default}}
-stringData: {{password: s3cret}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: ke-pod, namespace: default}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: edged.test/busybox:1
-    imagePullPolicy: Never
-    command: ["sh", "-c", "echo cfg=$(cat /cfg/greeting) sec=$(cat /sec/password) token=$(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token); exec sleep 3600"]
-    volumeMounts:
-    - {{name: cfg, mountPath: /cfg}}
-    - {{name: sec, mountPath: /sec}}
-  volumes:
-  - name: cfg
-    configMap: {{name: ke-cfg}}
-  - name: sec
-    secret: {{secretName: ke-sec}}
-"#
-    )
-}
-
-fn small_pod(name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: edged.test/busybox:1, imagePullPolicy: Never, command: [sleep, '3600']}}\n"
-    )
-}
 
 /// The container id of a pod's first container, as the API server has it.
 fn container_id(pod: &serde_json::Value) -> Option<String> {
@@ -130,7 +89,7 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
     .await;
 
     // ConfigMap, Secret and service-account token: KubeEdge's edge asks our cloud for each.
-    cp.apply(&workload(NODE)).await.unwrap();
+    cp.apply(&workload("ke", NODE)).await.unwrap();
     let running = wait_for("the pod Running and ready", || async {
         pod(&cp, "default", "ke-pod")
             .await
@@ -150,13 +109,7 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
     })
     .await;
     assert!(log.contains("cfg=hello sec=s3cret"), "{log}");
-    let token_len: usize = log
-        .split("token=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(token_len > 100, "a real token: {log}");
+    assert!(token_len(&log) > 100, "a real token: {log}");
 
     // KubeEdge's own Device samples: the Device reaches the edge with its desired value, and
     // a new desired value follows; a twin value a mapper publishes over MQTT reaches
@@ -177,16 +130,7 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
         desired("30")
     })
     .await;
-    cp.kubectl(&[
-        "patch",
-        "devices.devices.kubeedge.io",
-        "beta1-device",
-        "--type=json",
-        "-p",
-        r#"[{"op":"replace","path":"/spec/properties/0/desired/value","value":"35"}]"#,
-    ])
-    .await
-    .unwrap();
+    set_desired(&cp, "beta1-device", "35").await;
     wait_for("the new desired value on the edge", || desired("35")).await;
     wait_for(
         "a twin value published over MQTT in DeviceStatus",
@@ -206,8 +150,8 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
     // to another replica (a fresh process that never served it: it reads the node's record).
     cp.apply(&format!(
         "{}---\n{}",
-        small_pod("keep", NODE),
-        small_pod("gone", NODE)
+        sleeper("keep", NODE),
+        sleeper("gone", NODE)
     ))
     .await
     .unwrap();
@@ -225,7 +169,7 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
     cp.delete(&["pod", "gone", "--grace-period=0", "--force"])
         .await
         .unwrap();
-    cp.apply(&small_pod("born", NODE)).await.unwrap();
+    cp.apply(&sleeper("born", NODE)).await.unwrap();
     let second = OurCloud::start(&dir, "cloudcore-2", &kubeconfig).await;
     relay.switch(second.ws);
     wait_for("the pod created meanwhile Running", || async {

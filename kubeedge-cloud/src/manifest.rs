@@ -1564,6 +1564,17 @@ fn merged_status(current: &Value, patch: &Value) -> std::result::Result<Option<V
 }
 
 impl ManifestWriter {
+    /// `status_dir/sent/<node>.txt`, for a valid node name.
+    fn sent_record_path(&self, node: &str) -> Option<PathBuf> {
+        valid_name(node).then(|| {
+            self.shared
+                .config
+                .status_dir
+                .join(SENT_RECORDS)
+                .join(format!("{node}.txt"))
+        })
+    }
+
     /// Runs one write: mutates the state under its lock, then writes the files (in the order
     /// of the mutations) and wakes the source to send the events.
     async fn write<T>(
@@ -1885,15 +1896,9 @@ impl ClusterWriter for ManifestWriter {
 
     /// `status_dir/sent/<node>.txt`.
     async fn load_sent_record(&self, node: &str) -> std::result::Result<Option<String>, ApiError> {
-        if !valid_name(node) {
+        let Some(path) = self.sent_record_path(node) else {
             return Ok(None);
-        }
-        let path = self
-            .shared
-            .config
-            .status_dir
-            .join(SENT_RECORDS)
-            .join(format!("{node}.txt"));
+        };
         let _files = self.shared.files.lock().await;
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => Ok(Some(text)),
@@ -1909,17 +1914,11 @@ impl ClusterWriter for ManifestWriter {
         _node_uid: Option<&str>,
         record: String,
     ) -> std::result::Result<(), ApiError> {
-        if !valid_name(node) {
+        let Some(path) = self.sent_record_path(node) else {
             return Err(ApiError::bad_request(format!(
                 "{node:?} is not a node name"
             )));
-        }
-        let path = self
-            .shared
-            .config
-            .status_dir
-            .join(SENT_RECORDS)
-            .join(format!("{node}.txt"));
+        };
         let _files = self.shared.files.lock().await;
         self.shared
             .run_file_ops(vec![FileOp::Write(path, record.into_bytes())])

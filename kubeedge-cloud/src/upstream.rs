@@ -271,21 +271,10 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                         );
                     }
                     match view.get(&key) {
-                        Some(found) => {
-                            let content =
-                                Content::json(found.value()).unwrap_or_else(|_| Content::null());
-                            Decision::Reply(
-                                Message::new(
-                                    "edgecontroller",
-                                    "resource",
-                                    "response",
-                                    msg.route.resource.as_str(),
-                                    content,
-                                )
-                                .with_parent(msg.header.id.as_str())
+                        Some(found) => Decision::Reply(
+                            response(msg, Content::json(found.value()))
                                 .with_resource_version(found.resource_version()),
-                            )
-                        }
+                        ),
                         None => Decision::Reply(object_reply(
                             msg,
                             Err(ApiError::not_found(kind.plural(), &name)),
@@ -636,13 +625,17 @@ pub fn object_reply(request: &Message, result: Result<Value, ApiError>) -> Messa
         Ok(object) => ObjectResp::ok(Content::json(&object).unwrap_or_else(|_| Content::null())),
         Err(err) => ObjectResp::status_error(&err.status()).unwrap_or_default(),
     };
-    let content = Content::json(&resp).unwrap_or_else(|_| Content::null());
+    response(request, Content::json(&resp))
+}
+
+/// edgecontroller's `response` to `request` carrying `content` (`null` if it did not encode).
+fn response(request: &Message, content: kubeedge_proto::Result<Content>) -> Message {
     Message::new(
         "edgecontroller",
         "resource",
         "response",
         request.route.resource.as_str(),
-        content,
+        content.unwrap_or_else(|_| Content::null()),
     )
     .with_parent(request.header.id.as_str())
 }
@@ -668,21 +661,13 @@ pub fn write_reply(request: &Message, action: &Action, result: Result<Value, Api
         // The object is gone: an edge must not store the deleted Pod back from the answer.
         Action::DeletePod { .. } => object_reply(request, result.map(|_| Value::Null)),
         // KubeEdge's queries are answered with the object itself, or the bare error.
-        Action::CreateToken { .. } => {
-            let content = match &result {
+        Action::CreateToken { .. } => response(
+            request,
+            match &result {
                 Ok(token) => Content::json(token),
                 Err(err) => Content::json(&json!({ "ErrStatus": err.status() })),
-            }
-            .unwrap_or_else(|_| Content::null());
-            Message::new(
-                "edgecontroller",
-                "resource",
-                "response",
-                request.route.resource.as_str(),
-                content,
-            )
-            .with_parent(request.header.id.as_str())
-        }
+            },
+        ),
         _ => object_reply(request, result),
     }
 }

@@ -111,23 +111,24 @@ impl ObjectResp {
     /// `ErrStatus.reason` of a status error (`NotFound`, `AlreadyExists`, `Conflict`, ...);
     /// `None` on success or for an error without a reason.
     pub fn error_reason(&self) -> Option<String> {
+        self.err_status()
+            .map(|s| s.reason)
+            .filter(|r| !r.is_empty())
+    }
+
+    /// The `ErrStatus` of a status error.
+    fn err_status(&self) -> Option<Status> {
         #[derive(Deserialize)]
         struct StatusHolder {
             #[serde(rename = "ErrStatus")]
             err_status: Status,
-        }
-        #[derive(Deserialize)]
-        struct Status {
-            #[serde(default)]
-            reason: String,
         }
         if !self.is_err() {
             return None;
         }
         serde_json::from_slice::<StatusHolder>(self.err.as_json())
             .ok()
-            .map(|h| h.err_status.reason)
-            .filter(|r| !r.is_empty())
+            .map(|h| h.err_status)
     }
 
     /// The error text: `ErrStatus.message` of a status error, the text of a string error, or a
@@ -139,21 +140,20 @@ impl ObjectResp {
         if let Some(text) = self.err.as_str() {
             return Some(text.into_owned());
         }
-        #[derive(Deserialize)]
-        struct StatusHolder {
-            #[serde(rename = "ErrStatus")]
-            err_status: Status,
-        }
-        #[derive(Deserialize)]
-        struct Status {
-            #[serde(default)]
-            message: String,
-        }
-        match serde_json::from_slice::<StatusHolder>(self.err.as_json()) {
-            Ok(h) if !h.err_status.message.is_empty() => Some(h.err_status.message),
+        match self.err_status() {
+            Some(status) if !status.message.is_empty() => Some(status.message),
             _ => Some("the cloud reported an error without details".to_owned()),
         }
     }
+}
+
+/// The fields of a Kubernetes `metav1.Status` an edge reads from a refusal.
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
 }
 
 impl Serialize for ObjectResp {

@@ -13,7 +13,7 @@ use kubeedge_testkit::{eventually, free_port};
 use serde_json::Value;
 use tokio::process::Command;
 
-use super::system::{Proc, PyModbus, bin};
+use super::system::{Proc, PyModbus, bin, dmi_mapper, edgecore_join};
 
 /// Deadline for what the peers and our binaries do on their own: a pod starting, a node
 /// turning Ready, KubeEdge's edgecore reconnecting (keepalive 15 s + 30 s back-off), the
@@ -165,24 +165,17 @@ impl OurEdge {
         std::fs::create_dir_all(dir).unwrap();
         let root = dir.join(node);
         let mqtt_port = free_port();
-        let join = Command::new(bin("edgecore"))
-            .arg("join")
-            .arg(format!("--cloudcore={cloud}"))
-            .arg(format!("--https-port={https_port}"))
-            .arg(format!("--token={token}"))
-            .arg(format!("--node={node}"))
-            .arg(format!("--root={}", root.display()))
-            .arg(format!("--cri-endpoint={cri}"))
-            .arg(format!("--mqtt-internal=tcp://127.0.0.1:{mqtt_port}"))
-            .arg(format!("--metrics-listen=127.0.0.1:{}", free_port()))
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            join.status.success(),
-            "edgecore join: {}",
-            String::from_utf8_lossy(&join.stderr)
-        );
+        edgecore_join(&[
+            format!("--cloudcore={cloud}"),
+            format!("--https-port={https_port}"),
+            format!("--token={token}"),
+            format!("--node={node}"),
+            format!("--root={}", root.display()),
+            format!("--cri-endpoint={cri}"),
+            format!("--mqtt-internal=tcp://127.0.0.1:{mqtt_port}"),
+            format!("--metrics-listen=127.0.0.1:{}", free_port()),
+        ])
+        .await;
         let proc = Proc::spawn(
             "edgecore",
             vec![format!("--root={}", root.display())],
@@ -239,6 +232,60 @@ impl OurEdge {
         }
         text
     }
+}
+
+/// A ConfigMap `<p>-cfg` and a Secret `<p>-sec` created before the Pod `<p>-pod` on `node`
+/// that mounts both (and, admitted by a real API server, the default service-account token):
+/// its container prints `cfg=<greeting> sec=<password> token=<bytes> ns=<namespace>`.
+pub fn workload(p: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {p}-cfg, namespace: default}}
+data: {{greeting: hello}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {p}-sec, namespace: default}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {p}-pod, namespace: default}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: edged.test/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo cfg=$(cat /cfg/greeting) sec=$(cat /sec/password) token=$(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token) ns=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); exec sleep 3600"]
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: sec, mountPath: /sec}}
+  volumes:
+  - name: cfg
+    configMap: {{name: {p}-cfg}}
+  - name: sec
+    secret: {{secretName: {p}-sec}}
+"#
+    )
+}
+
+/// A Pod `name` on `node` that only sleeps.
+pub fn sleeper(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: edged.test/busybox:1, imagePullPolicy: Never, command: [sleep, '3600']}}\n"
+    )
+}
+
+/// The byte count after `token=` in a [`workload`] container's output (0 if none).
+pub fn token_len(log: &str) -> usize {
+    log.split("token=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `status` of the `Ready` condition of Node `name`, as the API server has it.
@@ -333,19 +380,7 @@ impl ModbusSite {
     pub async fn start(dir: &Path, dmi_socket: &Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let device = PyModbus::start(dir).await;
-        let mapper = Proc::spawn(
-            "modbus-mapper",
-            vec![
-                "--dmi".into(),
-                "--socket".into(),
-                dir.join("modbus-mapper.sock").display().to_string(),
-                "--edgecore-socket".into(),
-                dmi_socket.display().to_string(),
-                "--report".into(),
-                "dmi".into(),
-            ],
-            dir.join("modbus-mapper.log"),
-        );
+        let mapper = dmi_mapper(dir, dmi_socket, &["--report".into(), "dmi".into()]);
         Self { device, mapper }
     }
 }
@@ -359,6 +394,23 @@ impl Drop for ModbusSite {
             );
         }
     }
+}
+
+/// Sets the desired value of the first property of Device `name` (KubeEdge's sample has one).
+pub async fn set_desired(cp: &ControlPlane, name: &str, value: &str) {
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/properties/0/desired/value","value":"{value}"}}]"#
+    );
+    cp.kubectl(&[
+        "patch",
+        "devices.devices.kubeedge.io",
+        name,
+        "--type=json",
+        "-p",
+        &patch,
+    ])
+    .await
+    .unwrap();
 }
 
 /// The `reported` value of twin `property` of Device `name`, in its DeviceStatus.

@@ -137,6 +137,35 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// Our Modbus mapper over DMI with edgecore's socket `dmi_socket`, its own socket and log in
+/// `dir`, reporting as `report` says.
+pub fn dmi_mapper(dir: &Path, dmi_socket: &Path, report: &[String]) -> Proc {
+    let mut args = vec![
+        "--dmi".into(),
+        "--socket".into(),
+        dir.join("modbus-mapper.sock").display().to_string(),
+        "--edgecore-socket".into(),
+        dmi_socket.display().to_string(),
+    ];
+    args.extend_from_slice(report);
+    Proc::spawn("modbus-mapper", args, dir.join("modbus-mapper.log"))
+}
+
+/// `edgecore join ARGS`, failing the test with its output unless it succeeds.
+pub async fn edgecore_join(args: &[String]) {
+    let join = Command::new(bin("edgecore"))
+        .arg("join")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        join.status.success(),
+        "edgecore join: {}",
+        String::from_utf8_lossy(&join.stderr)
+    );
+}
+
 /// A child process with its log file, killed (SIGKILL) when dropped.
 pub struct Proc {
     name: String,
@@ -323,23 +352,16 @@ impl System {
         let broker = Mosquitto::start().await;
         let edge_root = root.join("edge");
         let edge_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let join = Command::new(bin("edgecore"))
-            .arg("join")
-            .arg(format!("--cloudcore={}", relay.addr))
-            .arg(format!("--https-port={}", https.port()))
-            .arg(format!("--token={token}"))
-            .arg(format!("--node={node}"))
-            .arg(format!("--root={}", edge_root.display()))
-            .arg(format!("--cri-endpoint={cri}"))
-            .arg(format!("--metrics-listen={edge_metrics}"))
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            join.status.success(),
-            "edgecore join: {}",
-            String::from_utf8_lossy(&join.stderr)
-        );
+        edgecore_join(&[
+            format!("--cloudcore={}", relay.addr),
+            format!("--https-port={}", https.port()),
+            format!("--token={token}"),
+            format!("--node={node}"),
+            format!("--root={}", edge_root.display()),
+            format!("--cri-endpoint={cri}"),
+            format!("--metrics-listen={edge_metrics}"),
+        ])
+        .await;
         // The EventBus on the external mosquitto (mqttMode 2), as KubeEdge's default.
         let config = edge_root.join("config/edgecore.yaml");
         let text = std::fs::read_to_string(&config).unwrap();
@@ -354,20 +376,15 @@ impl System {
             root.join("edgecore.log"),
         );
         let modbus = PyModbus::start(root).await;
-        let mapper = Proc::spawn(
-            "modbus-mapper",
-            vec![
-                "--dmi".into(),
-                "--socket".into(),
-                root.join("modbus-mapper.sock").display().to_string(),
-                "--edgecore-socket".into(),
-                edge_root.join("dmi.sock").display().to_string(),
+        let mapper = dmi_mapper(
+            root,
+            &edge_root.join("dmi.sock"),
+            &[
                 "--report".into(),
                 "mqtt".into(),
                 "--broker".into(),
                 broker.url(),
             ],
-            root.join("modbus-mapper.log"),
         );
         Self {
             dir,
