@@ -193,6 +193,15 @@ async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
     })
     .await;
 
+    // Every pod goes, so that none outlives the test on the shared containerd.
+    cp.kubectl(&["delete", "pods", "--all", "--wait=false"])
+        .await
+        .unwrap();
+    wait_for("every pod gone from the edge", || async {
+        edge.keys("pod").await.is_empty().then_some(())
+    })
+    .await;
+
     // What KubeEdge's cloudcore said about us: no refused Lease, no unknown resources of
     // ours (its own internal `node/<n>` connect event is logged the same way for its edges).
     let refused = log_lines(cloud.log(), "uid must not be empty");

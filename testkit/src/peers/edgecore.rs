@@ -99,6 +99,50 @@ pub struct RealEdgecore {
     mqtt_port: u16,
 }
 
+/// What [`kubelet_wrapper`] puts into the kubelet's configuration before edgecore starts:
+/// no eviction (thresholds no disk or memory reaches) and no image garbage collection. The
+/// kubelet's defaults (evict below 10-15 % free disk, collect images above 85 % used) depend on
+/// the machine's disk, not on the test: on a well-filled build machine the kubelet evicted the
+/// test's pod and deleted the test images from the containerd every test shares.
+const KUBELET_OVERRIDES_PY: &str = r#"
+import sys, yaml
+path = sys.argv[1]
+c = yaml.safe_load(open(path))
+k = c['modules']['edged'].setdefault('tailoredKubeletConfig', {})
+k['evictionHard'] = {'memory.available': '1Ki', 'nodefs.available': '1Ki', 'nodefs.inodesFree': '1',
+                     'imagefs.available': '1Ki', 'imagefs.inodesFree': '1'}
+k['imageGCHighThresholdPercent'] = 100
+k['imageGCLowThresholdPercent'] = 99
+yaml.safe_dump(c, open(path, 'w'), sort_keys=False)
+"#;
+
+/// A directory holding `edgecore`: a wrapper that, when started with `--config FILE`, writes
+/// [`KUBELET_OVERRIDES_PY`]'s settings into FILE, then execs the real edgecore (the process
+/// keeps its pid and is named `edgecore`, so the harness and down.sh stop it as before).
+/// real-edgecore.sh takes its edgecore from `PEERS_BIN`, so pointing that here is enough.
+fn kubelet_wrapper(run_dir: &Path, peers: &Peers) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = run_dir.join("kubelet-bin");
+    std::fs::create_dir_all(&dir).expect("the wrapper dir");
+    let script = format!(
+        "#!/bin/sh\n# Written by kubeedge_testkit::peers: the kubelet without eviction or image GC.\n\
+         if [ \"$1\" = --config ] && [ -n \"$2\" ]; then\n  \
+         {python} -c {code} \"$2\" || exit 1\nfi\nexec {real} \"$@\"\n",
+        python = shell_quote(&peers.python3.display().to_string()),
+        code = shell_quote(KUBELET_OVERRIDES_PY),
+        real = shell_quote(&peers.bin().join("edgecore").display().to_string()),
+    );
+    let path = dir.join("edgecore");
+    std::fs::write(&path, script).expect("the wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// `s` in single quotes for sh.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 impl RealEdgecore {
     /// Runs `real-edgecore.sh NODE CLOUD_WS TOKEN` in `at`'s run dir (a
     /// [`ControlPlane`](super::ControlPlane) or a bare [`RunDir`]) with `CLOUD_HTTPS_PORT` =
@@ -153,6 +197,8 @@ impl RealEdgecore {
             );
             env.push(("EDGED", "1".into()));
             env.push(("CRI_ENDPOINT", cri));
+            let wrapper = kubelet_wrapper(run.path(), run.peers());
+            env.push(("PEERS_BIN", wrapper.display().to_string()));
         } else {
             env.push(("EDGED", "0".into()));
         }
