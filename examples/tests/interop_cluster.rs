@@ -71,9 +71,8 @@ async fn a_deployment_runs_on_our_edge_in_a_real_cluster_across_an_edge_outage()
     let cp = ControlPlane::start(
         &peers,
         ControlPlaneOptions {
-            controllers: true,
             node_monitor_grace: Some(Duration::from_secs(20)),
-            ..ControlPlaneOptions::default()
+            ..ControlPlaneOptions::cluster()
         },
     )
     .await;

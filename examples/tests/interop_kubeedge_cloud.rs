@@ -22,14 +22,7 @@ const NODE: &str = "rs-edge-1";
 async fn our_edgecore_under_kubeedges_cloudcore_runs_a_real_clusters_pods() {
     let Some(peers) = Peers::find() else { return };
     let Some(cri) = cri_endpoint() else { return };
-    let cp = ControlPlane::start(
-        &peers,
-        ControlPlaneOptions {
-            controllers: true,
-            ..ControlPlaneOptions::default()
-        },
-    )
-    .await;
+    let cp = ControlPlane::start(&peers, ControlPlaneOptions::cluster()).await;
     let cloud = RealCloudcore::start(&cp).await;
     // Our files beside the peers' (kept with them when the test fails).
     let dir = cp.run_dir().join("ours");

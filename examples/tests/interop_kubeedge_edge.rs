@@ -40,14 +40,7 @@ async fn kubeedges_edgecore_under_our_cloudcore_runs_pods_devices_and_learns_mis
     let Some(_sysctls) = KubeletSysctls::apply() else {
         return;
     };
-    let cp = ControlPlane::start(
-        &peers,
-        ControlPlaneOptions {
-            controllers: true,
-            ..ControlPlaneOptions::default()
-        },
-    )
-    .await;
+    let cp = ControlPlane::start(&peers, ControlPlaneOptions::cluster()).await;
     let dir = cp.run_dir().join("ours");
     let kubeconfig = cloudcore_kubeconfig(&cp, &dir).await;
     let mut first = OurCloud::start(&dir, "cloudcore-1", &kubeconfig).await;

@@ -180,27 +180,24 @@ impl<R: PodRuntime> Edged<R> {
 
     /// One pass over all pods.
     async fn reconcile(&mut self) -> Result<()> {
-        let (pods, objects) = load_desired(&self.meta, &self.config.node_name).await?;
+        let (pods, objects, token_keys) = load_desired(&self.meta, &self.config.node_name).await?;
         let mut desired = HashSet::new();
         let mut wanted = HashSet::new();
-        for pod in &pods {
-            let Ok(id) = PodRef::of(pod) else { continue };
-            let have = objects.get(&id.namespace).cloned().unwrap_or_default();
-            self.fetch_missing(pod, &id, &have, &mut wanted).await;
-        }
-        // Requests for what no pod needs any more are forgotten.
-        self.asked.retain(|key, _| wanted.contains(key));
         for pod in pods {
             let Ok(id) = PodRef::of(&pod) else { continue };
+            let have = objects.get(&id.namespace).cloned().unwrap_or_default();
+            self.fetch_missing(&pod, &id, &have, &mut wanted).await;
             desired.insert(id.uid.clone());
             let input = WorkerInput {
                 pod: Arc::new(pod),
-                objects: objects.get(&id.namespace).cloned().unwrap_or_default(),
+                objects: have,
                 terminate: false,
                 resend: self.resend.load(std::sync::atomic::Ordering::Relaxed),
             };
             self.feed(id, input);
         }
+        // Requests for what no pod needs any more are forgotten.
+        self.asked.retain(|key, _| wanted.contains(key));
         // Pods the store no longer holds: stop and remove them.
         for (uid, worker) in &self.workers {
             if !desired.contains(uid) {
@@ -208,7 +205,7 @@ impl<R: PodRuntime> Edged<R> {
             }
         }
         self.workers.retain(|_, w| !w.task.is_finished());
-        self.forget_tokens(&desired).await;
+        self.forget_tokens(token_keys, &desired).await;
         // Sandboxes nobody owns (a pod deleted while edged was down): same path.
         let node = self.config.node_name.clone();
         let node = node.as_str();
@@ -315,21 +312,22 @@ impl<R: PodRuntime> Edged<R> {
         }
     }
 
-    /// Removes the stored tokens of pods that are gone (KubeEdge's
-    /// `DeleteServiceAccountToken`).
-    async fn forget_tokens(&self, desired: &HashSet<String>) {
-        let desired = desired.clone();
+    /// Removes the stored tokens (`keys`, all there are) of pods that are gone (KubeEdge's
+    /// `DeleteServiceAccountToken`); writes only when there is one.
+    async fn forget_tokens(&self, keys: Vec<String>, desired: &HashSet<String>) {
+        let gone: Vec<String> = keys
+            .into_iter()
+            .filter(|key| TokenSpec::pod_uid_of_key(key).is_none_or(|uid| !desired.contains(uid)))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
         let result = self
             .meta
             .store()
             .write(move |db| {
-                for row in meta::list_by_type(db, TOKEN_TYPE)? {
-                    let name = row.key.rsplit('/').next().unwrap_or("");
-                    // `<sa>.<pod uid>.<seconds>.<hash>`: the uid is the third field from the end.
-                    let uid = name.rsplit('.').nth(2).unwrap_or("");
-                    if !desired.contains(uid) {
-                        meta::delete(db, &row.key, None)?;
-                    }
+                for key in &gone {
+                    meta::delete(db, key, None)?;
                 }
                 Ok(())
             })
@@ -508,12 +506,13 @@ async fn send_delete(meta: &MetaManager, id: &PodRef) -> Result<()> {
     Ok(())
 }
 
-/// The pods bound to `node` and, per namespace, the ConfigMaps and Secrets there. A row that
-/// does not decode is skipped with a warning; the others still run.
+/// The pods bound to `node`, per namespace the ConfigMaps, Secrets and tokens there, and the
+/// keys of every stored token (for [`Edged::forget_tokens`]). A row that does not decode is
+/// skipped with a warning; the others still run.
 async fn load_desired(
     meta: &MetaManager,
     node: &str,
-) -> Result<(Vec<Pod>, HashMap<String, Arc<PodObjects>>)> {
+) -> Result<(Vec<Pod>, HashMap<String, Arc<PodObjects>>, Vec<String>)> {
     let node = node.to_owned();
     let node_key = node.clone();
     let rows = meta
@@ -526,18 +525,24 @@ async fn load_desired(
                     namespaces.insert(ns.to_owned());
                 }
             }
+            let mut tokens = meta::list_by_type(conn, TOKEN_TYPE)?;
+            let token_keys: Vec<String> = tokens.iter().map(|row| row.key.clone()).collect();
             let mut objects = Vec::new();
             for ns in namespaces {
                 let cms = meta::list_in_namespace(conn, &ns, "configmap")?;
                 let secrets = meta::list_in_namespace(conn, &ns, "secret")?;
-                let tokens = meta::list_in_namespace(conn, &ns, TOKEN_TYPE)?;
-                objects.push((ns, cms, secrets, tokens));
+                let prefix = format!("{ns}/{TOKEN_TYPE}/");
+                let (mine, rest) = tokens
+                    .into_iter()
+                    .partition(|row| row.key.starts_with(&prefix));
+                tokens = rest;
+                objects.push((ns, cms, secrets, mine));
             }
             let node = meta::get(conn, &crate::node_status::node_resource(&node_key))?;
-            Ok((pods, objects, node))
+            Ok((pods, objects, node, token_keys))
         })
         .await?;
-    let (pod_rows, object_rows, node_row) = rows;
+    let (pod_rows, object_rows, node_row, token_keys) = rows;
     let allocatable: Option<BTreeMap<String, Quantity>> = node_row
         .and_then(|row| serde_json::from_str::<serde_json::Value>(&row.value).ok())
         .and_then(|node| serde_json::from_value(node["status"]["allocatable"].clone()).ok());
@@ -596,7 +601,7 @@ async fn load_desired(
         }
         objects.insert(ns, Arc::new(set));
     }
-    Ok((pods, objects))
+    Ok((pods, objects, token_keys))
 }
 
 impl ObjectLookup for PodObjects {

@@ -271,7 +271,9 @@ impl MetaManager {
         let msg_id = msg.header.id.clone();
         // The request, if the transport confirmed it already (see the DELETE below otherwise).
         let confirmed = self.outbox.answered(&parent);
-        let (removed, changed) = self
+        // What the reply answers (its operation), whether the store changed, and for a token
+        // answer that could not be stored: (request known, token readable).
+        let (answered, changed, unusable) = self
             .store
             .write(move |db| {
                 let removed: Option<String> = db
@@ -282,58 +284,50 @@ impl MetaManager {
                     )
                     .optional()?
                     .or(confirmed);
-                if !msg_id.is_empty() && !meta::mark_seen(db, &msg_id, keep)? {
-                    return Ok((removed, false));
-                }
                 let request = removed
                     .as_deref()
                     .and_then(|json| Message::from_json(json.as_bytes()).ok());
+                let answered = request.as_ref().and_then(|m| m.route.operation.clone());
+                if !msg_id.is_empty() && !meta::mark_seen(db, &msg_id, keep)? {
+                    return Ok((answered, false, None));
+                }
                 // A token is stored under the key of what was asked for (the answer's audience
                 // is the API server's default when the request named none).
                 if let Some(answer) = token_answer {
                     let spec = request.as_ref().and_then(TokenSpec::of_message);
                     let issued = IssuedToken::parse(&answer);
-                    match (spec, issued, String::from_utf8(answer)) {
+                    return match (spec, issued, String::from_utf8(answer)) {
                         (Some(spec), Some(_), Ok(answer)) => {
                             meta::upsert(db, &spec.key(), TOKEN_TYPE, &answer, None)?;
-                            return Ok((removed, true));
+                            Ok((answered, true, None))
                         }
-                        (spec, issued, answer) => {
-                            let refusal = answer.as_deref().map(|a| {
-                                kubeedge_proto::ObjectResp::from_reply(
-                                    &Content::try_from(a).unwrap_or_else(|_| Content::null()),
-                                )
-                                .error_message()
-                            });
-                            tracing::warn!(
-                                request_known = spec.is_some(),
-                                token = issued.is_some(),
-                                error = ?refusal.ok().flatten(),
-                                "a service-account token answer that cannot be used"
-                            );
-                            return Ok((removed, false));
+                        (spec, issued, _) => {
+                            Ok((answered, false, Some((spec.is_some(), issued.is_some()))))
                         }
-                    }
+                    };
                 }
                 // The answer to a delete carries the deleted object: never store it back.
-                let answers_delete = request
-                    .as_ref()
-                    .is_some_and(|m| m.route.operation == Some(Operation::Delete));
+                let answers_delete = answered == Some(Operation::Delete);
                 let mut changed = false;
                 if let (Some((key, kind)), Some(object), false) = (key, object, answers_delete) {
                     let version = ObjectVersion::of(object.as_bytes());
                     changed = meta::upsert(db, &key, &kind, &object, version.as_ref())?
                         == Upserted::Stored;
                 }
-                Ok((removed, changed))
+                Ok((answered, changed, None))
             })
             .await?;
+        if let Some((request_known, token)) = unusable {
+            tracing::warn!(
+                request_known,
+                token,
+                error = ?kubeedge_proto::ObjectResp::from_reply(&msg.content).error_message(),
+                "a service-account token answer that cannot be used"
+            );
+        }
         // Replies to status patches go straight to edged unacknowledged; replies to remote
         // calls (queries, inserts) are acknowledged once stored, as KubeEdge does.
-        let was_patch = removed
-            .as_deref()
-            .and_then(|json| Message::from_json(json.as_bytes()).ok())
-            .is_some_and(|m| m.route.operation == Some(Operation::Patch));
+        let was_patch = answered == Some(Operation::Patch);
         let ack = (!was_patch).then(|| msg.ack());
         // Nobody listening is fine: the reply is stored.
         let _ = self.replies.send(msg.clone());

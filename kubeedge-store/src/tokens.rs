@@ -78,6 +78,13 @@ impl TokenSpec {
         )
     }
 
+    /// The pod uid in a token row's `key` (what [`key`](Self::key) wrote), if it is one.
+    pub fn pod_uid_of_key(key: &str) -> Option<&str> {
+        let (_, name) = key.rsplit_once(&format!("/{TOKEN_TYPE}/"))?;
+        // `<serviceaccount>.<pod uid>.<seconds>.<hash>`: service accounts may hold dots, uids not.
+        name.rsplit('.').nth(2).filter(|uid| !uid.is_empty())
+    }
+
     /// The `TokenRequest` KubeEdge's edge sends (bound to the pod).
     pub fn request(&self) -> Value {
         json!({

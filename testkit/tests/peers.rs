@@ -158,9 +158,8 @@ async fn a_control_plane_with_controllers_is_a_real_cluster() {
     let cp = ControlPlane::start(
         &peers,
         ControlPlaneOptions {
-            controllers: true,
             node_monitor_grace: Some(Duration::from_secs(20)),
-            ..ControlPlaneOptions::default()
+            ..ControlPlaneOptions::cluster()
         },
     )
     .await;

@@ -291,12 +291,7 @@ pub fn token_len(log: &str) -> usize {
 /// The `status` of the `Ready` condition of Node `name`, as the API server has it.
 pub async fn node_ready(cp: &ControlPlane, name: &str) -> Option<String> {
     let node = cp.get_json(&["node", name]).await?;
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .and_then(|c| c["status"].as_str())
-        .map(str::to_owned)
+    kubeedge_cloud::ready_status(&node).map(str::to_owned)
 }
 
 /// Pod `namespace/name` as the API server has it.

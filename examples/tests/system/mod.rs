@@ -423,12 +423,7 @@ impl System {
     /// The node's `Ready` condition status in the cloud.
     pub fn node_ready(&self) -> Option<String> {
         let node = self.status_of("nodes", &format!("{}.json", self.node))?;
-        node["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .and_then(|c| c["status"].as_str())
-            .map(str::to_owned)
+        kubeedge_cloud::ready_status(&node).map(str::to_owned)
     }
 
     /// A pod's status in the cloud.

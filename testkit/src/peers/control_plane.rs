@@ -34,6 +34,16 @@ pub struct ControlPlaneOptions {
     pub apiserver_extra_args: Vec<String>,
 }
 
+impl ControlPlaneOptions {
+    /// A real cluster: [`controllers`](Self::controllers) on, the rest at the defaults.
+    pub fn cluster() -> Self {
+        Self {
+            controllers: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// A real Kubernetes control plane on 127.0.0.1: etcd and kube-apiserver (static admin token,
 /// RBAC, KubeEdge's CRDs established), with [`ControlPlaneOptions::controllers`] also
 /// kube-controller-manager and kube-scheduler. Every port is a free one; all state is in its
