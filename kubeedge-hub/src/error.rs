@@ -87,6 +87,39 @@ pub enum Error {
     /// A certificate signing request without a common name.
     #[error("the certificate signing request has no common name")]
     CsrMissingCommonName,
+    /// A certificate signing request for a node whose subject is not exactly that node's,
+    /// `O=system:nodes, CN=system:node:<node>`.
+    #[error(
+        "the certificate signing request asks for {found}, but node {node:?} may only have {expected}"
+    )]
+    CsrWrongSubject {
+        /// The node the certificate is asked for (the `NodeName` header).
+        node: String,
+        /// The subject the node may have.
+        expected: String,
+        /// What the CSR asks for.
+        found: String,
+    },
+    /// A certificate signing request for a node that asks for subject alternative names (a node's
+    /// client certificate has none).
+    #[error("a node's certificate has no subject alternative names; the CSR asks for some")]
+    CsrAltNames,
+    /// A token made for one node ([`Token::issue_with`](crate::join::Token::issue_with)) presented
+    /// for another.
+    #[error("the token is for node {token_node:?}, not {node:?}")]
+    TokenWrongNode {
+        /// The node the token is for.
+        token_node: String,
+        /// The node it was presented for.
+        node: String,
+    },
+    /// A single-use token that was used before.
+    #[error("the single-use token was used before")]
+    TokenSpent,
+    /// A single-use token where the server keeps no record of used tokens, or that record
+    /// cannot be read or written.
+    #[error("single-use tokens: {0}")]
+    TokenLedger(String),
     /// A certificate signing request whose public key cannot be put into a certificate.
     #[error("unsupported public key in the certificate signing request: {0}")]
     CsrPublicKey(String),

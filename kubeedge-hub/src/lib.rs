@@ -80,6 +80,7 @@ mod delivery;
 mod edgehub;
 mod error;
 pub mod join;
+mod limit_log;
 mod link;
 pub mod tls;
 mod upstream;

@@ -15,10 +15,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use kubeedge_hub::Error;
 use kubeedge_hub::bootstrap::{
-    BootstrapConfig, BootstrapServer, EdgeBootstrap, EdgeCredentials, renew_at,
+    BootstrapConfig, BootstrapServer, EdgeBootstrap, EdgeCredentials, SpentTokenFile, renew_at,
 };
-use kubeedge_hub::join::{CertificateAuthority, EdgeCsr, ExtKeyUsage, MAX_CSR_LEN, Token};
+use kubeedge_hub::join::{
+    CertificateAuthority, EdgeCsr, ExtKeyUsage, MAX_CSR_LEN, Token, TokenScope,
+};
 use kubeedge_hub::tls;
+use kubeedge_proto::NodeName;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -52,7 +55,14 @@ impl Cloud {
     }
 
     async fn start_with(tweak: impl FnOnce(&mut BootstrapConfig)) -> Self {
-        let ca = Arc::new(CertificateAuthority::generate().unwrap());
+        Self::start_on(Arc::new(CertificateAuthority::generate().unwrap()), tweak).await
+    }
+
+    /// A server with the CA `ca` (a restarted cloud, another replica).
+    async fn start_on(
+        ca: Arc<CertificateAuthority>,
+        tweak: impl FnOnce(&mut BootstrapConfig),
+    ) -> Self {
         let server_cert = ca
             .issue_server_cert(&["127.0.0.1".parse().unwrap()], &[] as &[&str])
             .unwrap();
@@ -574,7 +584,7 @@ async fn a_certificate_for_another_node_gets_401() {
         EdgeCsr::new("edge-b").unwrap().csr_der,
     )
     .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", text(&body));
+    assert_eq!(status, StatusCode::FORBIDDEN, "{}", text(&body));
     cloud.stop().await;
 }
 
@@ -730,23 +740,24 @@ async fn garbage_csrs_and_headers_get_400() {
         );
     }
 
-    // The same request with a good CSR works, and ExtKeyUsages is honoured.
-    let (status, cert) = get(
-        cloud.addr,
-        cloud.anonymous_tls(),
-        "/edge.crt",
-        &[
-            ("NodeName", "edge-1"),
-            ("Authorization", bearer.as_str()),
-            ("ExtKeyUsages", "[1,2]"),
-        ],
-        csr,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, cert) = x509_parser::parse_x509_certificate(&cert).unwrap();
-    let eku = cert.extended_key_usage().unwrap().unwrap().value;
-    assert!(eku.server_auth && eku.client_auth);
+    // The same request with a good CSR works with ExtKeyUsages [2] (client authentication, all
+    // a node is given) or without the header.
+    for usages in [Some("[2]"), None] {
+        let mut headers = vec![("NodeName", "edge-1"), ("Authorization", bearer.as_str())];
+        headers.extend(usages.map(|u| ("ExtKeyUsages", u)));
+        let (status, cert) = get(
+            cloud.addr,
+            cloud.anonymous_tls(),
+            "/edge.crt",
+            &headers,
+            csr.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{usages:?}: {}", text(&cert));
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth && !eku.any);
+    }
     cloud.stop().await;
 }
 
@@ -928,5 +939,376 @@ async fn idle_keep_alive_connections_are_closed() {
     let answer = text(&answer);
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.ends_with("Node not found"), "{answer}");
+    cloud.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile joins: a token buys only the certificate of the node it is presented for.
+
+/// A CSR for `subject` (organization, common name) with DNS SANs `sans`, for a fresh key.
+fn custom_csr(organization: &str, common_name: &str, sans: &[&str]) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            .unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, organization);
+    dn.push(rcgen::DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+/// The organizations and common name of a certificate, its SAN count and its EKUs.
+fn subject_of(der: &[u8]) -> (Vec<String>, String, usize, bool, bool) {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let organizations = cert
+        .subject()
+        .iter_organization()
+        .map(|o| o.as_str().unwrap().to_owned())
+        .collect();
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .map(|cn| cn.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sans = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map_or(0, |san| san.value.general_names.len());
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    (
+        organizations,
+        common_name,
+        sans,
+        eku.client_auth,
+        eku.server_auth,
+    )
+}
+
+/// A join token for `node` only, optionally single-use, as `cloudcore gettoken --node` makes.
+fn scoped_token(cloud: &Cloud, node: Option<&str>, single_use: bool) -> String {
+    let scope = TokenScope {
+        node: node.map(|n| NodeName::new(n).unwrap()),
+        single_use,
+    };
+    Token::issue_with(&cloud.ca, DAY, SystemTime::now(), &scope).unwrap()
+}
+
+fn bearer_of(token: &str) -> String {
+    format!("Bearer {}", token.split_once('.').unwrap().1)
+}
+
+#[tokio::test]
+async fn a_token_buys_only_the_certificate_of_the_node_it_names() {
+    let cloud = Cloud::start().await;
+    let bearer = cloud.bearer();
+    let hostile = async {
+        // (NodeName header, CSR, expected status)
+        let cases: Vec<(&str, Vec<u8>, StatusCode)> = vec![
+            // Another node's identity, asked while naming edge-1.
+            (
+                "edge-1",
+                EdgeCsr::new("edge-2").unwrap().csr_der,
+                StatusCode::FORBIDDEN,
+            ),
+            // The cluster's administrators.
+            (
+                "edge-1",
+                custom_csr("system:masters", "admin", &[]),
+                StatusCode::FORBIDDEN,
+            ),
+            // KubeEdge's legacy identity, which its cloud accepts for any node.
+            (
+                "edge-1",
+                custom_csr("KubeEdge", "kubeedge.io", &[]),
+                StatusCode::FORBIDDEN,
+            ),
+            // The right subject with a second organization.
+            (
+                "edge-1",
+                custom_csr("system:masters", "system:node:edge-1", &[]),
+                StatusCode::FORBIDDEN,
+            ),
+            // The right subject with SANs (a server name for a client certificate).
+            (
+                "edge-1",
+                custom_csr("system:nodes", "system:node:edge-1", &["cloudcore.example"]),
+                StatusCode::BAD_REQUEST,
+            ),
+            // Names that are no node names.
+            (
+                "Edge_1",
+                EdgeCsr::new("edge-1").unwrap().csr_der,
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "system:node:edge-1",
+                EdgeCsr::new("edge-1").unwrap().csr_der,
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (node, csr, expected) in cases {
+            let (status, body) = get(
+                cloud.addr,
+                cloud.anonymous_tls(),
+                "/edge.crt",
+                &[("NodeName", node), ("Authorization", bearer.as_str())],
+                csr,
+            )
+            .await;
+            assert_eq!(status, expected, "{node}: {}", text(&body));
+        }
+        // A server-auth certificate is not issued either.
+        let (status, body) = get(
+            cloud.addr,
+            cloud.anonymous_tls(),
+            "/edge.crt",
+            &[
+                ("NodeName", "edge-1"),
+                ("Authorization", bearer.as_str()),
+                ("ExtKeyUsages", "[1]"),
+            ],
+            EdgeCsr::new("edge-1").unwrap().csr_der,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{}", text(&body));
+    };
+    // An honest node joins while the hostile requests go on.
+    let dir = TempDir::new();
+    let honest = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-3", dir.path());
+    let ((), joined) = within("joins", async { tokio::join!(hostile, honest.join()) }).await;
+    let joined = joined.unwrap();
+    assert_eq!(
+        subject_of(joined.cert_der()),
+        (
+            vec!["system:nodes".to_owned()],
+            "system:node:edge-3".to_owned(),
+            0,
+            true,
+            false
+        )
+    );
+    cloud.stop().await;
+}
+
+#[tokio::test]
+async fn node_scoped_and_single_use_tokens() {
+    let dir = TempDir::new();
+    let ledger = dir.file("spent-tokens");
+    let cloud = {
+        let ledger = ledger.clone();
+        Cloud::start_with(move |config| {
+            config.spent_tokens = Some(Arc::new(SpentTokenFile::new(ledger)));
+        })
+        .await
+    };
+    let join = |token: &str, node: &str| {
+        let dir = TempDir::new();
+        let edge = EdgeBootstrap::new(cloud.url(), token, node, dir.path());
+        async move { within("join", edge.join()).await }
+    };
+
+    // A token for edge-1 joins edge-1, any number of times, and nothing else.
+    let for_edge_1 = scoped_token(&cloud, Some("edge-1"), false);
+    let body = assert_status(join(&for_edge_1, "edge-2").await, 401);
+    assert!(body.contains("the token is for node \"edge-1\""), "{body}");
+    join(&for_edge_1, "edge-1").await.unwrap();
+    join(&for_edge_1, "edge-1").await.unwrap();
+
+    // A single-use token joins once.
+    let once = scoped_token(&cloud, Some("edge-4"), true);
+    join(&once, "edge-4").await.unwrap();
+    let body = assert_status(join(&once, "edge-4").await, 401);
+    assert!(body.contains("used before"), "{body}");
+    // A bad CSR does not spend it: the failure comes before the token is recorded.
+    let fresh = scoped_token(&cloud, None, true);
+    let (status, _) = get(
+        cloud.addr,
+        cloud.anonymous_tls(),
+        "/edge.crt",
+        &[
+            ("NodeName", "edge-5"),
+            ("Authorization", &bearer_of(&fresh)),
+        ],
+        EdgeCsr::new("edge-6").unwrap().csr_der,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    join(&fresh, "edge-5").await.unwrap();
+
+    // The record outlives the server: a restarted one (or another replica on the same file)
+    // refuses the spent token too.
+    let again = Cloud::start_on(Arc::clone(&cloud.ca), |config| {
+        config.spent_tokens = Some(Arc::new(SpentTokenFile::new(&ledger)));
+    })
+    .await;
+    let dir = TempDir::new();
+    let edge = EdgeBootstrap::new(again.url(), once.as_str(), "edge-4", dir.path());
+    let body = assert_status(within("join", edge.join()).await, 401);
+    assert!(body.contains("used before"), "{body}");
+    again.stop().await;
+    cloud.stop().await;
+
+    // A server that keeps no record refuses single-use tokens outright.
+    let plain = Cloud::start().await;
+    let once = scoped_token(&plain, None, true);
+    let dir = TempDir::new();
+    let edge = EdgeBootstrap::new(plain.url(), once, "edge-7", dir.path());
+    let body = assert_status(within("join", edge.join()).await, 401);
+    assert!(body.contains("no single-use tokens"), "{body}");
+    // And a plain token still joins any node, as KubeEdge's.
+    let dir = TempDir::new();
+    EdgeBootstrap::new(plain.url(), plain.token(), "edge-8", dir.path())
+        .join()
+        .await
+        .unwrap();
+    plain.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slowloris: silent connections do not keep honest nodes out.
+
+/// Raises this process's open-file limit to its hard limit; the new soft limit.
+fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
+}
+
+/// Waits until the server closes `stream` (EOF or reset).
+async fn until_closed(mut stream: TcpStream) {
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A server whose deadlines never end a silent connection: only the connection limits can.
+async fn patient_cloud() -> Cloud {
+    Cloud::start_with(|config| {
+        config.handshake_timeout = Duration::from_secs(3600);
+        config.header_read_timeout = Duration::from_secs(3600);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_silent_connections_do_not_keep_honest_joins_out() {
+    const SILENT: usize = 2_000;
+    const SOURCES: usize = 40;
+    const REOPENS: usize = 2;
+    let nofile = raise_nofile_limit();
+    assert!(
+        nofile >= 4 * SILENT as u64,
+        "the open-file limit {nofile} is too low for {SILENT} connections"
+    );
+    let cloud = patient_cloud().await;
+    let addr = cloud.addr;
+
+    // The attacker: 2,000 silent connections from 40 addresses (50 each, under the per-source
+    // cap), each reopened when the server closes it, a bounded number of times.
+    let opened = Arc::new(AtomicUsize::new(0));
+    let closed_by_server = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let mut attackers = tokio::task::JoinSet::new();
+    for i in 0..SILENT {
+        let (opened, closed, stop) = (
+            Arc::clone(&opened),
+            Arc::clone(&closed_by_server),
+            stop.clone(),
+        );
+        let from = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCES) as u8);
+        attackers.spawn(async move {
+            for _ in 0..=REOPENS {
+                let Ok(stream) = connect_from(from, addr).await else {
+                    return;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = until_closed(stream) => closed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        });
+    }
+    within("the attacker's first connections", async {
+        while opened.load(Ordering::Relaxed) < SILENT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // Honest nodes fetch the CA and join, one after another, while the attack goes on.
+    for n in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, ca) = get(addr, cloud.anonymous_tls(), "/ca.crt", &[], Vec::new()).await;
+        // A figure for the record (BENCHMARKS.md), not a check.
+        eprintln!(
+            "GET /ca.crt under {SILENT} silent connections: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ca, cloud.ca.cert_der());
+        let dir = TempDir::new();
+        let node = format!("honest-{n}");
+        let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), node.as_str(), dir.path());
+        within("an honest join under attack", edge.join())
+            .await
+            .unwrap();
+    }
+    // Room was made by closing silent connections (the server holds at most 1,024).
+    assert!(
+        closed_by_server.load(Ordering::Relaxed) >= SILENT - 1024,
+        "{} silent connections closed",
+        closed_by_server.load(Ordering::Relaxed)
+    );
+    stop.cancel();
+    while attackers.join_next().await.is_some() {}
+    cloud.stop().await;
+}
+
+#[tokio::test]
+async fn one_source_address_holds_at_most_its_share_of_connections() {
+    let cloud = patient_cloud().await;
+    let from = std::net::Ipv4Addr::new(127, 0, 0, 250);
+    let cap = 64;
+    let mut waiting = tokio::task::JoinSet::new();
+    let closed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..cap + 16 {
+        let stream = within("connect", connect_from(from, cloud.addr))
+            .await
+            .unwrap();
+        let closed = Arc::clone(&closed);
+        waiting.spawn(async move {
+            until_closed(stream).await;
+            closed.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    within("the connections over the cap to be closed", async {
+        while closed.load(Ordering::Relaxed) < 16 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Another address joins; the address at its cap keeps its 64 connections.
+    let dir = TempDir::new();
+    let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "honest", dir.path());
+    within("an honest join", edge.join()).await.unwrap();
+    assert_eq!(closed.load(Ordering::Relaxed), 16);
+    waiting.abort_all();
     cloud.stop().await;
 }

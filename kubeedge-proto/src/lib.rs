@@ -60,6 +60,7 @@ pub mod journal;
 pub mod json_lines;
 mod message;
 mod names;
+pub mod object_name;
 mod object_resp;
 mod resource;
 pub mod twin;
@@ -77,6 +78,7 @@ pub use message::{
     parse_rfc3339, rfc3339_utc,
 };
 pub use names::{Group, Operation, ResourceType, Source};
+pub use object_name::NodeName;
 pub use object_resp::ObjectResp;
 pub use resource::{
     CloudResource, DeviceEvent, DeviceId, MAX_RESOURCE_LEN, MAX_TOPIC_LEN, Namespace, ObjectRef,

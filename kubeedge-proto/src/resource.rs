@@ -431,14 +431,7 @@ fn check_len(s: &str, max: usize) -> Result<()> {
 
 /// A DNS-1123 label: lowercase alphanumerics and `-`, starting and ending alphanumeric.
 fn check_dns_label(s: &str, whole: &str) -> Result<()> {
-    let b = s.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= MAX_NAMESPACE_LEN
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-';
-    if ok {
+    if crate::object_name::is_dns_label(s) {
         Ok(())
     } else {
         Err(Error::resource(whole, "namespace is not a DNS label"))

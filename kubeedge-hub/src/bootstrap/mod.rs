@@ -31,7 +31,9 @@
 //!   connection) and the server holds a bounded number of connections.
 
 mod client;
+mod connections;
 mod server;
+mod spent_tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +45,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use client::{CertPaths, EdgeBootstrap, EdgeCredentials, random_jitter, renew_at};
 pub use server::{BootstrapConfig, BootstrapServer, NodeExists, server_tls_config};
+pub use spent_tokens::{SpentTokenFile, SpentTokens};
 
 /// CloudCore's HTTPS port for node join (`modules.cloudHub.https.port`).
 pub const DEFAULT_PORT: u16 = 10002;

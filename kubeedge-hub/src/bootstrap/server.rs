@@ -13,6 +13,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use kubeedge_proto::NodeName;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -20,22 +21,24 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DistinguishedName, ServerConfig, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::prelude::FromDer as _;
 
+use super::connections::{Admitted, Connections, Refusal};
+use super::spent_tokens::SpentTokens;
 use super::{
     CA_PATH, CERT_PATH, EXT_KEY_USAGES_HEADER, NODE_NAME_HEADER, NODE_PATH_PREFIX, pem_certs,
     pem_key, provider, signature_algorithms,
 };
 use crate::join::{
-    CertificateAuthority, DEFAULT_EDGE_CERT_VALIDITY_DAYS, ExtKeyUsage, LEGACY_EDGE_COMMON_NAME,
-    MAX_CSR_LEN, NODE_ORGANIZATION, PROJECT_NAME, Token, node_common_name,
+    CertificateAuthority, DEFAULT_EDGE_CERT_VALIDITY_DAYS, ExtKeyUsage, MAX_CSR_LEN, Token,
 };
+use crate::limit_log::LimitLog;
 use crate::{Error, Result};
+
+/// At most one warning per limit this often.
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Whether a node exists, for `GET /node/{nodename}` (CloudCore asks the Kubernetes API).
 pub type NodeExists = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -78,8 +81,17 @@ pub struct BootstrapConfig {
     pub request_timeout: Duration,
     /// The longest a connection is kept, however busy.
     pub connection_timeout: Duration,
-    /// The most connections served at once; more wait in the listen backlog.
+    /// The most connections served at once. When all are taken, a new connection closes the
+    /// oldest idle one (in its TLS handshake or waiting for a request), so silent connections
+    /// cannot keep honest nodes out; if every connection is busy with a request, the new one is
+    /// closed.
     pub max_connections: usize,
+    /// The most connections one source address holds; more are closed at once.
+    pub max_connections_per_source: usize,
+    /// Where single-use tokens are recorded as spent ([`SpentTokenFile`](super::SpentTokenFile) beside the CA).
+    /// Without one, single-use tokens are refused (a token that may be replayed is not
+    /// single-use).
+    pub spent_tokens: Option<Arc<dyn SpentTokens>>,
 }
 
 impl fmt::Debug for BootstrapConfig {
@@ -93,15 +105,20 @@ impl fmt::Debug for BootstrapConfig {
             .field("request_timeout", &self.request_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            )
+            .field("spent_tokens", &self.spent_tokens)
             .finish_non_exhaustive()
     }
 }
 
 impl BootstrapConfig {
     /// The defaults on `listen`: the CA `ca`, the server certificate and key `cert_pem` and
-    /// `key_pem` (see [`server_tls_config`]), no node exists, certificates valid 365 days, 10 s
+    /// `key_pem` (see [`server_tls_config`]), no node exists, certificates valid 365 days, 5 s
     /// for a TLS handshake and for request headers, 30 s for a request, 2 min for a connection,
-    /// 1024 connections.
+    /// 1024 connections, 64 from one source address, no record of single-use tokens.
     pub fn new(
         listen: SocketAddr,
         ca: Arc<CertificateAuthority>,
@@ -114,11 +131,13 @@ impl BootstrapConfig {
             tls: server_tls_config(cert_pem, key_pem)?,
             node_exists: Arc::new(|_: &str| false),
             cert_validity_days: DEFAULT_EDGE_CERT_VALIDITY_DAYS,
-            handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             connection_timeout: Duration::from_secs(120),
             max_connections: 1024,
+            max_connections_per_source: 64,
+            spent_tokens: None,
         })
     }
 }
@@ -239,17 +258,18 @@ impl BootstrapServer {
     /// finish (each within its deadline) and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let acceptor = TlsAcceptor::from(Arc::clone(&self.config.tls));
-        let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let table = Connections::new(
+            self.config.max_connections,
+            self.config.max_connections_per_source,
+        );
+        let (per_source_log, full_log, eviction_log) = (
+            LimitLog::new(LIMIT_LOG_EVERY),
+            LimitLog::new(LIMIT_LOG_EVERY),
+            LimitLog::new(LIMIT_LOG_EVERY),
+        );
         let mut connections = JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                () = shutdown.cancelled() => break,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
             let (tcp, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
@@ -262,13 +282,37 @@ impl BootstrapServer {
                     }
                 },
             };
+            let admitted = match table.admit(peer.ip()) {
+                Ok((admitted, evicted)) => {
+                    if evicted && let Some(unlogged) = eviction_log.hit() {
+                        tracing::warn!(%peer, max_connections = self.config.max_connections,
+                            earlier = unlogged,
+                            "bootstrap server: connection limit reached; the oldest idle connection was closed");
+                    }
+                    admitted
+                }
+                Err(refusal) => {
+                    let (log, limit) = match refusal {
+                        Refusal::PerSource => {
+                            (&per_source_log, self.config.max_connections_per_source)
+                        }
+                        Refusal::Full => (&full_log, self.config.max_connections),
+                    };
+                    if let Some(unlogged) = log.hit() {
+                        tracing::warn!(%peer, limit, earlier = unlogged, reason = ?refusal,
+                            "bootstrap server: connection refused");
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {
                 config: Arc::clone(&self.config),
                 acceptor: acceptor.clone(),
                 peer,
                 shutdown: shutdown.child_token(),
-                _permit: permit,
+                admitted: Arc::new(admitted),
             };
             connections.spawn(conn.serve(tcp));
         }
@@ -290,7 +334,8 @@ struct Connection {
     acceptor: TlsAcceptor,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    /// Its place in the connection table (idle or busy, evicted to make room).
+    admitted: Arc<Admitted>,
 }
 
 impl Connection {
@@ -299,8 +344,13 @@ impl Connection {
         let peer = self.peer;
         let deadline = tokio::time::Instant::now() + config.connection_timeout;
         let handshake = tokio::time::timeout(config.handshake_timeout, self.acceptor.accept(tcp));
+        let evicted = self.admitted.evicted.clone();
         let tls = tokio::select! {
             () = self.shutdown.cancelled() => return,
+            () = evicted.cancelled() => {
+                tracing::debug!(%peer, "bootstrap server: idle connection closed to make room");
+                return;
+            }
             result = handshake => match result {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -321,15 +371,19 @@ impl Connection {
             .map(|cert| Arc::from(cert.as_ref()));
 
         let service_config = Arc::clone(&config);
+        let admitted = Arc::clone(&self.admitted);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let config = Arc::clone(&service_config);
             let peer_cert = peer_cert.clone();
+            let admitted = Arc::clone(&admitted);
             async move {
+                admitted.busy();
                 let answer = tokio::time::timeout(
                     config.request_timeout,
                     handle(&config, peer_cert.as_deref(), peer, req),
                 )
                 .await;
+                admitted.idle();
                 Ok::<_, Infallible>(answer.unwrap_or_else(|_| {
                     tracing::info!(%peer, "bootstrap server: request timed out");
                     closing(text(StatusCode::REQUEST_TIMEOUT, "request timed out"))
@@ -353,6 +407,9 @@ impl Connection {
             }
             () = tokio::time::sleep_until(deadline) => {
                 tracing::debug!(%peer, "bootstrap server: connection deadline reached");
+            }
+            () = evicted.cancelled() => {
+                tracing::debug!(%peer, "bootstrap server: idle connection closed to make room");
             }
             () = self.shutdown.cancelled() => {}
         }
@@ -424,9 +481,9 @@ async fn handle(
     match route {
         Route::Ca => der(config.ca.cert_der().to_vec()),
         Route::EdgeCert => edge_cert(config, peer_cert, peer, req).await,
-        Route::Node(raw) => match percent_decode(&raw) {
-            Some(name) if !name.is_empty() && !name.contains('/') => {
-                if (config.node_exists)(&name) {
+        Route::Node(raw) => match percent_decode(&raw).map(NodeName::new) {
+            Some(Ok(name)) => {
+                if (config.node_exists)(name.as_str()) {
                     text(StatusCode::OK, "Node found")
                 } else {
                     text(StatusCode::NOT_FOUND, "Node not found")
@@ -445,32 +502,36 @@ async fn edge_cert(
     req: Request<Incoming>,
 ) -> Answer {
     let (parts, body) = req.into_parts();
-    let Ok(node) = header_str(&parts.headers, NODE_NAME_HEADER) else {
-        return text(StatusCode::BAD_REQUEST, "invalid NodeName header");
+    let node = match header_str(&parts.headers, NODE_NAME_HEADER) {
+        Ok(Some(node)) => match NodeName::new(node) {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "bootstrap server: invalid NodeName header");
+                return text(StatusCode::BAD_REQUEST, format!("NodeName header: {e}"));
+            }
+        },
+        Ok(None) => return text(StatusCode::BAD_REQUEST, "no NodeName header"),
+        Err(()) => return text(StatusCode::BAD_REQUEST, "invalid NodeName header"),
     };
-    let node = node.unwrap_or_default();
+    let node_str = node.as_str();
 
     // Who asks: a node by its current certificate, or anyone with a token.
-    let presenter = match peer_cert {
+    let spend = match peer_cert {
         Some(cert) => {
-            if let Err(e) = config.ca.authorize_client_cert(cert, node) {
-                tracing::warn!(%peer, node, error = %e, "bootstrap server: client certificate refused");
+            if let Err(e) = config.ca.authorize_client_cert(cert, node_str) {
+                tracing::warn!(%peer, node = node_str, error = %e, "bootstrap server: client certificate refused");
                 return text(
                     StatusCode::UNAUTHORIZED,
-                    format!("failed to verify the certificate for edge node {node:?}: {e}"),
+                    format!("failed to verify the certificate for edge node {node_str:?}: {e}"),
                 );
             }
-            Some(if is_legacy_cert(cert) {
-                Presenter::Legacy
-            } else {
-                Presenter::Node
-            })
+            None
         }
         None => {
             let authorization = match header_str(&parts.headers, header::AUTHORIZATION.as_str()) {
                 Ok(Some(value)) if !value.is_empty() => value,
                 Ok(_) => {
-                    tracing::warn!(%peer, node, "bootstrap server: no token and no certificate");
+                    tracing::warn!(%peer, node = node_str, "bootstrap server: no token and no certificate");
                     return text(
                         StatusCode::UNAUTHORIZED,
                         "token validation failure, token is empty",
@@ -483,31 +544,58 @@ async fn edge_cert(
                     );
                 }
             };
-            if let Err(e) =
-                Token::verify_authorization_header(authorization, &config.ca, SystemTime::now())
+            let claims = match Token::verify_authorization_header(
+                authorization,
+                &config.ca,
+                SystemTime::now(),
+            )
+            .and_then(|claims| claims.check_node(&node).map(|()| claims))
             {
-                tracing::warn!(%peer, node, error = %e, "bootstrap server: token refused");
-                return text(
-                    StatusCode::UNAUTHORIZED,
-                    format!("token validation failure: {e}"),
-                );
+                Ok(claims) => claims,
+                Err(e) => {
+                    tracing::warn!(%peer, node = node_str, error = %e, "bootstrap server: token refused");
+                    return text(
+                        StatusCode::UNAUTHORIZED,
+                        format!("token validation failure: {e}"),
+                    );
+                }
+            };
+            match claims.single_use_id {
+                Some(id) if config.spent_tokens.is_none() => {
+                    tracing::warn!(%peer, node = node_str, token = %id,
+                        "bootstrap server: single-use token refused: no record of spent tokens is configured");
+                    return text(
+                        StatusCode::UNAUTHORIZED,
+                        "token validation failure: this server accepts no single-use tokens",
+                    );
+                }
+                Some(id) => Some((id, claims.expires)),
+                None => None,
             }
-            None
         }
     };
 
-    let usages = match header_str(&parts.headers, EXT_KEY_USAGES_HEADER) {
-        Ok(value) => match ExtKeyUsage::parse_header(value.unwrap_or_default()) {
-            Ok(usages) => usages,
+    // Only client authentication is issued, whatever is asked (KubeEdge's edgecore never asks).
+    match header_str(&parts.headers, EXT_KEY_USAGES_HEADER) {
+        Ok(None) => {}
+        Ok(Some(value)) => match ExtKeyUsage::parse_header(value) {
+            Ok(usages) if usages == [ExtKeyUsage::ClientAuth] || usages.is_empty() => {}
+            Ok(usages) => {
+                tracing::warn!(%peer, node = node_str, ?usages, "bootstrap server: extended key usages refused");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "a node certificate is for client authentication only (ExtKeyUsages [2])",
+                );
+            }
             Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
         },
         Err(()) => return text(StatusCode::BAD_REQUEST, "invalid ExtKeyUsages header"),
-    };
+    }
 
     let csr = match read_body(body, MAX_CSR_LEN).await {
         Ok(csr) => csr,
         Err(BodyError::TooLarge { drained }) => {
-            tracing::warn!(%peer, node, "bootstrap server: CSR too large");
+            tracing::warn!(%peer, node = node_str, "bootstrap server: CSR too large");
             let answer = text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the CSR is larger than {MAX_CSR_LEN} bytes"),
@@ -522,92 +610,62 @@ async fn edge_cert(
         }
     };
 
-    if let Some(presenter) = presenter
-        && let Err((status, reason)) = check_renewal_subject(&csr, node, presenter)
+    // Checked before a single-use token is spent, so that a bad CSR does not burn it.
+    if let Err(e) = config.ca.check_node_csr(&csr, &node) {
+        tracing::warn!(%peer, node = node_str, error = %e, "bootstrap server: CSR refused");
+        return text(
+            status_of(&e),
+            format!("failed to sign certs for edge node {node_str:?}: {e}"),
+        );
+    }
+    let renewal = spend.is_none() && peer_cert.is_some();
+    if let Some((id, expires)) = spend
+        && let Some(ledger) = &config.spent_tokens
     {
-        tracing::warn!(%peer, node, %reason, "bootstrap server: renewal refused");
-        return text(status, reason);
+        match ledger.spend(&id, expires) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(%peer, node = node_str, token = %id, "bootstrap server: single-use token used again");
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    format!("token validation failure: {}", Error::TokenSpent),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(%peer, node = node_str, error = %e, "bootstrap server: single-use token not recorded");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("token validation failure: {e}"),
+                );
+            }
+        }
     }
 
     match config
         .ca
-        .sign_edge_csr(&csr, &usages, config.cert_validity_days)
+        .sign_node_csr(&csr, &node, config.cert_validity_days)
     {
         Ok(cert) => {
-            tracing::info!(%peer, node, renewal = presenter.is_some(), "bootstrap server: certificate issued");
+            tracing::info!(%peer, node = node_str, renewal, "bootstrap server: certificate issued");
             der(cert)
         }
         Err(e) => {
-            let status = match e {
-                crate::Error::Generation(_) | crate::Error::TimeOutOfRange(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-                _ => StatusCode::BAD_REQUEST,
-            };
-            tracing::warn!(%peer, node, error = %e, "bootstrap server: signing failed");
+            tracing::warn!(%peer, node = node_str, error = %e, "bootstrap server: signing failed");
             text(
-                status,
-                format!("failed to sign certs for edge node {node:?}: {e}"),
+                status_of(&e),
+                format!("failed to sign certs for edge node {node_str:?}: {e}"),
             )
         }
     }
 }
 
-/// What kind of certificate authenticated a request.
-#[derive(Clone, Copy)]
-enum Presenter {
-    /// `O=system:nodes, CN=system:node:<NodeName>`.
-    Node,
-    /// The pre-1.17 `O=KubeEdge, CN=kubeedge.io`, accepted for any node.
-    Legacy,
-}
-
-fn is_legacy_cert(der: &[u8]) -> bool {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return false;
-    };
-    let subject = cert.subject();
-    let organization = subject.iter_organization().find_map(|o| o.as_str().ok());
-    let common_name = subject
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok())
-        .last();
-    organization == Some(PROJECT_NAME) && common_name == Some(LEGACY_EDGE_COMMON_NAME)
-}
-
-/// A renewal keeps the identity: the CSR must ask for `O=system:nodes,
-/// CN=system:node:<NodeName>` (or, from a legacy certificate, `CN=kubeedge.io` again).
-fn check_renewal_subject(
-    csr: &[u8],
-    node: &str,
-    presenter: Presenter,
-) -> Result<(), (StatusCode, String)> {
-    let Ok((_, request)) = X509CertificationRequest::from_der(csr) else {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "invalid certificate signing request".to_owned(),
-        ));
-    };
-    let subject = &request.certification_request_info.subject;
-    let organization = subject.iter_organization().find_map(|o| o.as_str().ok());
-    let common_name = subject
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok())
-        .last();
-    let own = organization == Some(NODE_ORGANIZATION)
-        && common_name == Some(node_common_name(node).as_str());
-    let legacy =
-        matches!(presenter, Presenter::Legacy) && common_name == Some(LEGACY_EDGE_COMMON_NAME);
-    if own || legacy {
-        Ok(())
-    } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "a certificate renewal must ask for O={NODE_ORGANIZATION}, CN={}",
-                node_common_name(node)
-            ),
-        ))
+/// The status of a signing failure: the server's fault or the request's.
+fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::Generation(_) | Error::TimeOutOfRange(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        // Authenticated, but asking for another identity.
+        Error::CsrWrongSubject { .. } => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 

@@ -19,7 +19,9 @@ use rustls::server::danger::ClientCertVerifier;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use super::csr::{ExtKeyUsage, parse_csr};
+use kubeedge_proto::NodeName;
+
+use super::csr::{ExtKeyUsage, ParsedCsr, parse_csr};
 use super::{
     CA_VALIDITY_DAYS, LEGACY_EDGE_COMMON_NAME, MAX_CERT_LEN, NODE_ORGANIZATION, PROJECT_NAME,
     check_len, node_common_name, pem_encode, random_bytes, unix_secs,
@@ -305,6 +307,49 @@ impl CertificateAuthority {
         Ok(cert.der().to_vec())
     }
 
+    /// Signs the CSR of node `node` as the join server does: the CSR's subject must be exactly
+    /// `O=system:nodes, CN=system:node:<node>` (country, province and locality, which KubeEdge's
+    /// edgecore adds, are allowed and not copied) and it must ask for no subject alternative
+    /// names; the certificate is `O=system:nodes, CN=system:node:<node>`, clientAuth only, with
+    /// a random serial, valid from now for `validity_days` days.
+    ///
+    /// This is what stops a join token (or a node's certificate) from buying a certificate for
+    /// another identity; KubeEdge copies whatever subject and usages the request asks for
+    /// ([`sign_edge_csr`](Self::sign_edge_csr) does that, for tools and tests).
+    pub fn sign_node_csr(
+        &self,
+        csr_der: &[u8],
+        node: &NodeName,
+        validity_days: u32,
+    ) -> Result<Vec<u8>, crate::Error> {
+        self.sign_node_csr_at(csr_der, node, validity_days, SystemTime::now())
+    }
+
+    /// Whether [`sign_node_csr`](Self::sign_node_csr) would sign `csr_der` for `node`: the
+    /// CSR verifies and asks for exactly that node's identity.
+    pub fn check_node_csr(&self, csr_der: &[u8], node: &NodeName) -> Result<(), crate::Error> {
+        node_csr(csr_der, node).map(drop)
+    }
+
+    /// [`sign_node_csr`](Self::sign_node_csr) with the validity starting at `now`.
+    pub fn sign_node_csr_at(
+        &self,
+        csr_der: &[u8],
+        node: &NodeName,
+        validity_days: u32,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, crate::Error> {
+        let csr = node_csr(csr_der, node)?;
+        let common_name = node_common_name(node.as_str());
+        let mut params = leaf_params(now, validity_days)?;
+        params.distinguished_name = go_name(Some(NODE_ORGANIZATION), &common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(generation)?;
+        Ok(cert.der().to_vec())
+    }
+
     /// Decides whether the client certificate an edge presented on `/edge.crt` may have a
     /// certificate issued for `node_name` (the `NodeName` header), as KubeEdge's `verifyCert`:
     /// the certificate must chain to this CA, be valid now and allow clientAuth, and its subject
@@ -358,6 +403,33 @@ impl CertificateAuthority {
             })
         }
     }
+}
+
+/// Parses a CSR that must ask for exactly `node`'s identity (see
+/// [`CertificateAuthority::sign_node_csr`]).
+fn node_csr(csr_der: &[u8], node: &NodeName) -> Result<ParsedCsr, crate::Error> {
+    let csr = parse_csr(csr_der)?;
+    let common_name = node_common_name(node.as_str());
+    if csr.common_name != common_name || csr.organizations != [NODE_ORGANIZATION] {
+        return Err(crate::Error::CsrWrongSubject {
+            node: node.to_string(),
+            expected: format!("O={NODE_ORGANIZATION}, CN={common_name}"),
+            found: format!(
+                "O={:?}, CN={:?}",
+                csr.organizations,
+                excerpt(&csr.common_name)
+            ),
+        });
+    }
+    if csr.has_alt_names {
+        return Err(crate::Error::CsrAltNames);
+    }
+    Ok(csr)
+}
+
+/// At most 80 characters of `s`, for error messages about hostile input.
+fn excerpt(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 fn generation(e: rcgen::Error) -> crate::Error {

@@ -191,6 +191,8 @@ pub(super) struct ParsedCsr {
     pub(super) organizations: Vec<String>,
     pub(super) dns_names: Vec<String>,
     pub(super) ips: Vec<IpAddr>,
+    /// Whether the CSR asks for any subject alternative name (of any kind).
+    pub(super) has_alt_names: bool,
     pub(super) public_key: rcgen::SubjectPublicKeyInfo,
 }
 
@@ -225,6 +227,7 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, crate::Error> {
 
     let mut dns_names = Vec::new();
     let mut ips = Vec::new();
+    let mut has_alt_names = false;
     for attribute in info.iter_attributes() {
         let ParsedCriAttribute::ExtensionRequest(request) = attribute.parsed_attribute() else {
             continue;
@@ -238,6 +241,7 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, crate::Error> {
                     "unreadable subject alternative names".to_owned(),
                 ));
             };
+            has_alt_names |= !san.general_names.is_empty();
             for name in &san.general_names {
                 match name {
                     GeneralName::DNSName(dns) => dns_names.push((*dns).to_owned()),
@@ -255,6 +259,7 @@ pub(super) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, crate::Error> {
         organizations,
         dns_names,
         ips,
+        has_alt_names,
         public_key,
     })
 }

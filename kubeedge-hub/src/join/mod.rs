@@ -47,7 +47,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use ca::{CertificateAuthority, IssuedCert};
 pub use csr::{EdgeCsr, ExtKeyUsage};
-pub use token::{Token, ca_hash};
+pub use token::{Token, TokenClaims, TokenScope, ca_hash};
 
 /// The common name of the CA and of the CloudCore server certificate, and the organization of
 /// the CloudCore server certificate (KubeEdge's `constants.ProjectName`).

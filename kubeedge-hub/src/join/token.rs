@@ -10,6 +10,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use kubeedge_proto::NodeName;
+
 use super::{CertificateAuthority, check_len};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -27,6 +29,42 @@ pub fn ca_hash(ca_der: &[u8]) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+/// What a token is limited to, for [`Token::issue_with`]. The default, no limit, is KubeEdge's
+/// token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenScope {
+    /// Only this node may join with the token (`cloudcore gettoken --node N`).
+    pub node: Option<NodeName>,
+    /// The token joins once: the join server records it as spent
+    /// (`cloudcore gettoken --single-use`).
+    pub single_use: bool,
+}
+
+/// What a verified token allows ([`Token::verify_bearer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// When the token expires (`exp`).
+    pub expires: SystemTime,
+    /// The only node the token is for (`node`), if it is limited to one.
+    pub node: Option<NodeName>,
+    /// The token's id (`jti`) if it is single-use: the join server spends it.
+    pub single_use_id: Option<String>,
+}
+
+impl TokenClaims {
+    /// Whether the token may join `node`: [`crate::Error::TokenWrongNode`] if it is for
+    /// another node.
+    pub fn check_node(&self, node: &NodeName) -> Result<(), crate::Error> {
+        match &self.node {
+            Some(token_node) if token_node != node => Err(crate::Error::TokenWrongNode {
+                token_node: token_node.to_string(),
+                node: node.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Issuing and checking bootstrap tokens. Not a value: a namespace for the functions below.
@@ -53,13 +91,54 @@ impl Token {
     }
 
     /// Issues a token valid until `now + validity` (truncated to whole seconds, as golang-jwt
-    /// does). KubeEdge's default validity is
-    /// `Token::validity_for_refresh(Token::DEFAULT_REFRESH)`, 24 hours.
+    /// does), good for any node and any number of joins, as KubeEdge's. KubeEdge's default
+    /// validity is `Token::validity_for_refresh(Token::DEFAULT_REFRESH)`, 24 hours.
     pub fn issue(ca: &CertificateAuthority, validity: Duration, now: SystemTime) -> String {
+        Self::sign(ca, validity, now, &TokenScope::default(), None)
+    }
+
+    /// Issues a token limited by `scope`: to one node (claim `node`), and to one join (claim
+    /// `jti`, a random 128-bit id the join server records as spent). KubeEdge's cloudcore
+    /// ignores the extra claims, so such a token still joins there as a plain one; `keadm join`
+    /// and KubeEdge's edgecore carry it unchanged.
+    pub fn issue_with(
+        ca: &CertificateAuthority,
+        validity: Duration,
+        now: SystemTime,
+        scope: &TokenScope,
+    ) -> Result<String, crate::Error> {
+        let id = if scope.single_use {
+            let bytes: [u8; 16] = super::random_bytes()?;
+            Some(bytes.iter().fold(String::with_capacity(32), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            }))
+        } else {
+            None
+        };
+        Ok(Self::sign(ca, validity, now, scope, id.as_deref()))
+    }
+
+    fn sign(
+        ca: &CertificateAuthority,
+        validity: Duration,
+        now: SystemTime,
+        scope: &TokenScope,
+        id: Option<&str>,
+    ) -> String {
         let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let exp = since_epoch.saturating_add(validity).as_secs();
+        // The keys in the order Go's encoding/json writes a map: sorted.
+        let mut claims = Map::new();
+        claims.insert("exp".to_owned(), Value::from(exp));
+        if let Some(id) = id {
+            claims.insert("jti".to_owned(), Value::from(id));
+        }
+        if let Some(node) = &scope.node {
+            claims.insert("node".to_owned(), Value::from(node.as_str()));
+        }
         let header = URL_SAFE_NO_PAD.encode(HEADER_JSON);
-        let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp}}}"#));
+        let payload = URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string());
         let signing_input = format!("{header}.{payload}");
         let signature = hmac(ca.key_der())
             .chain_update(signing_input.as_bytes())
@@ -78,7 +157,7 @@ impl Token {
         token: &str,
         ca: &CertificateAuthority,
         now: SystemTime,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<TokenClaims, crate::Error> {
         check_token_len(token.len())?;
         let (hash, jwt) = token
             .split_once('.')
@@ -99,12 +178,14 @@ impl Token {
     /// (`now < exp`) and whose `nbf`, if present, has.
     ///
     /// Stricter than golang-jwt: a token without `exp` is refused, and so are other HMAC
-    /// algorithms and base64 with non-zero trailing bits.
+    /// algorithms and base64 with non-zero trailing bits. A `node` claim must be a node name
+    /// and a `jti` claim 32 lower-case hex digits. Returns what the token allows
+    /// ([`TokenClaims`]); checking them against the request is the caller's part.
     pub fn verify_bearer(
         jwt: &str,
         ca: &CertificateAuthority,
         now: SystemTime,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<TokenClaims, crate::Error> {
         check_token_len(jwt.len())?;
         let mut parts = jwt.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -135,7 +216,8 @@ impl Token {
         let claims = json_object("payload", &payload_json)?;
         let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let exp = claims.get("exp").ok_or(crate::Error::TokenMissingExpiry)?;
-        if now >= numeric_date("exp", exp)? {
+        let expires = numeric_date("exp", exp)?;
+        if now >= expires {
             return Err(crate::Error::TokenExpired);
         }
         if let Some(nbf) = claims.get("nbf")
@@ -143,7 +225,35 @@ impl Token {
         {
             return Err(crate::Error::TokenNotYetValid);
         }
-        Ok(())
+        let invalid = |reason: &str| crate::Error::TokenJson {
+            part: "payload",
+            reason: reason.to_owned(),
+        };
+        let node = match claims.get("node") {
+            None => None,
+            Some(Value::String(node)) => Some(
+                NodeName::new(node.as_str())
+                    .map_err(|_| invalid("claim node is not a node name"))?,
+            ),
+            Some(_) => return Err(invalid("claim node is not a string")),
+        };
+        let id = match claims.get("jti") {
+            None => None,
+            Some(Value::String(id))
+                if id.len() == 32
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                Some(id.clone())
+            }
+            Some(_) => return Err(invalid("claim jti is not 32 lower-case hex digits")),
+        };
+        Ok(TokenClaims {
+            expires: UNIX_EPOCH.checked_add(expires).unwrap_or(UNIX_EPOCH),
+            node,
+            single_use_id: id,
+        })
     }
 
     /// Checks an `Authorization` header value, `Bearer <JWT>`, as CloudHub's `/edge.crt` does
@@ -154,7 +264,7 @@ impl Token {
         value: &str,
         ca: &CertificateAuthority,
         now: SystemTime,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<TokenClaims, crate::Error> {
         check_token_len(value.len())?;
         if value.is_empty() {
             return Err(crate::Error::AuthorizationHeader("empty"));
