@@ -137,6 +137,24 @@ impl Error {
         }
     }
 
+    /// Whether the device did not answer at all: a connection that could not be made or was
+    /// lost (refused, reset, closed), or a request that timed out. The mapper runtime reports
+    /// such a device `offline` and reconnects with growing pauses; every other read error
+    /// means the device answered, and only that property is failing (the device is
+    /// `unhealthy`).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectionLost { .. } | Self::Timeout { .. }
+        )
+    }
+
+    /// Whether this error comes from the configuration rather than from the device: the
+    /// same request fails the same way until the Device or DeviceModel changes.
+    pub(crate) fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Unsupported(_))
+    }
+
     /// Whether the connection that produced this error can no longer be trusted and must be
     /// re-established before the next request.
     pub(crate) fn breaks_connection(&self) -> bool {

@@ -13,7 +13,7 @@
 //! | [`modbus`] | [`ModbusDriver`](modbus::ModbusDriver): Modbus TCP (tokio) and RTU (tokio-serial) on rmodbus, with KubeEdge's Modbus visitor semantics (register type, offset, limit, scale, isSwap, isRegisterSwap), timeouts, retries, reconnects, RTU timing and CRC checks, typed Modbus exceptions |
 //! | [`mqtt_device`] | [`MqttDeviceDriver`](mqtt_device::MqttDeviceDriver): devices that publish their readings on MQTT topics of their own (rumqttc, plain TCP): the latest message per topic, the whole payload or a [`JsonPath`](mqtt_device::JsonPath) into JSON, `maxAge`; writes published on a command topic, raw or through a [`CommandTemplate`](mqtt_device::CommandTemplate); resubscribes after reconnects; bounded payloads and topics |
 //! | [`serial_line`] | [`SerialLineDriver`](serial_line::SerialLineDriver): request/response text sensors on a serial port (tokio-serial): a request with escapes, the answer line up to a delimiter, the value by regex or field; writes through a template with an optional `expect`; one request at a time, bounded lines with resynchronisation, stale input discarded, ports reopened |
-//! | [`runtime`] | [`MapperRuntime`](runtime::MapperRuntime): devices from Device/DeviceModel YAML or DMI, a task per device polling at `collectCycle`, reports at `reportCycle` to the twin over MQTT or DMI, `online`/`offline` states, desired values written back; [`MapperOptions`](runtime::MapperOptions), the mapper command line |
+//! | [`runtime`] | [`MapperRuntime`](runtime::MapperRuntime): devices from Device/DeviceModel YAML or DMI, a task per device polling at `collectCycle`, reports at `reportCycle` to the twin over MQTT or DMI, `online`/`unhealthy`/`offline` states, failed reads retried with backoff (never given up), desired values written back; [`MapperOptions`](runtime::MapperOptions), the mapper command line |
 //! | [`Error`] | one error type; [`Error::is_retryable`] says whether trying again can help |
 //!
 //! Runnable mappers: the `modbus-mapper` binary of the workspace's examples package
@@ -24,7 +24,8 @@
 //! ## Writing a mapper for a new kind of device
 //!
 //! A device maker writes one [`DeviceDriver`]; the [`runtime`] does the rest: it loads the
-//! Devices, polls, reports to the twin, marks devices online and offline, writes desired
+//! Devices, polls, reports to the twin, marks devices online, unhealthy and offline, retries
+//! failed reads with backoff, writes desired
 //! values, and keeps one failing device from delaying the others. Here is a complete mapper
 //! for a weather station that speaks a line protocol over TCP (`GET temperature` answers
 //! `21.5`; `SET fan 1` answers `OK`), in four steps.
@@ -65,9 +66,11 @@
 //! methods, so keep the connection behind a lock. Return [`Error`]s that say whether retrying
 //! can help: a timeout or lost connection ([`Error::ConnectionLost`], [`Error::Connect`],
 //! [`Error::Timeout`]) makes the runtime report the device `offline` and probe it with growing
-//! pauses until it answers; a [`Error::Config`] or [`Error::Unsupported`] skips just that
-//! property; a value that does not parse as its type ([`Value::parse`] gives
-//! [`Error::TypeMismatch`]) is skipped and logged.
+//! pauses until it answers ([`Error::is_unreachable`]); any other error (a
+//! [`Error::Config`], [`Error::Unsupported`], a value that does not parse as its type:
+//! [`Value::parse`] gives [`Error::TypeMismatch`]) fails just that property: the device is
+//! reported `unhealthy` and the property is read again after growing pauses (logged when it
+//! starts failing and when it reads again).
 //!
 //! **3. The factory**: makes a device's driver from its Device (the runtime calls it for every
 //! device it loads, from YAML or from edgecore over DMI).
@@ -180,7 +183,7 @@
 //! That is the whole mapper, in under 100 lines. It publishes
 //! `$hw/events/device/default/roof-station/twin/update` with
 //! `{"twin":{"temperature":{"actual":{"value":"21.5"},"metadata":{"type":"float"}}}}`
-//! every 5 s and `state/update` `online` or `offline` when that changes, writes `0` to the fan
+//! every 5 s and `state/update` `online`, `unhealthy` or `offline` when that changes, writes `0` to the fan
 //! when it starts and whatever desired value edgecore's `twin/update/delta` carries later. To
 //! take devices from edgecore instead of YAML, as KubeEdge runs its mappers, set
 //! [`MapperConfig::mapper_socket`](runtime::MapperConfig::mapper_socket) (and
@@ -236,7 +239,8 @@
 //! - `bytes`: the MQTT driver's cached payloads.
 //! - `serde`, `serde_json`: Device `configData` maps, visitor parsing, JSON payloads.
 //! - `thiserror`: the [`Error`] type.
-//! - `tracing`: events for devices going offline and back, skipped properties and values,
+//! - `tracing`: events for devices going offline and back, properties that start and stop
+//!   failing,
 //!   refused desired values, reconnects, retries and resynchronised serial lines.
 //! - `kubeedge-proto`: the twin and state payloads, the DMI messages, device ids.
 //! - `kubeedge-twin` (without its embedded broker): the MQTT client with reconnect and

@@ -5,13 +5,25 @@ Serves Modbus TCP on 127.0.0.1:<port> or Modbus RTU on a serial device (one end 
 pty pair) with a datastore of known values. The Rust tests (tests/modbus_tcp.rs,
 tests/modbus_rtu.rs) know these values; keep both in step.
 
-    modbus_server.py tcp <port|0> [--mute-file PATH]
-    modbus_server.py rtu <device> [--unit N] [--baud N] [--mute-file PATH]
+    modbus_server.py tcp <port|0> [--mute-file PATH] [--fault-file PATH] [--reset-file PATH]
+                                  [--log-file PATH]
+    modbus_server.py rtu <device> [--unit N] [--baud N] [--mute-file PATH] [--fault-file PATH]
 
-Prints "READY <port or device>" on stdout once it serves. While the mute file exists, the
-device executes requests but sends no answer (a device that stopped answering); remove the
-file and it answers again. Addresses outside the blocks below answer with exception 2
-(IllegalDataAddress).
+Prints "READY <port or device>" on stdout once it serves. Addresses outside the blocks below
+answer with exception 2 (IllegalDataAddress). Faults, each switched by a file the test
+creates and removes:
+
+- mute file: while it exists, the device executes requests but sends no answer (a device
+  that stopped answering, or stalls); remove the file and it answers again;
+- fault file "FIRST LAST [N]": while it exists, reads (functions 1 to 4) of a range that
+  overlaps addresses FIRST..=LAST answer exception 4 (ServerDeviceFailure); with N, only the
+  next N such reads do, and then the server removes the file (the device recovers);
+- reset file (TCP): while it exists, every request is answered by resetting the connection
+  (TCP RST), a device that drops every connection.
+
+The log file (TCP) gets one line per request received, "req <function> <address>", and
+"exc <function> <address>" for each exception 4 answered by the fault file, "reset" for each
+connection reset, so that a test can count the requests that reached the device.
 
 Written against pymodbus 3.0 (Debian bookworm): StartAsync*Server(defer_start=True),
 ModbusSlaveContext(zero_mode=True) so that wire address N is index N of each block.
@@ -30,7 +42,12 @@ from pymodbus.datastore import (
 )
 from pymodbus.framer.rtu_framer import ModbusRtuFramer
 from pymodbus.framer.socket_framer import ModbusSocketFramer
-from pymodbus.server.async_io import StartAsyncSerialServer, StartAsyncTcpServer
+from pymodbus.server.async_io import (
+    ModbusConnectedRequestHandler,
+    StartAsyncSerialServer,
+    StartAsyncTcpServer,
+)
+import socket
 
 
 def words_f32(value):
@@ -93,8 +110,76 @@ def discrete_inputs():
     return d
 
 
-def context(unit):
-    slave = ModbusSlaveContext(
+def log(path, line):
+    """Appends `line` to the request log, if there is one."""
+    if path:
+        with open(path, "a", encoding="ascii") as f:
+            f.write(line + "\n")
+
+
+class FaultyContext(ModbusSlaveContext):
+    """A datastore whose reads fail (exception 4) while the fault file says so."""
+
+    fault_file = None
+    log_file = None
+
+    def getValues(self, fx, address, count=1):  # pylint: disable=invalid-name
+        if fx in (1, 2, 3, 4) and self._faulted(address, count):
+            log(self.log_file, "exc %d %d" % (fx, address))
+            # pymodbus answers an exception raised by the datastore with exception 4.
+            raise RuntimeError("simulated device failure")
+        return super().getValues(fx, address, count)
+
+    def _faulted(self, address, count):
+        path = self.fault_file
+        if not path or not os.path.exists(path):
+            return False
+        try:
+            with open(path, encoding="ascii") as f:
+                fields = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            return False
+        first, last = fields[0], fields[1]
+        if address > last or address + count - 1 < first:
+            return False
+        if len(fields) > 2:
+            left = fields[2] - 1
+            if left <= 0:
+                os.remove(path)
+            else:
+                with open(path, "w", encoding="ascii") as f:
+                    f.write("%d %d %d" % (first, last, left))
+        return True
+
+
+class Handler(ModbusConnectedRequestHandler):
+    """Logs every request; resets the connection while the reset file exists."""
+
+    log_file = None
+    reset_file = None
+
+    def execute(self, request, *addr):
+        log(
+            self.log_file,
+            "req %d %d" % (request.function_code, getattr(request, "address", -1)),
+        )
+        if self.reset_file and os.path.exists(self.reset_file):
+            log(self.log_file, "reset")
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: close() sends RST instead of FIN.
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            self.transport.abort()
+            return
+        super().execute(request, *addr)
+
+
+def context(unit, args):
+    FaultyContext.fault_file = args.fault_file
+    FaultyContext.log_file = getattr(args, "log_file", None)
+    slave = FaultyContext(
         di=ModbusSequentialDataBlock(0, discrete_inputs()),
         co=ModbusSequentialDataBlock(0, coils()),
         hr=ModbusSequentialDataBlock(0, holding_registers()),
@@ -118,10 +203,13 @@ def muter(mute_file):
 
 
 async def serve_tcp(args):
+    Handler.log_file = args.log_file
+    Handler.reset_file = args.reset_file
     server = await StartAsyncTcpServer(
-        context=context(None),
+        context=context(None, args),
         address=("127.0.0.1", args.target),
         framer=ModbusSocketFramer,
+        handler=Handler,
         allow_reuse_address=True,
         defer_start=True,
         response_manipulator=muter(args.mute_file),
@@ -135,7 +223,7 @@ async def serve_tcp(args):
 
 async def serve_rtu(args):
     server = await StartAsyncSerialServer(
-        context=context(args.unit),
+        context=context(args.unit, args),
         framer=ModbusRtuFramer,
         port=args.target,
         baudrate=args.baud,
@@ -161,6 +249,9 @@ def main():
     parser.add_argument("--unit", type=int, default=1, help="RTU slave id")
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--mute-file", default=None)
+    parser.add_argument("--fault-file", default=None)
+    parser.add_argument("--reset-file", default=None)
+    parser.add_argument("--log-file", default=None)
     args = parser.parse_args()
     if args.mode == "tcp":
         args.target = int(args.target)

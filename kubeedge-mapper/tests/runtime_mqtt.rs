@@ -458,7 +458,7 @@ async fn bad_yaml_is_refused_by_file_and_device_and_the_rest_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_property_the_device_refuses_is_skipped_and_the_others_are_reported() {
+async fn a_property_the_device_refuses_is_retried_and_the_others_are_reported() {
     let server = PyModbus::tcp(0).await;
     let broker = Mosquitto::start().await;
     let probe = MqttProbe::start(broker.port()).await;
@@ -495,12 +495,14 @@ async fn a_property_the_device_refuses_is_skipped_and_the_others_are_reported() 
     let handle = running.handle.clone();
     let status = || handle.device_status(&id("thermo-1")).unwrap();
 
-    wait_until("both problems recorded", || {
+    // Both keep being read (with backoff), never given up.
+    wait_until("both problems recorded, each read again", || {
         handle.device_status(&id("thermo-1")).is_some_and(|s| {
-            s.properties["missing"].disabled && s.properties["raw"].error.is_some()
+            s.properties["missing"].failures >= 2 && s.properties["raw"].failures >= 2
         })
     })
     .await;
+    assert!(server.logged("req 3 200") >= 2, "{:?}", server.log());
     let s = status();
     assert!(
         s.properties["missing"]
@@ -516,11 +518,11 @@ async fn a_property_the_device_refuses_is_skipped_and_the_others_are_reported() 
             .is_some_and(|e| e.contains("\"AgEEAw==\"") && e.contains("the twin cannot hold it")),
         "{s:?}"
     );
-    assert!(
-        !s.properties["raw"].disabled,
-        "a value is skipped, not the property"
-    );
-    assert_eq!(s.state, DeviceState::Online);
+    // The device answers, some properties fail: unhealthy.
+    assert_eq!(s.state, DeviceState::Unhealthy);
+    probe
+        .wait("state unhealthy", |s| state_is(s, "thermo-1", "unhealthy"))
+        .await;
 
     // The other properties keep being reported; the two never are.
     let mut from = probe.len();

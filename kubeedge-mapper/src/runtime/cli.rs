@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 ///
 /// let options = MapperOptions::parse("modbus", ["--dmi", "--report", "dmi"]).unwrap();
 /// assert_eq!(options.config.mapper_socket.unwrap().to_str(), Some("/etc/kubeedge/modbus-mapper.sock"));
+/// let options = MapperOptions::parse("modbus",
+///     ["--dmi", "--property-backoff-max", "5000"]).unwrap();
+/// assert_eq!(options.config.property_backoff_max, std::time::Duration::from_secs(5));
 /// assert!(MapperOptions::parse("modbus", ["--bogus"]).is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -82,11 +85,16 @@ impl MapperOptions {
                         }
                     }
                 }
-                "--timeout" => {
+                "--timeout" | "--backoff-max" | "--property-backoff-max" => {
                     let ms: u64 = value("milliseconds")?
                         .parse()
                         .map_err(|_| Error::config(format!("{flag}: expected milliseconds")))?;
-                    config.operation_timeout = Duration::from_millis(ms.max(1));
+                    let ms = Duration::from_millis(ms.max(1));
+                    match flag.as_str() {
+                        "--timeout" => config.operation_timeout = ms,
+                        "--backoff-max" => config.backoff_max = ms,
+                        _ => config.property_backoff_max = ms,
+                    }
                 }
                 other => {
                     return Err(Error::config(format!(
@@ -139,6 +147,11 @@ reports:
 other:
       --name NAME           mapper name (default {protocol}-mapper)
       --timeout MS          limit of each device operation and report (default 10000)
+      --backoff-max MS      longest pause between probes of an unreachable device
+                            (default 30000)
+      --property-backoff-max MS
+                            longest pause before a property whose reads fail is read
+                            again (default 60000)
   -h, --help                this text
 "
         )

@@ -1,8 +1,16 @@
 //! The task that runs one device: polls its properties, reports their values and its state,
 //! applies desired values.
+//!
+//! No read error stops polling. A device that does not answer (a connection refused, reset
+//! or timed out) is `offline` and probed after a pause that grows from the backoff's start
+//! to its cap; a property whose reads fail while the device answers (a Modbus exception, a
+//! value that cannot be decoded or reported) is read again after a pause that grows from its
+//! collect cycle to the property backoff's cap, and the device is `unhealthy` while any
+//! property fails. Every pause has jitter, every success resets it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,7 +38,28 @@ pub(crate) struct Timing {
     pub(crate) report_timeout: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) property_backoff_max: Duration,
     pub(crate) health_interval: Duration,
+}
+
+/// The share of a pause that jitter may take off (a quarter), so that devices and properties
+/// that failed together are not retried together.
+const JITTER: f64 = 0.25;
+
+/// `pause` less a random share of up to [`JITTER`], but not below `floor`.
+fn jittered(pause: Duration, floor: Duration) -> Duration {
+    // RandomState is seeded randomly and advanced by every `new`: a cheap random number.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    let share = (random % 1024) as f64 / 1024.0 * JITTER;
+    pause.mul_f64(1.0 - share).max(floor)
+}
+
+/// `first` doubled `failures - 1` times, at most `cap`.
+fn doubled(first: Duration, failures: u32, cap: Duration) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    first.saturating_mul(factor).min(cap)
 }
 
 /// Counters shared by every device task of a runtime.
@@ -145,10 +174,8 @@ struct Prop<V> {
     latest: Option<Reading>,
     /// Read since the last report.
     fresh: bool,
-    /// A non-retryable read error: not polled until the device is registered again.
-    disabled: bool,
-    /// The last error logged, so that a repeating error is logged once.
-    last_error: Option<String>,
+    /// Reads that failed in a row while the device answered (0: the last read was good).
+    failures: u32,
     /// The desired value last written (or refused), so that each is applied once.
     applied_desired: Option<String>,
 }
@@ -156,11 +183,8 @@ struct Prop<V> {
 #[derive(Debug, Clone, Copy)]
 enum Link {
     Unknown,
-    Online,
-    Offline {
-        retry_at: Instant,
-        backoff: Duration,
-    },
+    Online { since: Instant },
+    Offline { retry_at: Instant },
 }
 
 /// One device's task.
@@ -172,6 +196,10 @@ pub(crate) struct DeviceTask<D: DeviceDriver> {
     timing: Timing,
     counters: Arc<Counters>,
     link: Link,
+    /// The pause before the last probe of an unreachable device; kept while the device
+    /// comes and goes faster than the backoff's cap, so that a device that drops every
+    /// connection soon after it was made is probed less and less often.
+    link_backoff: Option<Duration>,
     reported_state: Option<DeviceState>,
     state_retry_at: Instant,
     next_health: Instant,
@@ -201,8 +229,7 @@ impl<D: DeviceDriver> DeviceTask<D> {
                 report_at: now,
                 latest: None,
                 fresh: false,
-                disabled: false,
-                last_error: None,
+                failures: 0,
                 applied_desired: None,
             })
             .collect();
@@ -231,6 +258,7 @@ impl<D: DeviceDriver> DeviceTask<D> {
             timing,
             counters,
             link: Link::Unknown,
+            link_backoff: None,
             reported_state: None,
             state_retry_at: now,
             next_health: now + timing.health_interval,
@@ -263,9 +291,9 @@ impl<D: DeviceDriver> DeviceTask<D> {
                         self.probe().await;
                     }
                 }
-                Link::Online | Link::Unknown => {
+                Link::Online { .. } | Link::Unknown => {
                     self.poll_due(now).await;
-                    if matches!(self.link, Link::Online) && now >= self.next_health {
+                    if matches!(self.link, Link::Online { .. }) && now >= self.next_health {
                         self.check_health().await;
                     }
                 }
@@ -296,34 +324,42 @@ impl<D: DeviceDriver> DeviceTask<D> {
     }
 
     fn set_online(&mut self) {
-        if !matches!(self.link, Link::Online) {
-            if matches!(self.link, Link::Offline { .. }) {
-                tracing::info!(device = %self.shared.id, "device reachable again");
-                let now = Instant::now();
-                for p in &mut self.props {
-                    p.next_collect = now;
-                }
-            }
-            self.link = Link::Online;
-            self.next_health = Instant::now() + self.timing.health_interval;
-            self.shared.update(|s| s.state = DeviceState::Online);
+        if matches!(self.link, Link::Online { .. }) {
+            return;
         }
+        let now = Instant::now();
+        if matches!(self.link, Link::Offline { .. }) {
+            tracing::info!(device = %self.shared.id, "device reachable again");
+            for p in &mut self.props {
+                p.next_collect = p.next_collect.min(now);
+            }
+        }
+        self.link = Link::Online { since: now };
+        self.next_health = now + self.timing.health_interval;
     }
 
-    /// The device did not answer: offline, try again after a growing pause.
+    /// The device did not answer: offline, probed again after a growing pause.
     fn fail(&mut self, e: &Error, prop: Option<usize>) {
         let now = Instant::now();
-        let backoff = match self.link {
-            Link::Offline { backoff, .. } => (backoff * 2).min(self.timing.backoff_max),
+        let (initial, cap) = (self.timing.backoff_initial, self.timing.backoff_max);
+        let backoff = match (self.link, self.link_backoff) {
+            (Link::Offline { .. }, Some(last)) => (last * 2).min(cap),
+            (Link::Online { since }, Some(last)) if now.duration_since(since) < cap => {
+                // Back so briefly that this is one outage: keep backing off.
+                tracing::debug!(device = %self.shared.id, error = %e, "device dropped again");
+                (last * 2).min(cap)
+            }
             _ => {
-                tracing::warn!(device = %self.shared.id, error = %e, "device unreachable; reported offline");
-                self.timing.backoff_initial
+                tracing::warn!(device = %self.shared.id, error = %e,
+                    "device unreachable; reported offline, probed with backoff");
+                initial
             }
         };
-        tracing::debug!(device = %self.shared.id, error = %e, retry_in = ?backoff, "device still unreachable");
+        self.link_backoff = Some(backoff);
+        let pause = jittered(backoff, initial.min(backoff));
+        tracing::debug!(device = %self.shared.id, error = %e, retry_in = ?pause, "device still unreachable");
         self.link = Link::Offline {
-            retry_at: now + backoff,
-            backoff,
+            retry_at: now + pause,
         };
         // Values read before the device went away are not reported after it is offline.
         for p in &mut self.props {
@@ -332,7 +368,6 @@ impl<D: DeviceDriver> DeviceTask<D> {
         let name = prop.map(|i| self.props[i].def.spec.name.clone());
         let text = e.to_string();
         self.shared.update(|s| {
-            s.state = DeviceState::Offline;
             s.last_error = Some(text.clone());
             if let Some(p) = name.and_then(|n| s.properties.get_mut(&n)) {
                 p.error = Some(text);
@@ -340,27 +375,23 @@ impl<D: DeviceDriver> DeviceTask<D> {
         });
     }
 
-    /// Reads every property whose collect cycle has come.
+    /// Reads every property whose collect cycle (or retry after failures) has come.
     async fn poll_due(&mut self, now: Instant) {
         for i in 0..self.props.len() {
-            let p = &self.props[i];
-            if p.disabled || p.next_collect > now {
+            if self.props[i].next_collect > now {
                 continue;
             }
-            let result = self.op("read", self.driver.read(&p.visitor)).await;
-            let p = &mut self.props[i];
-            p.next_collect += p.def.collect_cycle;
-            if p.next_collect <= now {
-                // Fell behind (a slow device): skip the missed cycles instead of bursting.
-                p.next_collect = now + p.def.collect_cycle;
-            }
+            let result = self
+                .op("read", self.driver.read(&self.props[i].visitor))
+                .await;
             if !self.handle_read(i, result) {
                 return;
             }
         }
     }
 
-    /// Takes a read's result; false when the device turned out unreachable.
+    /// Takes a read's result and schedules the property's next read; false when the device
+    /// turned out unreachable.
     fn handle_read(&mut self, i: usize, result: Result<Value>) -> bool {
         let result = result.and_then(|v| {
             v.check_type(self.props[i].def.spec.property_type)?;
@@ -373,7 +404,7 @@ impl<D: DeviceDriver> DeviceTask<D> {
                 self.accept(i, &value);
                 true
             }
-            Err(e) if e.is_retryable() => {
+            Err(e) if e.is_unreachable() => {
                 bump(&self.counters.poll_errors, 1);
                 self.fail(&e, Some(i));
                 false
@@ -382,39 +413,46 @@ impl<D: DeviceDriver> DeviceTask<D> {
                 bump(&self.counters.poll_errors, 1);
                 // The device answered; what it said is unusable.
                 self.set_online();
-                let disable = !matches!(e, Error::TypeMismatch { .. });
-                self.prop_error(i, &e, disable);
+                self.prop_failed(i, &e);
                 true
             }
         }
     }
 
-    /// Records a property error, logging it once while it repeats; `disable` stops polling
-    /// the property.
-    fn prop_error(&mut self, i: usize, e: &Error, disable: bool) {
+    /// A read of property `i` failed while the device answered: it is read again after a
+    /// pause that doubles from its collect cycle up to the property backoff's cap (at once
+    /// the cap for a configuration error). Logged when the failure starts.
+    fn prop_failed(&mut self, i: usize, e: &Error) {
+        let cap = self.timing.property_backoff_max;
         let p = &mut self.props[i];
-        let text = e.to_string();
-        if p.last_error.as_deref() != Some(text.as_str()) {
-            if disable {
-                tracing::warn!(device = %self.shared.id, property = %p.def.spec.name, error = %e,
-                    "property cannot be read; skipped until the device is updated");
-            } else {
-                tracing::warn!(device = %self.shared.id, property = %p.def.spec.name, error = %e,
-                    "value skipped");
-            }
-            p.last_error = Some(text.clone());
+        p.failures = p.failures.saturating_add(1);
+        let cycle = p.def.collect_cycle;
+        let cap = cap.max(cycle);
+        let backoff = if e.is_config() {
+            cap
+        } else {
+            doubled(cycle, p.failures, cap)
+        };
+        let pause = jittered(backoff, cycle);
+        p.next_collect = Instant::now() + pause;
+        let name = p.def.spec.name.clone();
+        if p.failures == 1 {
+            tracing::warn!(device = %self.shared.id, property = %name, error = %e,
+                "property read failing; retried with backoff");
+        } else {
+            tracing::debug!(device = %self.shared.id, property = %name, error = %e,
+                failures = p.failures, retry_in = ?pause, "property read still failing");
         }
-        p.disabled |= disable;
-        let (name, disabled) = (p.def.spec.name.clone(), p.disabled);
+        let (failures, text) = (p.failures, e.to_string());
         self.shared.update(|s| {
             if let Some(ps) = s.properties.get_mut(&name) {
                 ps.error = Some(text);
-                ps.disabled = disabled;
+                ps.failures = failures;
             }
         });
     }
 
-    /// Keeps a value read from the device for the next report.
+    /// Keeps a value read from the device for the next report, and schedules the next read.
     fn accept(&mut self, i: usize, value: &Value) {
         let text = value.to_twin_string();
         if !text.is_empty()
@@ -425,12 +463,24 @@ impl<D: DeviceDriver> DeviceTask<D> {
                 text,
                 format!("the twin cannot hold it: {e}"),
             );
-            self.prop_error(i, &e, false);
+            self.prop_failed(i, &e);
             return;
         }
         let timestamp = now_millis();
+        let now = Instant::now();
         let p = &mut self.props[i];
-        p.last_error = None;
+        let cycle = p.def.collect_cycle;
+        p.next_collect += cycle;
+        if p.next_collect <= now {
+            // Fell behind (a slow device, or reads that failed): skip the missed cycles
+            // instead of bursting.
+            p.next_collect = now + cycle;
+        }
+        if p.failures > 0 {
+            tracing::info!(device = %self.shared.id, property = %p.def.spec.name,
+                failures = p.failures, "property read again");
+            p.failures = 0;
+        }
         p.fresh = true;
         p.latest = Some(Reading {
             value: text.clone(),
@@ -442,38 +492,38 @@ impl<D: DeviceDriver> DeviceTask<D> {
                 ps.value = Some(text);
                 ps.timestamp = timestamp;
                 ps.error = None;
+                ps.failures = 0;
             }
         });
     }
 
-    /// While offline: connect and read one property; success brings the device back.
+    /// While offline: connect and read one property; an answer brings the device back.
     async fn probe(&mut self) {
         if let Err(e) = self.op("connect", self.driver.connect()).await {
             self.fail(&e, None);
             return;
         }
-        match self.props.iter().position(|p| !p.disabled) {
-            Some(i) => {
-                let result = self
-                    .op("read", self.driver.read(&self.props[i].visitor))
-                    .await;
-                let reachable = self.handle_read(i, result);
-                if reachable {
-                    let p = &mut self.props[i];
-                    p.next_collect = Instant::now() + p.def.collect_cycle;
-                }
-            }
-            None => match self.op("health check", self.driver.health()).await {
+        if self.props.is_empty() {
+            match self.op("health check", self.driver.health()).await {
                 Ok(()) => self.set_online(),
                 Err(e) => self.fail(&e, None),
-            },
+            }
+            return;
         }
+        // The property due first (the others are read as they come due once it answers).
+        let i = (0..self.props.len())
+            .min_by_key(|&i| self.props[i].next_collect)
+            .unwrap_or(0);
+        let result = self
+            .op("read", self.driver.read(&self.props[i].visitor))
+            .await;
+        self.handle_read(i, result);
     }
 
     async fn check_health(&mut self) {
         self.next_health = Instant::now() + self.timing.health_interval;
         if let Err(e) = self.op("health check", self.driver.health()).await {
-            if e.is_retryable() {
+            if e.is_unreachable() {
                 self.fail(&e, None);
             } else {
                 tracing::debug!(device = %self.shared.id, error = %e, "health check");
@@ -529,10 +579,28 @@ impl<D: DeviceDriver> DeviceTask<D> {
                         }
                     });
                 }
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_unreachable() => {
                     bump(&self.counters.write_errors, 1);
                     keep.insert(name, value);
                     self.fail(&e, Some(i));
+                }
+                Err(e) if e.is_retryable() => {
+                    // The device answered "not now" (busy, a garbled answer): kept, and tried
+                    // again when the task next wakes for a read.
+                    bump(&self.counters.write_errors, 1);
+                    let text = e.to_string();
+                    let mut first = false;
+                    self.shared.update(|s| {
+                        if let Some(ps) = s.properties.get_mut(&name) {
+                            first = ps.write_error.as_deref() != Some(text.as_str());
+                            ps.write_error = Some(text);
+                        }
+                    });
+                    if first {
+                        tracing::warn!(device = %self.shared.id, property = %name, value = %value,
+                            error = %e, "desired value not written yet; retried");
+                    }
+                    keep.insert(name, value);
                 }
                 Err(e) => {
                     bump(&self.counters.write_errors, 1);
@@ -564,7 +632,7 @@ impl<D: DeviceDriver> DeviceTask<D> {
         let due: Vec<usize> = (0..self.props.len())
             .filter(|&i| {
                 let p = &self.props[i];
-                p.def.report_to_cloud && !p.disabled && p.fresh && p.report_at <= now
+                p.def.report_to_cloud && p.fresh && p.report_at <= now
             })
             .collect();
         if due.is_empty() {
@@ -614,13 +682,26 @@ impl<D: DeviceDriver> DeviceTask<D> {
         }
     }
 
-    /// Reports `online` / `offline` when it changed since the last state report.
+    /// The state to report: `offline` while the device does not answer, `unhealthy` while
+    /// it answers but a property's reads fail, `online` otherwise; none before the first
+    /// connect or read.
+    fn state(&self) -> Option<DeviceState> {
+        match self.link {
+            Link::Unknown => None,
+            Link::Offline { .. } => Some(DeviceState::Offline),
+            Link::Online { .. } if self.props.iter().any(|p| p.failures > 0) => {
+                Some(DeviceState::Unhealthy)
+            }
+            Link::Online { .. } => Some(DeviceState::Online),
+        }
+    }
+
+    /// Reports the state when it changed since the last state report.
     async fn sync_state(&mut self) {
-        let current = match self.link {
-            Link::Unknown => return,
-            Link::Online => DeviceState::Online,
-            Link::Offline { .. } => DeviceState::Offline,
+        let Some(current) = self.state() else {
+            return;
         };
+        self.shared.update(|s| s.state = current);
         let now = Instant::now();
         if self.reported_state == Some(current) || now < self.state_retry_at {
             return;
@@ -646,27 +727,23 @@ impl<D: DeviceDriver> DeviceTask<D> {
         let now = Instant::now();
         let mut wake = now + IDLE;
         match self.link {
-            Link::Offline { retry_at, .. } => wake = wake.min(retry_at),
-            Link::Online | Link::Unknown => {
-                for p in self.props.iter().filter(|p| !p.disabled) {
+            Link::Offline { retry_at } => wake = wake.min(retry_at),
+            Link::Online { .. } | Link::Unknown => {
+                for p in &self.props {
                     wake = wake.min(p.next_collect);
                 }
-                if matches!(self.link, Link::Online) {
+                if matches!(self.link, Link::Online { .. }) {
                     wake = wake.min(self.next_health);
                 }
             }
         }
         for p in &self.props {
-            if p.def.report_to_cloud && !p.disabled && p.fresh {
+            if p.def.report_to_cloud && p.fresh {
                 wake = wake.min(p.report_at);
             }
         }
-        let state_pending = match self.link {
-            Link::Unknown => false,
-            Link::Online => self.reported_state != Some(DeviceState::Online),
-            Link::Offline { .. } => self.reported_state != Some(DeviceState::Offline),
-        };
-        if state_pending {
+        let state = self.state();
+        if state.is_some() && self.reported_state != state {
             wake = wake.min(self.state_retry_at);
         }
         wake

@@ -31,22 +31,30 @@
 //!   due properties of the device in one message: over MQTT a `twin/update` (QoS 1) with
 //!   `actual` values and `metadata.type` ([`twin_value_type`]), over DMI a
 //!   `ReportDeviceStatus` with `reported` values ([`ReportTarget`]);
-//! - reports the device `online` or `offline` (`state/update`, or DMI `ReportDeviceStates`)
-//!   whenever that changes: a read that times out or loses the connection makes it offline;
-//!   it is then probed (connect and one read) after a pause that doubles from
-//!   [`MapperConfig::backoff_initial`] to [`MapperConfig::backoff_max`], and comes back online
-//!   when the probe succeeds;
+//! - reports the device `online`, `unhealthy` or `offline` (`state/update`, or DMI
+//!   `ReportDeviceStates`; KubeEdge's mapper-framework states) whenever that changes: a read
+//!   that times out or finds the connection refused or reset ([`Error::is_unreachable`])
+//!   makes it offline; it is then probed (connect and one read) after a pause that doubles
+//!   from [`MapperConfig::backoff_initial`] to [`MapperConfig::backoff_max`], with jitter, and
+//!   comes back when the device answers. A device that drops the connection again soon after
+//!   it came back keeps backing off, so one that resets every connection is not spun on;
 //! - writes desired values: those in the Device (`desired.value`) when it starts, those of
 //!   `twin/update/delta` (MQTT) or of DMI `UpdateDevice`, each distinct value once, to
 //!   `ReadWrite` properties only; then reads the property back and reports it at once. A
 //!   desired value that does not fit the property type is refused with an error (the device
 //!   keeps running).
 //!
-//! Errors the driver says are not worth retrying ([`Error::is_retryable`]) do not make the
-//! device offline: a configuration or Modbus-exception error disables that property (logged
-//! once, shown in [`DeviceStatus`]); a value that does not fit its type, or that the twin
-//! cannot hold (KubeEdge's twin values are `[a-zA-Z0-9-_.,:/@#]{1,512}`), is skipped (logged
-//! once while it repeats).
+//! No read error stops polling. Any other read error means the device answered but the
+//! property failed: a Modbus exception, a garbled answer, a value that does not fit its
+//! type or that the twin cannot hold (KubeEdge's twin values are
+//! `[a-zA-Z0-9-_.,:/@#]{1,512}`). The device is then `unhealthy`, the other properties go on,
+//! and the failing one is read again after a pause that doubles from its collect cycle up to
+//! [`MapperConfig::property_backoff_max`] (at once that cap for a configuration error), with
+//! jitter; the twin keeps its last good value. The failure is logged when it starts (WARN)
+//! and when the property reads again (INFO), and is shown in [`DeviceStatus`] meanwhile
+//! ([`PropertyStatus::error`], [`PropertyStatus::failures`]). KubeEdge's twin has no field for
+//! a property's health (edgecore keeps only a reported twin's value), so the wire carries it
+//! as the device state only.
 //!
 //! Every queue is bounded: commands to the runtime, desired values (one per property), the
 //! MQTT client's queue (a report waits at most the operation timeout for room). Cancelling
@@ -142,8 +150,16 @@ pub struct MapperConfig {
     /// The first pause before an unreachable device is probed again (500 ms); it doubles up
     /// to [`MapperConfig::backoff_max`] while the device stays unreachable.
     pub backoff_initial: Duration,
-    /// The longest pause between probes of an unreachable device (30 s).
+    /// The longest pause between probes of an unreachable device (30 s). It also says how
+    /// long a device must stay reachable before a new outage starts again from
+    /// [`MapperConfig::backoff_initial`] (a device that drops every connection soon after it
+    /// was made is probed ever less often, up to this pause).
     pub backoff_max: Duration,
+    /// The longest pause before a property whose reads fail (while the device answers) is
+    /// read again (60 s). The pause starts at the property's collect cycle and doubles with
+    /// each failure; a configuration error ([`Error::Config`], [`Error::Unsupported`]) waits
+    /// this long at once. A good read resets it.
+    pub property_backoff_max: Duration,
     /// How often a reachable device's [`DeviceDriver::health`] is checked (10 s).
     pub health_interval: Duration,
     /// How many commands (device changes from DMI or a [`RuntimeHandle`]) may wait (64).
@@ -164,6 +180,7 @@ impl MapperConfig {
             operation_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            property_backoff_max: Duration::from_secs(60),
             health_interval: Duration::from_secs(10),
             command_capacity: 64,
         }
@@ -175,6 +192,7 @@ impl MapperConfig {
             report_timeout: self.operation_timeout,
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max.max(self.backoff_initial),
+            property_backoff_max: self.property_backoff_max,
             health_interval: self.health_interval,
         }
     }
@@ -216,7 +234,9 @@ impl MqttTarget {
 /// What a device is doing, as [`RuntimeHandle::device_status`] shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceStatus {
-    /// `unknown` until the first connect or read, then `online` or `offline`.
+    /// `unknown` until the first connect or read; then `offline` while the device does not
+    /// answer, `unhealthy` while it answers but some property's reads fail, `online`
+    /// otherwise (the state reported to the twin).
     pub state: DeviceState,
     /// By property name.
     pub properties: BTreeMap<String, PropertyStatus>,
@@ -240,14 +260,16 @@ impl Default for DeviceStatus {
 /// One property's latest value and problems.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PropertyStatus {
-    /// The latest value read, in its twin form.
+    /// The latest good value read, in its twin form (kept while reads fail).
     pub value: Option<String>,
     /// When it was read (ms since the epoch).
     pub timestamp: i64,
     /// The latest read error, cleared by the next good read.
     pub error: Option<String>,
-    /// Not polled any more (a non-retryable error) until the device is registered again.
-    pub disabled: bool,
+    /// Reads that failed in a row while the device answered; 0 when the last read was good.
+    /// The property is read again after a pause that grows with this number (up to
+    /// [`MapperConfig::property_backoff_max`]); it is never given up.
+    pub failures: u32,
     /// The desired value last written to the device.
     pub desired: Option<String>,
     /// Why the last desired value was not written.

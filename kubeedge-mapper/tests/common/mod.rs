@@ -44,6 +44,14 @@ impl PyModbus {
         let dir = tempfile::tempdir().expect("a temporary directory");
         args.push("--mute-file".into());
         args.push(dir.path().join("mute").display().to_string());
+        args.push("--fault-file".into());
+        args.push(dir.path().join("fault").display().to_string());
+        if args[0] == "tcp" {
+            args.push("--reset-file".into());
+            args.push(dir.path().join("reset").display().to_string());
+            args.push("--log-file".into());
+            args.push(dir.path().join("requests.log").display().to_string());
+        }
         let mut server = Self {
             child: None,
             args,
@@ -67,6 +75,52 @@ impl PyModbus {
     /// The device answers again.
     pub fn unmute(&self) {
         std::fs::remove_file(self.dir.path().join("mute")).expect("the mute file");
+    }
+
+    /// From now on, reads of a range overlapping addresses `first..=last` answer exception 4
+    /// (ServerDeviceFailure): the next `count` of them, or all of them until
+    /// [`PyModbus::heal`] when `count` is `None`.
+    pub fn fault(&self, first: u16, last: u16, count: Option<u32>) {
+        let text = match count {
+            Some(n) => format!("{first} {last} {n}"),
+            None => format!("{first} {last}"),
+        };
+        std::fs::write(self.dir.path().join("fault"), text).expect("the fault file");
+    }
+
+    /// Whether a fault set with a count is still on (the server removes it after the last).
+    pub fn faulting(&self) -> bool {
+        self.dir.path().join("fault").exists()
+    }
+
+    /// Reads answer again.
+    pub fn heal(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("fault"));
+    }
+
+    /// TCP: from now on every request is answered by resetting its connection.
+    pub fn reset_connections(&self) {
+        std::fs::write(self.dir.path().join("reset"), b"").expect("the reset file");
+    }
+
+    /// TCP: requests are answered again.
+    pub fn stop_resets(&self) {
+        std::fs::remove_file(self.dir.path().join("reset")).expect("the reset file");
+    }
+
+    /// TCP: the lines of the request log so far ("req <function> <address>", "exc <function>
+    /// <address>" for an exception 4 of the fault, "reset").
+    pub fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// TCP: how many log lines start with `prefix`.
+    pub fn logged(&self, prefix: &str) -> usize {
+        self.log().iter().filter(|l| l.starts_with(prefix)).count()
     }
 
     /// Kills the server and waits until it is gone.
