@@ -8,8 +8,7 @@
 //!     --rate 1000 --seconds 10 --devices 10 --window 256 --broker both
 //! ```
 //!
-//! For each broker (mosquitto first, then the embedded one: rumqttd cannot be stopped, so its
-//! threads and memory would stay for a later run):
+//! For each broker (mosquitto first, then the embedded one):
 //!
 //! 1. starts the node (SQLite in a temporary directory, default durability; a cloud link that
 //!    only counts what it gets, or with `--confirm` one that confirms every report as the cloud
@@ -81,7 +80,7 @@ enum BrokerKind {
 impl BrokerKind {
     fn name(self) -> &'static str {
         match self {
-            Self::Embedded => "embedded (rumqttd + front end)",
+            Self::Embedded => "embedded",
             Self::Mosquitto => "mosquitto",
         }
     }

@@ -66,8 +66,8 @@
 //! - `kubeedge-proto`: the message model and the twin, device and DMI payload types.
 //! - `kubeedge-store`: SQLite (KubeEdge's tables) and the durable outbox.
 //! - `rumqttc`: the MQTT client (async, tokio-native, bounded request queue).
-//! - `rumqttd` (feature `embedded-broker`, default): an MQTT broker inside the edge process, so
-//!   a node needs no mosquitto.
+//! - feature `embedded-broker` (default, no extra dependency): our own small MQTT 3.1.1 broker
+//!   inside the edge process (on rumqttc's packet codec), so a node needs no mosquitto.
 //! - `tonic`, `tonic-prost`, `prost`, `tower`, `hyper-util`, `tokio-stream`: the DMI gRPC
 //!   server and client over unix sockets (service code generated at build time by
 //!   `tonic-prost-build` from the schema parsed by `protox`, so no `protoc` is needed).

@@ -1,106 +1,121 @@
-//! The embedded MQTT broker: rumqttd behind a small front end that makes `$` topics work.
+//! The embedded MQTT broker: a small MQTT 3.1.1 broker of our own, for the devices and mappers
+//! of one edge node.
 //!
-//! # Why a front end
+//! It reads packets with rumqttc's codec plus the specification's checks that the codec leaves
+//! out ([`packet::decode_client_packet`](super::packet::decode_client_packet)), keeps the
+//! subscriptions in a tree over topic levels and keeps **no state per topic**: a PUBLISH is
+//! matched against the subscriptions and handed to each subscriber's queue, then forgotten. So
+//! memory depends on the clients and their filters, which are bounded
+//! ([`BrokerConfig`]), never on the topics published. (It replaces rumqttd, which refused `$`
+//! filters, could not be stopped, cached every topic published and kept a log per filter.)
 //!
-//! rumqttd 0.20 refuses every SUBSCRIBE whose filter starts with `$` (other than `$share/`) by
-//! disconnecting the client, and its matcher never delivers a topic that starts with `$`
-//! (upstream issue bytebeamio/rumqtt#650; no setting changes this). Every KubeEdge device
-//! topic starts with `$hw/`. So clients do not talk to rumqttd directly: [`EmbeddedBroker`]
-//! listens on the public address, reads each client's MQTT 3.1.1 packets with rumqttc's codec,
-//! and forwards them to rumqttd on a private loopback port, with every topic and filter moved
-//! into one of two namespaces:
+//! # What it does
 //!
-//! | client side | rumqttd side |
-//! | --- | --- |
-//! | topic or filter starting with `$`, e.g. `$hw/events/#` | `d/$hw/events/#` |
-//! | any other, e.g. `+/user/#`, `#` | `n/+/user/#`, `n/#` |
-//! | shared `$share/<group>/<filter>` | `$share/<group>/` + the filter mapped as above |
+//! * MQTT 3.1.1 (protocol level 4). MQTT 3.1 (`MQIsdp`, level 3) and MQTT 5 get CONNACK 0x01
+//!   "unacceptable protocol version".
+//! * QoS 0 and 1 both ways. QoS 2 from clients follows the specification (PUBREC, PUBREL,
+//!   PUBCOMP; a PUBLISH is delivered once, however often it is re-sent before its PUBREL).
+//!   SUBACK grants at most QoS 1 and messages go out at min(published, granted) QoS.
+//! * Wildcards `+` and `#`, with the rule that a filter starting with a wildcard does not
+//!   match a topic starting with `$` (`#` does not match `$hw/...`; `$hw/#` does).
+//! * Will messages (published when a connection ends without DISCONNECT: error, keep-alive
+//!   timeout, takeover, slow consumer; not when the broker stops).
+//! * Keep alive: a client silent for 1.5 times its keep-alive is disconnected.
+//! * Takeover: a CONNECT with the id of a connected client ends the older connection.
+//!   An empty client id (with clean session) gets a generated one.
+//! * Optional user name and password ([`BrokerAuth`]), compared in constant time.
 //!
-//! Publications from rumqttd get their prefix removed. This keeps the MQTT rule that a filter
-//! starting with a wildcard does not match `$` topics (`n/#` never matches `d/...`), while
-//! `$hw/#` matches `$hw/...` topics. Packet ids, QoS 0/1/2 flows, keep alive and will messages
-//! go through unchanged (will topics are mapped too).
+//! # What it does not do (and says so)
 //!
-//! The front end also enforces the limits of a small edge device:
-//! * at most [`MAX_CLIENTS`] connections, a CONNECT within 10 s, MQTT 3.1.1 only (a 5.0 client
-//!   gets CONNACK "unacceptable protocol version");
-//! * packets larger than `max_payload` (remaining length) close that client's connection;
-//! * malformed packets, server-only packets from a client, topics with wildcards and invalid
-//!   filters close that client's connection (nothing panics, other clients go on);
-//! * sessions are always clean (CONNACK says no session is present) and the retain flag is
-//!   cleared, because rumqttd keeps persistent sessions and retained messages without bound;
-//!   KubeEdge's clients use clean sessions and never retain;
-//! * rumqttd sees each connection under a slot id `c<n>` (`n` < [`MAX_CLIENTS`]), not the
-//!   client's id: rumqttd remembers every client id it ever saw (about 1 KiB each, until the
-//!   process exits) and mosquitto_pub or paho pick a random id per connection. The front end
-//!   does MQTT's takeover itself (a CONNECT with the id of a connected client ends the older
-//!   connection), and ids rumqttd refuses (holding `+ $ # /`) work;
-//! * at most [`MAX_FILTERS`] distinct topic filters over the broker's lifetime.
+//! * Sessions are always clean: CONNACK says no session is present, and nothing is kept for a
+//!   client after its connection ends. KubeEdge's clients use clean sessions.
+//! * No retained messages: the retain flag of a PUBLISH or will is cleared (as mosquitto with
+//!   `retain_available false` would); KubeEdge never retains.
+//! * No shared subscriptions: a filter starting with `$share/` gets SUBACK 0x80 (failure).
+//! * No TLS: it is meant for loopback, KubeEdge's default (`127.0.0.1:1884`).
 //!
-//! Not bounded: rumqttd caches, per distinct topic that matched a subscription, the filters it
-//! matches, until the process exits. KubeEdge's topics are per device, so this grows with the
-//! number of devices, but a client publishing to ever new topics under a subscribed filter
-//! grows it without end.
+//! # Limits
 //!
-//! # Stopping
+//! Every one is in [`BrokerConfig`], logged as a WARN line (client address, limit; once per
+//! limit per 10 s with a count of the hits not logged) and counted in [`BrokerStats`]:
+//! the CONNECT timeout, pending (pre-CONNECT) connections (one more closes the oldest), connected
+//! clients (CONNACK 0x03), subscriptions per client and distinct filters (SUBACK 0x80), filter
+//! length (SUBACK 0x80), the packet size (`max_payload`, closes the connection), each client's
+//! outbound queue (QoS 0 dropped, QoS 1 disconnects the client), QoS 1 in flight per client,
+//! and a write timeout. A malformed packet, a packet only a server sends, a second CONNECT, a
+//! wildcard in a PUBLISH topic or an invalid filter closes that connection only.
 //!
-//! rumqttd has no way to stop (its router and listener threads run until the process exits).
-//! [`EmbeddedBroker::stop`] (or dropping it, or cancelling its shutdown token) closes the public
-//! listener and every client connection, so the address can be bound again at once; the idle
-//! rumqttd instance (three threads, a loopback listener and its in-memory logs) stays until the
-//! process exits. Starting several brokers in one process works: each gets its own rumqttd.
+//! # Threads
+//!
+//! The broker runs on one thread of its own (a current-thread tokio runtime), so a flood of
+//! MQTT traffic cannot starve the caller's runtime. [`EmbeddedBroker::stop`], dropping it, or
+//! cancelling its shutdown token closes the listener and every connection and ends that
+//! thread; nothing is left behind.
 
-use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rumqttc::mqttbytes;
-use rumqttc::{ConnAck, Connect, ConnectReturnCode, Packet, Protocol};
+use bytes::{Bytes, BytesMut};
+use rumqttc::{
+    ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
+    Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{MAX_TOPIC_LEN, validate_filter, validate_topic};
+use super::packet::{Inbound, decode_client_packet, encode_publish};
+use super::subscription_tree::{ConnId, SubscriptionTree};
+use super::{BrokerAuth, BrokerConfig, validate_filter, validate_topic};
 use crate::{Error, Result};
 
-/// Client connections the embedded broker accepts at once; more are closed at once. Each may
-/// buffer up to one `max_payload` packet in the front end and in rumqttd.
-pub const MAX_CLIENTS: usize = 64;
+/// How often each limit is logged at most.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// A write to a client's socket gathers queued messages up to about this many bytes.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Read buffers larger than this are given back once empty.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// Bytes counted per queued message on top of its topic and payload.
+const MESSAGE_OVERHEAD: usize = 64;
 
-/// Distinct topic filters the embedded broker accepts over its lifetime (rumqttd keeps a log of
-/// about 220 KiB of address space for each until the process exits); a SUBSCRIBE to one more
-/// closes that client's connection.
-pub const MAX_FILTERS: usize = 1024;
-
-/// How long a new connection may take to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long [`EmbeddedBroker::start`] waits for rumqttd to answer.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// rumqttd commit log segment size (per subscribed filter).
-const SEGMENT_SIZE: usize = 64 * 1024;
-/// rumqttd commit log segments kept per filter: a filter's log holds at most about
-/// `SEGMENT_COUNT * (SEGMENT_SIZE + max_payload)` bytes; payloads are shared between filters.
-const SEGMENT_COUNT: usize = 3;
-/// The two bytes added to every topic on the rumqttd side.
-const PREFIX_LEN: usize = 2;
-
-/// A running embedded broker. See the [module docs](self) for how it is built and its limits.
+/// A running embedded broker. See the [module docs](self) for what it does and its limits.
+///
+/// ```no_run
+/// use kubeedge_twin::mqtt::{BrokerConfig, EmbeddedBroker};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn run() -> kubeedge_twin::Result<()> {
+/// let broker = EmbeddedBroker::start_with_config(
+///     "127.0.0.1:1884".parse().unwrap(),
+///     1024 * 1024,
+///     BrokerConfig { max_clients: 32, ..BrokerConfig::default() },
+///     CancellationToken::new(),
+/// )
+/// .await?;
+/// println!("listening on {}", broker.local_addr());
+/// println!("{:?}", broker.stats());
+/// broker.stop();
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct EmbeddedBroker {
     local_addr: SocketAddr,
-    upstream: SocketAddr,
     stop: CancellationToken,
-    front: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl EmbeddedBroker {
-    /// Starts rumqttd and the front end listening on `listen` (port 0 picks a free port), with
-    /// packets limited to `max_payload` bytes of remaining length. Returns once rumqttd answers
-    /// an MQTT CONNECT (within 10 s) and the public address is bound.
+    /// Starts the broker on `listen` (port 0 picks a free port) with the default
+    /// [`BrokerConfig`], packets limited to `max_payload` bytes of remaining length (at least
+    /// 1 KiB). Returns once the address is bound.
     pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<Self> {
         Self::start_with_shutdown(listen, max_payload, CancellationToken::new()).await
     }
@@ -112,52 +127,51 @@ impl EmbeddedBroker {
         max_payload: usize,
         shutdown: CancellationToken,
     ) -> Result<Self> {
-        let max_payload = max_payload.clamp(1024, super::MQTT_MAX_PACKET - PREFIX_LEN);
-        // Bind the public address first: a taken port fails here, before anything starts.
-        let front = StdTcpListener::bind(listen)
+        Self::start_with_config(listen, max_payload, BrokerConfig::default(), shutdown).await
+    }
+
+    /// Starts the broker with `config`'s limits and credentials; cancelling `shutdown` stops it.
+    pub async fn start_with_config(
+        listen: SocketAddr,
+        max_payload: usize,
+        config: BrokerConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        config.validate()?;
+        let max_packet = max_payload.clamp(1024, super::MQTT_MAX_PACKET);
+        // Bind here: a taken port fails before anything starts.
+        let listener = StdTcpListener::bind(listen)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| Error::io(format!("embedded MQTT broker: binding {listen}"), e))?;
-        let local_addr = front
+        let local_addr = listener
             .local_addr()
             .map_err(|e| Error::io("embedded MQTT broker: local address", e))?;
-        let mut attempt = 1;
-        let upstream = loop {
-            let (upstream, rumqttd) = start_rumqttd(max_payload)?;
-            match wait_until_ready(upstream, &rumqttd).await {
-                Ok(()) => break upstream,
-                // Another process took the free port before rumqttd bound it: take another.
-                Err(e) if attempt < 3 && rumqttd.is_finished() => {
-                    tracing::warn!(error = %e, "embedded MQTT broker: retrying on another port");
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-
+        let shared = Arc::new(Shared {
+            config,
+            max_packet,
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+            warnings: Mutex::new(HashMap::new()),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("embedded MQTT broker: its runtime", e))?;
         let stop = shutdown;
-        let front_stop = stop.clone();
-        let front = std::thread::Builder::new()
-            .name("mqtt-broker-front".into())
+        let (thread_stop, thread_shared) = (stop.clone(), Arc::clone(&shared));
+        let thread = std::thread::Builder::new()
+            .name("mqtt-broker".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "embedded MQTT broker: no runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(serve(front, upstream, max_payload, front_stop));
+                // Returning drops the runtime, which drops every connection task and socket.
+                runtime.block_on(serve(listener, thread_shared, thread_stop));
             })
             .map_err(|e| Error::io("embedded MQTT broker: spawning its thread", e))?;
-        tracing::info!(%local_addr, %upstream, "embedded MQTT broker started");
+        tracing::info!(%local_addr, "embedded MQTT broker started");
         Ok(Self {
             local_addr,
-            upstream,
             stop,
-            front: Some(front),
+            shared,
+            thread: Some(thread),
         })
     }
 
@@ -166,224 +180,258 @@ impl EmbeddedBroker {
         self.local_addr
     }
 
-    /// Closes the public listener and every client connection, and waits until the address is
-    /// released. rumqttd itself stays (idle) until the process exits.
+    /// A snapshot of the broker's counters (for metrics).
+    pub fn stats(&self) -> BrokerStats {
+        self.shared.stats()
+    }
+
+    /// Closes the listener and every connection, and waits until the broker's thread ended
+    /// (the address can then be bound again).
     pub fn stop(mut self) {
+        self.shutdown();
+        tracing::info!(local_addr = %self.local_addr, "embedded MQTT broker stopped");
+    }
+
+    fn shutdown(&mut self) {
         self.stop.cancel();
-        if let Some(front) = self.front.take() {
-            let _ = front.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-        tracing::info!(local_addr = %self.local_addr, upstream = %self.upstream,
-            "embedded MQTT broker stopped");
     }
 }
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.shutdown();
     }
 }
 
-/// Starts a rumqttd instance on a free loopback port; it runs on its own threads.
-fn start_rumqttd(max_payload: usize) -> Result<(SocketAddr, JoinHandle<()>)> {
-    static INSTANCES: AtomicUsize = AtomicUsize::new(0);
-    let id = INSTANCES.fetch_add(1, Ordering::Relaxed);
-    // rumqttd binds by itself and cannot report its port: take a free one.
-    let upstream = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::io("embedded MQTT broker: finding a free loopback port", e))?;
-    let config = rumqttd_config(id, upstream, max_payload);
-    let thread = std::thread::Builder::new()
-        .name(format!("rumqttd-{id}"))
-        .spawn(move || {
-            // Spawns the router thread and one thread per listener, then joins the listeners:
-            // it returns only if the listener failed (its error is logged by rumqttd).
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "rumqttd failed");
-            }
-        })
-        .map_err(|e| Error::io("embedded MQTT broker: spawning rumqttd", e))?;
-    Ok((upstream, thread))
+/// What the embedded broker counted since it started ([`EmbeddedBroker::stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// TCP connections accepted.
+    pub connections_accepted: u64,
+    /// Clients connected now (after a valid CONNECT).
+    pub clients_connected: u64,
+    /// Connections waiting for their CONNECT now.
+    pub connections_pending: u64,
+    /// Pending connections closed to make room for a newer one (`max_pending`).
+    pub pending_evicted: u64,
+    /// Connections closed for sending no CONNECT in time (`connect_timeout`).
+    pub connect_timeouts: u64,
+    /// CONNECTs refused for the protocol: bad name or level, bad client id, malformed, or a
+    /// first packet that is not CONNECT.
+    pub refused_protocol: u64,
+    /// CONNECTs refused for missing or wrong credentials.
+    pub refused_auth: u64,
+    /// CONNECTs refused because `max_clients` were connected.
+    pub refused_client_limit: u64,
+    /// Connected clients closed for a protocol violation (malformed or oversized packet,
+    /// server-only packet, second CONNECT, wildcard topic, invalid filter).
+    pub protocol_errors: u64,
+    /// Clients disconnected for silence longer than 1.5 times their keep alive.
+    pub keep_alive_timeouts: u64,
+    /// Connections ended by a newer one with the same client id.
+    pub takeovers: u64,
+    /// Topic filters refused with SUBACK 0x80 (limits, length, `$share`).
+    pub subscriptions_refused: u64,
+    /// Distinct topic filters subscribed now.
+    pub filters: u64,
+    /// PUBLISH packets received from clients (wills included).
+    pub messages_received: u64,
+    /// Messages queued for a subscriber.
+    pub messages_delivered: u64,
+    /// QoS 0 messages dropped because the subscriber's queue was full.
+    pub messages_dropped: u64,
+    /// Clients disconnected for not reading: a full queue for a QoS 1 message, or a write that
+    /// blocked longer than `write_timeout`.
+    pub slow_consumers_disconnected: u64,
 }
 
-fn rumqttd_config(id: usize, listen: SocketAddr, max_payload: usize) -> rumqttd::Config {
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        // The front end adds a 2-byte prefix to topics.
-        max_payload_size: max_payload + PREFIX_LEN,
-        max_inflight_count: 100,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: false,
-    };
-    let server = rumqttd::ServerSettings {
-        name: format!("v4-{id}"),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    rumqttd::Config {
-        id,
-        router: rumqttd::RouterConfig {
-            // The front end admits MAX_CLIENTS; leave room for connections still closing.
-            max_connections: MAX_CLIENTS + 16,
-            max_outgoing_packet_count: 200,
-            max_segment_size: SEGMENT_SIZE,
-            max_segment_count: SEGMENT_COUNT,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some([("v4".to_owned(), server)].into_iter().collect()),
-        ..Default::default()
-    }
+#[derive(Debug, Default)]
+struct Counters {
+    connections_accepted: AtomicU64,
+    pending_evicted: AtomicU64,
+    connect_timeouts: AtomicU64,
+    refused_protocol: AtomicU64,
+    refused_auth: AtomicU64,
+    refused_client_limit: AtomicU64,
+    protocol_errors: AtomicU64,
+    keep_alive_timeouts: AtomicU64,
+    takeovers: AtomicU64,
+    subscriptions_refused: AtomicU64,
+    messages_received: AtomicU64,
+    messages_delivered: AtomicU64,
+    messages_dropped: AtomicU64,
+    slow_consumers_disconnected: AtomicU64,
 }
 
-/// Waits until rumqttd answers a CONNECT on `upstream`, or fails when its thread ended.
-async fn wait_until_ready(upstream: SocketAddr, rumqttd: &JoinHandle<()>) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        if rumqttd.is_finished() {
-            return Err(Error::Broker(format!(
-                "rumqttd could not listen on {upstream} (see its log)"
-            )));
-        }
-        let last_error = match tokio::time::timeout(Duration::from_secs(1), probe(upstream)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "probe timed out".to_owned(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Broker(format!(
-                "rumqttd on {upstream} did not start within {START_TIMEOUT:?}: {last_error}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One MQTT handshake with rumqttd.
-async fn probe(upstream: SocketAddr) -> std::io::Result<()> {
-    static PROBES: AtomicUsize = AtomicUsize::new(0);
-    let mut stream = TcpStream::connect(upstream).await?;
-    let n = PROBES.fetch_add(1, Ordering::Relaxed);
-    let connect = Connect::new(format!("kubeedge-twin-probe-{}-{n}", std::process::id()));
-    let mut out = BytesMut::new();
-    Packet::Connect(connect)
-        .write(&mut out, usize::MAX)
-        .map_err(invalid_data)?;
-    stream.write_all(&out).await?;
-    let mut buf = BytesMut::new();
-    match read_packet(&mut stream, &mut buf, 1024).await? {
-        Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-            out.clear();
-            Packet::Disconnect
-                .write(&mut out, usize::MAX)
-                .map_err(invalid_data)?;
-            stream.write_all(&out).await?;
-            Ok(())
-        }
-        other => Err(std::io::Error::other(format!(
-            "unexpected answer {other:?}"
-        ))),
-    }
+/// What every connection shares.
+#[derive(Debug)]
+struct Shared {
+    config: BrokerConfig,
+    max_packet: usize,
+    state: Mutex<State>,
+    counters: Counters,
+    /// Per limit: when it was last logged and how many hits were not logged since.
+    warnings: Mutex<HashMap<&'static str, (Instant, u64)>>,
 }
 
-/// What the front end's connections share: free client slots, who is connected and the
-/// filters rumqttd has a log for.
-struct Registry {
-    /// Unused slot numbers; a connection's rumqttd client id is `c<slot>`.
-    free_slots: Vec<usize>,
-    /// Connected client ids and how to end their connection (for takeover).
-    by_client: HashMap<String, (u64, CancellationToken)>,
-    /// Filters subscribed so far (rumqttd keeps a log for each until the process exits).
-    filters: HashSet<String>,
-    next_connection: u64,
+#[derive(Debug, Default)]
+struct State {
+    next_conn: ConnId,
+    /// Connections without a CONNECT yet, oldest first, and how to close them.
+    pending: BTreeMap<ConnId, CancellationToken>,
+    /// Connected clients.
+    clients: HashMap<ConnId, Client>,
+    /// Connected clients by client id (for takeover).
+    by_id: HashMap<String, ConnId>,
+    tree: SubscriptionTree,
+    /// Distinct filters and how many clients hold each.
+    filters: HashMap<Box<str>, usize>,
 }
 
-type SharedRegistry = Arc<Mutex<Registry>>;
-
-fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
-    registry.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One admitted connection; dropping it frees its slot and its client id.
-struct Admission {
-    registry: SharedRegistry,
-    slot: usize,
-    number: u64,
-    client_id: Option<String>,
-    /// Cancelled on shutdown and when another connection takes the client id over.
+#[derive(Debug)]
+struct Client {
+    peer: SocketAddr,
+    queue: mpsc::UnboundedSender<(Arc<Message>, u8)>,
+    /// Bytes in `queue` (counted as topic + payload + [`MESSAGE_OVERHEAD`]).
+    queued: Arc<AtomicUsize>,
     cancel: CancellationToken,
+    /// Set before `cancel` when the broker ends the connection for a reason of its own.
+    ended_by: Arc<Mutex<Option<EndReason>>>,
+    /// This client's filters and granted QoS.
+    filters: HashMap<String, u8>,
 }
 
-impl Admission {
-    fn new(registry: &SharedRegistry, stop: &CancellationToken) -> Option<Self> {
-        let mut r = lock(registry);
-        let slot = r.free_slots.pop()?;
-        r.next_connection += 1;
-        Some(Self {
-            registry: Arc::clone(registry),
-            slot,
-            number: r.next_connection,
-            client_id: None,
-            cancel: stop.child_token(),
-        })
-    }
+#[derive(Debug)]
+struct Message {
+    topic: String,
+    payload: Bytes,
+}
 
-    /// Registers the client id, ending an older connection with the same id (MQTT 3.1.1
-    /// takeover), and returns the id to use with rumqttd.
-    fn claim(&mut self, client_id: &str) -> String {
-        if !client_id.is_empty() {
-            let mut r = lock(&self.registry);
-            let entry = (self.number, self.cancel.clone());
-            if let Some((_, older)) = r.by_client.insert(client_id.to_owned(), entry) {
-                older.cancel();
-            }
-            self.client_id = Some(client_id.to_owned());
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndReason {
+    Takeover,
+    SlowConsumer,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn stats(&self) -> BrokerStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let state = lock(&self.state);
+        BrokerStats {
+            connections_accepted: load(&c.connections_accepted),
+            clients_connected: state.clients.len() as u64,
+            connections_pending: state.pending.len() as u64,
+            pending_evicted: load(&c.pending_evicted),
+            connect_timeouts: load(&c.connect_timeouts),
+            refused_protocol: load(&c.refused_protocol),
+            refused_auth: load(&c.refused_auth),
+            refused_client_limit: load(&c.refused_client_limit),
+            protocol_errors: load(&c.protocol_errors),
+            keep_alive_timeouts: load(&c.keep_alive_timeouts),
+            takeovers: load(&c.takeovers),
+            subscriptions_refused: load(&c.subscriptions_refused),
+            filters: state.filters.len() as u64,
+            messages_received: load(&c.messages_received),
+            messages_delivered: load(&c.messages_delivered),
+            messages_dropped: load(&c.messages_dropped),
+            slow_consumers_disconnected: load(&c.slow_consumers_disconnected),
         }
-        format!("c{}", self.slot)
     }
 
-    /// Records the filters of a SUBSCRIBE; fails when rumqttd would get more than
-    /// [`MAX_FILTERS`] distinct ones.
-    fn admit_filters<'a>(&self, filters: impl Iterator<Item = &'a str>) -> std::io::Result<()> {
-        let mut r = lock(&self.registry);
-        for filter in filters {
-            if !r.filters.contains(filter) {
-                if r.filters.len() >= MAX_FILTERS {
-                    return Err(protocol_error(format!(
-                        "more than {MAX_FILTERS} distinct topic filters"
-                    )));
+    /// Logs that `limit` was hit by `peer`, at most once per [`WARN_INTERVAL`] per limit.
+    fn warn(&self, limit: &'static str, peer: SocketAddr, what: fmt::Arguments<'_>) {
+        let suppressed = {
+            let mut warnings = lock(&self.warnings);
+            let now = Instant::now();
+            match warnings.get_mut(limit) {
+                Some((last, count)) if now.duration_since(*last) < WARN_INTERVAL => {
+                    *count += 1;
+                    return;
                 }
-                r.filters.insert(filter.to_owned());
+                Some((last, count)) => {
+                    *last = now;
+                    std::mem::take(count)
+                }
+                None => {
+                    warnings.insert(limit, (now, 0));
+                    0
+                }
+            }
+        };
+        tracing::warn!(%peer, limit, suppressed, "embedded MQTT broker: {what}");
+    }
+
+    /// Hands a PUBLISH to every matching subscriber's queue.
+    fn route(&self, topic: &str, payload: Bytes, qos: u8) {
+        bump(&self.counters.messages_received);
+        let message = Arc::new(Message {
+            topic: topic.to_owned(),
+            payload,
+        });
+        let size = message.topic.len() + message.payload.len() + MESSAGE_OVERHEAD;
+        let mut targets = HashMap::new();
+        let state = lock(&self.state);
+        state.tree.matches(topic, &mut targets);
+        for (conn, granted) in targets {
+            let Some(client) = state.clients.get(&conn) else {
+                continue;
+            };
+            if client.cancel.is_cancelled() {
+                continue;
+            }
+            let qos = qos.min(granted);
+            let queued = client.queued.load(Ordering::Relaxed);
+            if queued > 0 && queued + size > self.config.max_queued_bytes {
+                if qos == 0 {
+                    bump(&self.counters.messages_dropped);
+                    self.warn(
+                        "max_queued_bytes",
+                        client.peer,
+                        format_args!(
+                            "slow subscriber: QoS 0 messages dropped (its queue holds {queued} \
+                             bytes, max_queued_bytes {})",
+                            self.config.max_queued_bytes
+                        ),
+                    );
+                } else {
+                    bump(&self.counters.slow_consumers_disconnected);
+                    self.warn(
+                        "max_queued_bytes",
+                        client.peer,
+                        format_args!(
+                            "slow subscriber disconnected: its queue holds {queued} bytes \
+                             (max_queued_bytes {}) and a QoS 1 message is due",
+                            self.config.max_queued_bytes
+                        ),
+                    );
+                    *lock(&client.ended_by) = Some(EndReason::SlowConsumer);
+                    client.cancel.cancel();
+                }
+                continue;
+            }
+            client.queued.fetch_add(size, Ordering::Relaxed);
+            if client.queue.send((Arc::clone(&message), qos)).is_ok() {
+                bump(&self.counters.messages_delivered);
             }
         }
-        Ok(())
     }
 }
 
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut r = lock(&self.registry);
-        r.free_slots.push(self.slot);
-        if let Some(id) = self.client_id.take()
-            && r.by_client.get(&id).is_some_and(|(n, _)| *n == self.number)
-        {
-            r.by_client.remove(&id);
-        }
-    }
-}
-
-/// Accepts clients until `stop` is cancelled.
-async fn serve(
-    listener: StdTcpListener,
-    upstream: SocketAddr,
-    max_payload: usize,
-    stop: CancellationToken,
-) {
+/// Accepts connections until `stop` is cancelled.
+async fn serve(listener: StdTcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -391,12 +439,7 @@ async fn serve(
             return;
         }
     };
-    let registry = Arc::new(Mutex::new(Registry {
-        free_slots: (0..MAX_CLIENTS).rev().collect(),
-        by_client: HashMap::new(),
-        filters: HashSet::new(),
-        next_connection: 0,
-    }));
+    let local = listener.local_addr().ok();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -406,236 +449,591 @@ async fn serve(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: do not spin.
-                tracing::warn!(error = %e, "embedded MQTT broker: accept failed");
+                if let Some(local) = local {
+                    shared.warn("accept", local, format_args!("accept failed: {e}"));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Some(admission) = Admission::new(&registry, &stop) else {
-            tracing::warn!(%peer, "embedded MQTT broker: {MAX_CLIENTS} clients connected; refused");
-            continue;
+        bump(&shared.counters.connections_accepted);
+        let cancel = stop.child_token();
+        let (conn, evicted) = {
+            let mut state = lock(&shared.state);
+            state.next_conn += 1;
+            let conn = state.next_conn;
+            let evicted = if state.pending.len() >= shared.config.max_pending {
+                state.pending.pop_first().map(|(_, oldest)| oldest.cancel())
+            } else {
+                None
+            };
+            state.pending.insert(conn, cancel.clone());
+            (conn, evicted.is_some())
         };
+        if evicted {
+            bump(&shared.counters.pending_evicted);
+            shared.warn(
+                "max_pending",
+                peer,
+                format_args!(
+                    "{} connections without CONNECT: closed the oldest to admit this one \
+                     (max_pending)",
+                    shared.config.max_pending
+                ),
+            );
+        }
+        let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let cancel = admission.cancel.clone();
-            tokio::select! {
-                () = cancel.cancelled() => {
-                    tracing::debug!(%peer, "embedded MQTT broker: connection ended (shutdown or takeover)");
-                }
-                result = relay(stream, upstream, max_payload, admission) => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "embedded MQTT broker: client closed");
-                    }
-                }
-            }
+            let mut registration = Registration {
+                shared: Arc::clone(&shared),
+                conn,
+                client_id: None,
+            };
+            connection(stream, peer, &shared, &mut registration, cancel).await;
         });
     }
-    // Returning drops the runtime, which drops every connection task and socket.
 }
 
-/// Relays one client connection to rumqttd, rewriting topics.
-async fn relay(
-    client: TcpStream,
-    upstream: SocketAddr,
-    max_payload: usize,
-    mut admission: Admission,
-) -> std::io::Result<()> {
-    let _ = client.set_nodelay(true);
-    let (mut client_rd, mut client_wr) = client.into_split();
+/// A connection's entries in [`State`]; dropping it removes them (also when the runtime drops
+/// the task at shutdown).
+struct Registration {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    client_id: Option<String>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        state.pending.remove(&self.conn);
+        if let Some(client) = state.clients.remove(&self.conn) {
+            for filter in client.filters.keys() {
+                forget_filter(&mut state, filter, self.conn);
+            }
+        }
+        if let Some(id) = self.client_id.take()
+            && state.by_id.get(&id) == Some(&self.conn)
+        {
+            state.by_id.remove(&id);
+        }
+    }
+}
+
+fn forget_filter(state: &mut State, filter: &str, conn: ConnId) {
+    state.tree.remove(filter, conn);
+    if let Some(holders) = state.filters.get_mut(filter) {
+        *holders -= 1;
+        if *holders == 0 {
+            state.filters.remove(filter);
+        }
+    }
+}
+
+/// How a connected client's session ended.
+enum Ended {
+    /// The client sent DISCONNECT: no will.
+    Disconnect,
+    /// The connection was cancelled: the broker stops (no will), or it ended the connection
+    /// for a takeover or a slow consumer (then treated as lost).
+    Shutdown,
+    /// Anything else (closed socket, error, timeout, takeover, slow consumer): the will goes out.
+    Lost,
+}
+
+/// Runs one connection from accept to close.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    registration: &mut Registration,
+    cancel: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.split();
     let mut buf = BytesMut::with_capacity(1024);
-    let first = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        read_packet(&mut client_rd, &mut buf, max_payload),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no CONNECT in time"))??;
-    let mut connect = match first {
-        Some(Packet::Connect(connect)) => connect,
-        Some(other) => return Err(protocol_error(format!("{other:?} before CONNECT"))),
-        None => return Ok(()),
-    };
-    if connect.protocol != Protocol::V4 {
-        refuse(&mut client_wr, ConnectReturnCode::RefusedProtocolVersion).await;
-        return Err(protocol_error(
-            "MQTT 5 is not supported (3.1.1 only)".into(),
-        ));
-    }
-    if let Some(will) = &mut connect.last_will {
-        check_topic(&will.topic)?;
-        will.topic = upstream_topic(&will.topic);
-        will.retain = false;
-    }
-    connect.clean_session = true;
-    connect.client_id = admission.claim(&connect.client_id);
-    let upstream = match TcpStream::connect(upstream).await {
-        Ok(s) => s,
-        Err(e) => {
-            refuse(&mut client_wr, ConnectReturnCode::ServiceUnavailable).await;
-            return Err(e);
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let (mut up_rd, mut up_wr) = upstream.into_split();
-    let mut out = BytesMut::with_capacity(1024);
-    write_packet(&mut up_wr, &mut out, &Packet::Connect(connect)).await?;
+    let config = &shared.config;
 
-    let to_broker = async move {
-        let mut out = out;
-        loop {
-            let Some(packet) = read_packet(&mut client_rd, &mut buf, max_payload).await? else {
-                return Ok(());
-            };
-            let packet = client_to_broker(packet)?;
-            if let Packet::Subscribe(subscribe) = &packet {
-                admission.admit_filters(subscribe.filters.iter().map(|f| f.path.as_str()))?;
-            }
-            let last = matches!(packet, Packet::Disconnect);
-            write_packet(&mut up_wr, &mut out, &packet).await?;
-            if last {
-                return Ok(());
-            }
+    // Before CONNECT: bounded in time, and closed early if newer connections need the room.
+    let first = tokio::select! {
+        () = cancel.cancelled() => return,
+        first = tokio::time::timeout(
+            config.connect_timeout,
+            read_inbound(&mut rd, &mut buf, shared.max_packet),
+        ) => first,
+    };
+    let connect = match first {
+        Err(_) => {
+            bump(&shared.counters.connect_timeouts);
+            shared.warn(
+                "connect_timeout",
+                peer,
+                format_args!(
+                    "no CONNECT within {:?} (connect_timeout)",
+                    config.connect_timeout
+                ),
+            );
+            return;
+        }
+        Ok(Ok(Some(Inbound::Packet(Packet::Connect(connect))))) => connect,
+        Ok(Ok(Some(Inbound::RefusedConnect(code)))) => {
+            bump(&shared.counters.refused_protocol);
+            shared.warn("protocol", peer, format_args!("CONNECT refused: {code:?}"));
+            refuse(&mut wr, code).await;
+            return;
+        }
+        Ok(Ok(Some(Inbound::Packet(other)))) => {
+            bump(&shared.counters.refused_protocol);
+            shared.warn(
+                "protocol",
+                peer,
+                format_args!(
+                    "closed: first packet is not CONNECT but {}",
+                    packet_name(&other)
+                ),
+            );
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            bump(&shared.counters.refused_protocol);
+            shared.warn("protocol", peer, format_args!("closed before CONNECT: {e}"));
+            return;
         }
     };
-    let to_client = async move {
-        let mut buf = BytesMut::with_capacity(1024);
-        let mut out = BytesMut::with_capacity(1024);
-        loop {
-            // rumqttd does not set TCP_NODELAY on its sockets, so its next small write waits
-            // for our ACK of the last one; acknowledge at once instead of after Linux's delayed
-            // ACK (up to 40 ms). The kernel drops quick-ACK mode on its own, so re-arm it.
-            let _ = socket2::SockRef::from(up_rd.as_ref()).set_tcp_quickack(true);
-            let Some(packet) = read_packet(&mut up_rd, &mut buf, max_payload + PREFIX_LEN).await?
-            else {
-                return Ok(());
-            };
-            let packet = broker_to_client(packet)?;
-            write_packet(&mut client_wr, &mut out, &packet).await?;
-        }
-    };
-    // Either side ending ends both: dropping the halves closes both sockets.
-    tokio::select! {
-        r = to_broker => r,
-        r = to_client => r,
+    lock(&shared.state).pending.remove(&registration.conn);
+
+    if let Some(code) = check_credentials(config.auth.as_ref(), &connect) {
+        bump(&shared.counters.refused_auth);
+        shared.warn("auth", peer, format_args!("CONNECT refused: {code:?}"));
+        refuse(&mut wr, code).await;
+        return;
     }
-}
-
-/// Rewrites a packet from a client for rumqttd, or refuses it.
-fn client_to_broker(packet: Packet) -> std::io::Result<Packet> {
-    Ok(match packet {
-        Packet::Publish(mut publish) => {
-            check_topic(&publish.topic)?;
-            publish.topic = upstream_topic(&publish.topic);
-            publish.retain = false;
-            Packet::Publish(publish)
-        }
-        Packet::Subscribe(mut subscribe) => {
-            for filter in &mut subscribe.filters {
-                check_filter(&filter.path)?;
-                filter.path = upstream_filter(&filter.path);
-            }
-            Packet::Subscribe(subscribe)
-        }
-        Packet::Unsubscribe(mut unsubscribe) => {
-            for filter in &mut unsubscribe.topics {
-                check_filter(filter)?;
-                *filter = upstream_filter(filter);
-            }
-            Packet::Unsubscribe(unsubscribe)
-        }
-        p @ (Packet::PubAck(_)
-        | Packet::PubRec(_)
-        | Packet::PubRel(_)
-        | Packet::PubComp(_)
-        | Packet::PingReq
-        | Packet::Disconnect) => p,
-        other => return Err(protocol_error(format!("{other:?} from a client"))),
-    })
-}
-
-/// Rewrites a packet from rumqttd for the client.
-fn broker_to_client(packet: Packet) -> std::io::Result<Packet> {
-    Ok(match packet {
-        Packet::Publish(mut publish) => {
-            publish.topic = client_topic(&publish.topic)
-                .ok_or_else(|| protocol_error(format!("unmapped topic {:?}", publish.topic)))?
-                .to_owned();
-            Packet::Publish(publish)
-        }
-        Packet::ConnAck(mut ack) => {
-            ack.session_present = false;
-            Packet::ConnAck(ack)
-        }
-        other => other,
-    })
-}
-
-fn check_topic(topic: &str) -> std::io::Result<()> {
-    validate_topic(topic).map_err(|e| protocol_error(e.to_string()))?;
-    if topic.len() > MAX_TOPIC_LEN - PREFIX_LEN {
-        return Err(protocol_error("topic too long".into()));
-    }
-    Ok(())
-}
-
-fn check_filter(filter: &str) -> std::io::Result<()> {
-    validate_filter(filter).map_err(|e| protocol_error(e.to_string()))?;
-    if filter.len() > MAX_TOPIC_LEN - PREFIX_LEN {
-        return Err(protocol_error("topic filter too long".into()));
-    }
-    Ok(())
-}
-
-/// The rumqttd-side name of a client topic (or of a filter without `$share`).
-fn upstream_topic(topic: &str) -> String {
-    let prefix = if topic.starts_with('$') { "d/" } else { "n/" };
-    let mut mapped = String::with_capacity(PREFIX_LEN + topic.len());
-    mapped.push_str(prefix);
-    mapped.push_str(topic);
-    mapped
-}
-
-/// The rumqttd-side filter of a client filter (`$share/<group>/` stays in front).
-fn upstream_filter(filter: &str) -> String {
-    if let Some(rest) = filter.strip_prefix("$share/")
-        && let Some((group, inner)) = rest.split_once('/')
-        && !group.is_empty()
-        && !inner.is_empty()
+    if let Some(will) = &connect.last_will
+        && let Err(e) = validate_topic(&will.topic)
     {
-        return format!("$share/{group}/{}", upstream_topic(inner));
+        bump(&shared.counters.refused_protocol);
+        shared.warn("protocol", peer, format_args!("CONNECT refused: will {e}"));
+        return;
     }
-    upstream_topic(filter)
+
+    let (queue, mut outbound) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let ended_by = Arc::new(Mutex::new(None));
+    let client_id = if connect.client_id.is_empty() {
+        format!("kubeedge-auto-{}", registration.conn)
+    } else {
+        connect.client_id.clone()
+    };
+    let admitted = {
+        let mut state = lock(&shared.state);
+        let admitted = state.clients.len() < config.max_clients;
+        if admitted {
+            register(
+                &mut state,
+                shared,
+                registration.conn,
+                &client_id,
+                Client {
+                    peer,
+                    queue,
+                    queued: Arc::clone(&queued),
+                    cancel: cancel.clone(),
+                    ended_by: Arc::clone(&ended_by),
+                    filters: HashMap::new(),
+                },
+            );
+        }
+        admitted
+    };
+    if !admitted {
+        bump(&shared.counters.refused_client_limit);
+        shared.warn(
+            "max_clients",
+            peer,
+            format_args!(
+                "{} clients connected; CONNECT refused (max_clients)",
+                config.max_clients
+            ),
+        );
+        refuse(&mut wr, ConnectReturnCode::ServiceUnavailable).await;
+        return;
+    }
+    registration.client_id = Some(client_id);
+    let mut session = Session {
+        shared,
+        peer,
+        conn: registration.conn,
+        cancel: &cancel,
+        out: BytesMut::with_capacity(1024),
+        inflight: HashSet::new(),
+        next_pkid: 0,
+        qos2_unreleased: HashSet::new(),
+    };
+    if session
+        .send(
+            &mut wr,
+            &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+        )
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ended = session
+        .run(
+            &mut rd,
+            &mut wr,
+            &mut buf,
+            &mut outbound,
+            &queued,
+            connect.keep_alive,
+        )
+        .await;
+    // Cancelled by the broker for a reason of its own (not a shutdown): the client is lost.
+    let reason = *lock(&ended_by);
+    if let Some(reason) = reason {
+        tracing::debug!(%peer, ?reason, "embedded MQTT broker: connection ended by the broker");
+    }
+    let ended = match ended {
+        Ended::Shutdown if reason.is_some() => Ended::Lost,
+        other => other,
+    };
+    if matches!(ended, Ended::Lost)
+        && let Some(will) = connect.last_will
+    {
+        shared.route(&will.topic, will.message, (will.qos as u8).min(1));
+    }
 }
 
-/// The client-side name of a rumqttd topic.
-fn client_topic(topic: &str) -> Option<&str> {
-    topic
-        .strip_prefix("n/")
-        .or_else(|| topic.strip_prefix("d/").filter(|t| t.starts_with('$')))
+/// Adds a connected client, ending an older connection with its id (MQTT takeover).
+fn register(state: &mut State, shared: &Shared, conn: ConnId, client_id: &str, client: Client) {
+    if let Some(older) = state.by_id.insert(client_id.to_owned(), conn)
+        && let Some(older) = state.clients.get(&older)
+    {
+        bump(&shared.counters.takeovers);
+        *lock(&older.ended_by) = Some(EndReason::Takeover);
+        older.cancel.cancel();
+    }
+    state.clients.insert(conn, client);
 }
 
-async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, code: ConnectReturnCode) {
-    let mut out = BytesMut::new();
-    let ack = Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    });
-    let _ = write_packet(wr, &mut out, &ack).await;
+/// The CONNACK refusal for `connect`'s credentials, if any.
+fn check_credentials(auth: Option<&BrokerAuth>, connect: &Connect) -> Option<ConnectReturnCode> {
+    let auth = auth?;
+    match &connect.login {
+        None => Some(ConnectReturnCode::NotAuthorized),
+        Some(login) if auth.accepts(&login.username, &login.password) => None,
+        Some(_) => Some(ConnectReturnCode::BadUserNamePassword),
+    }
 }
 
-/// Reads one packet; `None` on a clean end of stream. Errors on malformed or oversized packets.
-pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
+/// A connected client's state while its connection runs.
+struct Session<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+    conn: ConnId,
+    cancel: &'a CancellationToken,
+    out: BytesMut,
+    /// Packet ids of QoS 1 messages sent and not acknowledged.
+    inflight: HashSet<u16>,
+    next_pkid: u16,
+    /// Packet ids of QoS 2 messages received (and delivered) whose PUBREL has not come.
+    qos2_unreleased: HashSet<u16>,
+}
+
+impl Session<'_> {
+    async fn run<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        buf: &mut BytesMut,
+        outbound: &mut mpsc::UnboundedReceiver<(Arc<Message>, u8)>,
+        queued: &AtomicUsize,
+        keep_alive: u16,
+    ) -> Ended
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let patience =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut deadline = patience.map(|p| Instant::now() + p);
+        let max_inflight = self.shared.config.max_inflight;
+        loop {
+            let result = tokio::select! {
+                () = self.cancel.cancelled() => return Ended::Shutdown,
+                read = read_inbound(rd, buf, self.shared.max_packet) => match read {
+                    Ok(Some(Inbound::Packet(Packet::Disconnect))) => return Ended::Disconnect,
+                    Ok(Some(Inbound::Packet(packet))) => {
+                        deadline = patience.map(|p| Instant::now() + p);
+                        self.handle(packet)
+                    }
+                    Ok(Some(Inbound::RefusedConnect(_))) => Err(violation("a second CONNECT".into())),
+                    Ok(None) => return Ended::Lost,
+                    Err(e) => Err(e),
+                },
+                Some((message, qos)) = outbound.recv(), if self.inflight.len() < max_inflight => {
+                    self.queue_out(&message, qos, queued);
+                    // Gather what else is queued into the same write.
+                    while self.out.len() < WRITE_BATCH && self.inflight.len() < max_inflight {
+                        match outbound.try_recv() {
+                            Ok((message, qos)) => self.queue_out(&message, qos, queued),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(())
+                }
+                () = sleep_until(deadline) => {
+                    bump(&self.shared.counters.keep_alive_timeouts);
+                    self.shared.warn(
+                        "keep_alive",
+                        self.peer,
+                        format_args!("client silent for 1.5 times its keep alive of {keep_alive} s: disconnected"),
+                    );
+                    return Ended::Lost;
+                }
+            };
+            if let Err(e) = result {
+                bump(&self.shared.counters.protocol_errors);
+                self.shared
+                    .warn("protocol", self.peer, format_args!("client closed: {e}"));
+                return Ended::Lost;
+            }
+            if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+                *buf = BytesMut::with_capacity(1024);
+            }
+            if !self.out.is_empty() && self.flush(wr).await.is_err() {
+                return Ended::Lost;
+            }
+        }
+    }
+
+    /// Encodes a queued message into the output buffer.
+    fn queue_out(&mut self, message: &Message, qos: u8, queued: &AtomicUsize) {
+        let size = message.topic.len() + message.payload.len() + MESSAGE_OVERHEAD;
+        queued.fetch_sub(size, Ordering::Relaxed);
+        let pkid = if qos > 0 {
+            loop {
+                self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+                if self.inflight.insert(self.next_pkid) {
+                    break self.next_pkid;
+                }
+            }
+        } else {
+            0
+        };
+        // Topics and payloads were checked on the way in; an encoding failure cannot happen,
+        // and would only lose this message.
+        let _ = encode_publish(&mut self.out, &message.topic, qos, pkid, &message.payload);
+    }
+
+    /// Acts on one packet from the client; an error closes the connection.
+    fn handle(&mut self, packet: Packet) -> std::io::Result<()> {
+        match packet {
+            Packet::Publish(publish) => self.publish(publish),
+            Packet::PubAck(ack) => {
+                self.inflight.remove(&ack.pkid);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                self.qos2_unreleased.remove(&rel.pkid);
+                self.encode(&Packet::PubComp(PubComp::new(rel.pkid)))
+            }
+            // We never send QoS 2, so these acknowledge nothing.
+            Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
+            Packet::Subscribe(subscribe) => self.subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe),
+            Packet::PingReq => self.encode(&Packet::PingResp),
+            Packet::Connect(_) => Err(violation("a second CONNECT".into())),
+            other => Err(violation(format!("{} from a client", packet_name(&other)))),
+        }
+    }
+
+    fn publish(&mut self, publish: Publish) -> std::io::Result<()> {
+        validate_topic(&publish.topic).map_err(|e| violation(e.to_string()))?;
+        let qos = publish.qos as u8;
+        // Copy the payload out of the read buffer so a queued message holds only its own bytes.
+        let payload = Bytes::copy_from_slice(&publish.payload);
+        match qos {
+            0 => self.shared.route(&publish.topic, payload, 0),
+            1 => {
+                self.shared.route(&publish.topic, payload, 1);
+                self.encode(&Packet::PubAck(PubAck::new(publish.pkid)))?;
+            }
+            _ => {
+                if !self.qos2_unreleased.contains(&publish.pkid) {
+                    if self.qos2_unreleased.len() >= self.shared.config.max_inflight {
+                        return Err(violation(format!(
+                            "more than {} QoS 2 messages without PUBREL (max_inflight)",
+                            self.shared.config.max_inflight
+                        )));
+                    }
+                    self.qos2_unreleased.insert(publish.pkid);
+                    self.shared.route(&publish.topic, payload, 1);
+                }
+                self.encode(&Packet::PubRec(PubRec::new(publish.pkid)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, subscribe: Subscribe) -> std::io::Result<()> {
+        for filter in &subscribe.filters {
+            validate_filter(&filter.path).map_err(|e| violation(e.to_string()))?;
+        }
+        let config = &self.shared.config;
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut refusals: Vec<(&'static str, String)> = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            let state = &mut *state;
+            for filter in &subscribe.filters {
+                let path = filter.path.as_str();
+                let granted = (filter.qos as u8).min(1);
+                let Some(client) = state.clients.get_mut(&self.conn) else {
+                    return Err(violation("not registered".into()));
+                };
+                let refusal = if path.starts_with("$share/") {
+                    Some((
+                        "shared_subscription",
+                        format!("filter {path:?} refused: shared subscriptions are not supported"),
+                    ))
+                } else if path.len() > config.max_filter_len {
+                    Some((
+                        "max_filter_len",
+                        format!(
+                            "a filter of {} bytes refused (max_filter_len {})",
+                            path.len(),
+                            config.max_filter_len
+                        ),
+                    ))
+                } else if client.filters.contains_key(path) {
+                    None
+                } else if client.filters.len() >= config.max_subscriptions_per_client {
+                    Some((
+                        "max_subscriptions_per_client",
+                        format!(
+                            "client holds {} filters; {path:?} refused (max_subscriptions_per_client)",
+                            client.filters.len()
+                        ),
+                    ))
+                } else if !state.filters.contains_key(path)
+                    && state.filters.len() >= config.max_filters
+                {
+                    Some((
+                        "max_filters",
+                        format!(
+                            "{} distinct filters in the broker; {path:?} refused (max_filters)",
+                            state.filters.len()
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
+                    refusals.push(refusal);
+                    codes.push(SubscribeReasonCode::Failure);
+                    continue;
+                }
+                if client.filters.insert(path.to_owned(), granted).is_none() {
+                    *state.filters.entry(path.into()).or_default() += 1;
+                }
+                state.tree.insert(path, self.conn, granted);
+                codes.push(SubscribeReasonCode::Success(if granted == 0 {
+                    rumqttc::QoS::AtMostOnce
+                } else {
+                    rumqttc::QoS::AtLeastOnce
+                }));
+            }
+        }
+        for (limit, what) in refusals {
+            bump(&self.shared.counters.subscriptions_refused);
+            self.shared.warn(limit, self.peer, format_args!("{what}"));
+        }
+        self.encode(&Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+    }
+
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> std::io::Result<()> {
+        for filter in &unsubscribe.topics {
+            validate_filter(filter).map_err(|e| violation(e.to_string()))?;
+        }
+        {
+            let mut state = lock(&self.shared.state);
+            for filter in &unsubscribe.topics {
+                let held = state
+                    .clients
+                    .get_mut(&self.conn)
+                    .and_then(|c| c.filters.remove(filter.as_str()))
+                    .is_some();
+                if held {
+                    forget_filter(&mut state, filter, self.conn);
+                }
+            }
+        }
+        self.encode(&Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)))
+    }
+
+    fn encode(&mut self, packet: &Packet) -> std::io::Result<()> {
+        packet
+            .write(&mut self.out, usize::MAX)
+            .map(|_| ())
+            .map_err(|e| violation(e.to_string()))
+    }
+
+    async fn send<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        packet: &Packet,
+    ) -> std::io::Result<()> {
+        self.encode(packet)?;
+        self.flush(wr).await
+    }
+
+    /// Writes the output buffer, giving up after `write_timeout` or on cancellation.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> std::io::Result<()> {
+        let timeout = self.shared.config.write_timeout;
+        let written = tokio::select! {
+            () = self.cancel.cancelled() => Err(std::io::Error::other("cancelled")),
+            written = tokio::time::timeout(timeout, wr.write_all(&self.out)) => match written {
+                Ok(r) => r,
+                Err(_) => {
+                    bump(&self.shared.counters.slow_consumers_disconnected);
+                    self.shared.warn(
+                        "write_timeout",
+                        self.peer,
+                        format_args!("client did not read for {timeout:?}: disconnected (write_timeout)"),
+                    );
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout"))
+                }
+            },
+        };
+        self.out.clear();
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = BytesMut::with_capacity(1024);
+        }
+        written
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the next packet; `None` on a clean end of stream between packets.
+async fn read_inbound<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
-    max_size: usize,
-) -> std::io::Result<Option<Packet>> {
+    max_packet: usize,
+) -> std::io::Result<Option<Inbound>> {
     loop {
-        match Packet::read(buf, max_size) {
-            Ok(packet) => return Ok(Some(packet)),
-            Err(mqttbytes::Error::InsufficientBytes(missing)) => {
-                // Grow with the data that actually arrives, not with what a header promises.
-                buf.reserve(missing.clamp(1024, 64 * 1024));
-            }
-            Err(e) => return Err(invalid_data(e)),
+        if let Some(inbound) = decode_client_packet(buf, max_packet)? {
+            return Ok(Some(inbound));
         }
+        // Grow with the data that actually arrives, not with what a header promises.
+        buf.reserve(4096);
         if rd.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
                 Ok(None)
@@ -649,85 +1047,35 @@ pub(crate) async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_packet<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    out: &mut BytesMut,
-    packet: &Packet,
-) -> std::io::Result<()> {
-    out.clear();
-    packet.write(out, usize::MAX).map_err(invalid_data)?;
-    wr.write_all(out).await?;
-    if out.capacity() > 256 * 1024 {
-        // Do not keep a large packet's buffer for the rest of the connection.
-        *out = BytesMut::with_capacity(1024);
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, code: ConnectReturnCode) {
+    let mut out = BytesMut::new();
+    if Packet::ConnAck(ConnAck::new(code, false))
+        .write(&mut out, usize::MAX)
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(5), wr.write_all(&out)).await;
     }
-    Ok(())
 }
 
-fn invalid_data(e: mqttbytes::Error) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
 }
 
-fn protocol_error(what: String) -> std::io::Error {
+fn violation(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rumqttc::{AsyncClient, Event, MqttOptions, QoS};
-
-    #[test]
-    fn topic_namespaces() {
-        assert_eq!(upstream_topic("$hw/events/x"), "d/$hw/events/x");
-        assert_eq!(upstream_topic("a/user/b"), "n/a/user/b");
-        assert_eq!(upstream_filter("#"), "n/#");
-        assert_eq!(upstream_filter("+/user/#"), "n/+/user/#");
-        assert_eq!(upstream_filter("$hw/events/#"), "d/$hw/events/#");
-        assert_eq!(upstream_filter("$share/g/$hw/#"), "$share/g/d/$hw/#");
-        assert_eq!(upstream_filter("$share/g/a/b"), "$share/g/n/a/b");
-        assert_eq!(client_topic("d/$hw/x"), Some("$hw/x"));
-        assert_eq!(client_topic("n/a"), Some("a"));
-        assert_eq!(client_topic("d/x"), None);
-        assert_eq!(client_topic("x"), None);
-    }
-
-    #[test]
-    fn hostile_client_packets_are_refused() {
-        let publish = |t: &str| Packet::Publish(rumqttc::Publish::new(t, QoS::AtMostOnce, "x"));
-        assert!(client_to_broker(publish("a/+")).is_err());
-        assert!(client_to_broker(publish("")).is_err());
-        assert!(
-            client_to_broker(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::Success,
-                false
-            )))
-            .is_err()
-        );
-        let sub = Packet::Subscribe(rumqttc::Subscribe::new("a/#/b", QoS::AtLeastOnce));
-        assert!(client_to_broker(sub).is_err());
-    }
-
-    /// Documents why the front end exists: rumqttd alone drops a client that subscribes to
-    /// `$hw/#`. If this starts failing, rumqttd learned `$` topics and the front end may go.
-    #[tokio::test]
-    async fn rumqttd_alone_refuses_dollar_filters() {
-        let (upstream, thread) = start_rumqttd(64 * 1024).unwrap();
-        wait_until_ready(upstream, &thread).await.unwrap();
-        let options = MqttOptions::new("dollar-test", upstream.ip().to_string(), upstream.port());
-        let (client, mut eventloop) = AsyncClient::new(options, 10);
-        client.subscribe("$hw/#", QoS::AtLeastOnce).await.unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => return "suback",
-                    Ok(_) => {}
-                    Err(_) => return "disconnected",
-                }
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(outcome, "disconnected");
-    }
 }

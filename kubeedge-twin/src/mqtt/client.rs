@@ -103,9 +103,10 @@ impl MqttBus {
         let mut targets: Vec<(&'static str, String, u16)> = Vec::new();
         #[cfg(feature = "embedded-broker")]
         let broker = if config.mode.uses_internal() {
-            let broker = EmbeddedBroker::start_with_shutdown(
+            let broker = EmbeddedBroker::start_with_config(
                 config.internal,
                 config.max_payload,
+                config.broker.clone(),
                 stop.child_token(),
             )
             .await?;
@@ -145,6 +146,13 @@ impl MqttBus {
                 .set_keep_alive(whole_seconds(config.keep_alive))
                 .set_max_packet_size(config.max_payload, config.max_payload)
                 .set_request_channel_capacity(config.request_capacity);
+            #[cfg(feature = "embedded-broker")]
+            if name == "internal"
+                && let Some(auth) = &config.broker.auth
+            {
+                // The embedded broker asks its own clients for its credentials too.
+                options.set_credentials(auth.username.clone(), auth.password.clone());
+            }
             let (client, mut eventloop) = AsyncClient::new(options, config.request_capacity);
             // A twin result is one small packet: send it now, not after Nagle's wait for the
             // broker's (delayed, up to 40 ms) ACK of the previous one.

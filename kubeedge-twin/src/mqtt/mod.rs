@@ -52,10 +52,15 @@ use crate::{Error, Result};
 
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
+mod broker_config;
 mod client;
+pub mod packet;
+#[cfg(feature = "embedded-broker")]
+mod subscription_tree;
 
 #[cfg(feature = "embedded-broker")]
-pub use broker::EmbeddedBroker;
+pub use broker::{BrokerStats, EmbeddedBroker};
+pub use broker_config::{BrokerAuth, BrokerConfig};
 pub use client::{MqttBus, MqttHandle};
 
 /// The topic filters an edge node subscribes to (KubeEdge's EventBus defaults): device and node
@@ -155,6 +160,10 @@ pub struct MqttConfig {
     /// Requests (publishes, subscribes) each client queues before
     /// [`MqttHandle::publish`] waits and [`MqttHandle::try_publish`] fails (default 64).
     pub request_capacity: usize,
+    /// The embedded broker's limits and credentials (used in [`MqttMode::Internal`] and
+    /// [`MqttMode::Both`]). With credentials set, the EventBus's own client logs in with
+    /// them.
+    pub broker: BrokerConfig,
 }
 
 impl Default for MqttConfig {
@@ -168,6 +177,7 @@ impl Default for MqttConfig {
             reconnect_interval: Duration::from_secs(5),
             max_payload: 1024 * 1024 + 64 * 1024,
             request_capacity: 64,
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -209,6 +219,9 @@ impl MqttConfig {
         }
         if self.mode.uses_external() {
             parse_broker(&self.external)?;
+        }
+        if self.mode.uses_internal() {
+            self.broker.validate()?;
         }
         Ok(())
     }
