@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kubeedge_testkit::within;
 use kubeedge_twin::mqtt::EmbeddedBroker;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 /// This process's resident set size in KiB.
@@ -83,11 +83,12 @@ async fn broker_footprint_and_throughput() {
     let mut sub = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "0"])
         .args(["-t", topic, "-C", &count.to_string()])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub");
+    let mut lines_out = BufReader::new(sub.stdout.take().unwrap()).lines();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut lines = Vec::with_capacity(count * 65);
     for i in 0..count {
@@ -106,24 +107,34 @@ async fn broker_footprint_and_throughput() {
         .spawn()
         .expect("mosquitto_pub");
     let mut stdin = publisher.stdin.take().unwrap();
-    stdin.write_all(&lines).await.unwrap();
-    drop(stdin);
-    let received = tokio::time::timeout(Duration::from_secs(60), sub.wait()).await;
-    let elapsed = started.elapsed();
+    let feed = tokio::spawn(async move {
+        let _ = stdin.write_all(&lines).await;
+    });
+    // Count what arrives until all did or nothing came for 5 s (QoS 0 may be dropped).
+    let mut received = 0usize;
+    let mut last = started;
+    while received < count {
+        match tokio::time::timeout(Duration::from_secs(5), lines_out.next_line()).await {
+            Ok(Ok(Some(_))) => {
+                received += 1;
+                last = Instant::now();
+            }
+            _ => break,
+        }
+    }
+    let elapsed = last - started;
     let after = vm_rss_kib();
-    let _ = publisher.wait().await;
+    let _ = feed.await;
+    let _ = publisher.kill().await;
     println!(
         "VmRSS KiB: before {before}, idle {idle} (+{}), {clients} clients {with_clients} (+{}), \
          after the stream {after}",
         idle.saturating_sub(before),
         with_clients.saturating_sub(before)
     );
-    match received {
-        Ok(_) => println!(
-            "QoS 0 stream: {count} messages in {elapsed:?} = {:.0} msg/s",
-            count as f64 / elapsed.as_secs_f64()
-        ),
-        Err(_) => println!("QoS 0 stream: not all {count} messages arrived within 60 s"),
-    }
+    println!(
+        "QoS 0 stream: {received} of {count} messages arrived in {elapsed:?} = {:.0} msg/s",
+        received as f64 / elapsed.as_secs_f64()
+    );
     broker.stop();
 }

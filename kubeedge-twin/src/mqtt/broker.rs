@@ -71,7 +71,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::packet::{Inbound, decode_client_packet, encode_publish};
+use super::packet::{Inbound, decode_client_packet};
 use super::subscription_tree::{ConnId, SubscriptionTree};
 use super::{BrokerAuth, BrokerConfig, validate_filter, validate_topic};
 use crate::{Error, Result};
@@ -1078,4 +1078,72 @@ fn packet_name(packet: &Packet) -> &'static str {
 
 fn violation(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// Appends a PUBLISH (as the broker sends it: DUP and RETAIN clear) to `out`. `qos` is 0 or 1;
+/// `pkid` is written only for QoS 1. Fails if the packet exceeds what MQTT can describe.
+fn encode_publish(
+    out: &mut BytesMut,
+    topic: &str,
+    qos: u8,
+    pkid: u16,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let topic_len = u16::try_from(topic.len())
+        .map_err(|_| violation("topic longer than 65535 bytes".into()))?;
+    let remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
+    if remaining > super::MQTT_MAX_PACKET {
+        return Err(violation("PUBLISH longer than MQTT allows".into()));
+    }
+    out.reserve(5 + remaining);
+    out.extend_from_slice(&[0x30 | (qos << 1)]);
+    let mut x = remaining;
+    loop {
+        let mut byte = (x % 128) as u8;
+        x /= 128;
+        if x > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if x == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&topic_len.to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::QoS;
+
+    #[test]
+    fn publish_encoding_matches_the_codec() {
+        for (qos, pkid) in [(0u8, 0u16), (1, 7)] {
+            let payload = vec![0xa5; 300];
+            let mut out = BytesMut::new();
+            encode_publish(&mut out, "$hw/x", qos, pkid, &payload).unwrap();
+            let mut expected = Publish::new(
+                "$hw/x",
+                if qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                },
+                payload,
+            );
+            expected.pkid = pkid;
+            let mut codec = BytesMut::new();
+            Packet::Publish(expected)
+                .write(&mut codec, usize::MAX)
+                .unwrap();
+            assert_eq!(out, codec);
+        }
+    }
 }

@@ -9,8 +9,7 @@ use crate::{Error, Result};
 
 /// Limits and credentials of the embedded MQTT broker. Every limit, when hit, is logged as a
 /// WARN line with the client's address and the limit (at most once per limit per 10 s, with the
-/// number of hits not logged since) and counted in
-/// [`BrokerStats`](super::broker::BrokerStats).
+/// number of hits not logged since) and counted in the broker's `BrokerStats`.
 ///
 /// The listen address and the largest packet are not here: they are
 /// [`MqttConfig::internal`](super::MqttConfig::internal) (KubeEdge's default

@@ -1,4 +1,4 @@
-//! The MQTT side of the EventBus: the client (rumqttc) and the embedded broker (rumqttd).
+//! The MQTT side of the EventBus: the client (rumqttc) and the embedded broker.
 //!
 //! Devices and mappers talk to an edge node over MQTT on KubeEdge's `$hw/events/...` topics.
 //! [`MqttBus`] connects one client per broker in use (see [`MqttMode`]), pushes every
@@ -11,15 +11,17 @@
 //! * **rumqttc** is the MQTT 3.1.1 client: a tokio event loop with QoS 1 flow control, keep
 //!   alive and reconnect-on-next-poll, which is exactly what the EventBus needs. It is built
 //!   without default features (plain TCP only: KubeEdge's brokers listen on loopback). Its
-//!   packet codec (`rumqttc::mqttbytes`) is also what the embedded broker's front end uses to
-//!   read and rewrite packets.
-//! * **rumqttd** (feature `embedded-broker`, on by default) is the embedded broker, so an edge
-//!   node needs no mosquitto (KubeEdge's `mqttMode` 0). rumqttd 0.20 refuses every
-//!   subscription whose filter starts with `$` (it disconnects the client) and never delivers
-//!   a topic that starts with `$`, while every KubeEdge device topic starts with `$hw`.
-//!   [`EmbeddedBroker`] therefore puts a small MQTT front end before it that moves every
-//!   client's topics into a namespace rumqttd accepts and back (see
-//!   [`broker`]). rumqttd cannot be stopped: see [`EmbeddedBroker`].
+//!   packet codec (`rumqttc::mqttbytes`) is also what the embedded broker reads and writes
+//!   packets with.
+//! * The **embedded broker** (feature `embedded-broker`, on by default, no dependency of its
+//!   own) is our own small MQTT 3.1.1 broker, so an edge node needs no mosquitto (KubeEdge's
+//!   `mqttMode` 0). It reads packets with the same rumqttc codec plus the specification's
+//!   checks ([`packet`]), keeps no state per topic, and every limit is in [`BrokerConfig`]
+//!   ([`MqttConfig::broker`]), logged when hit and counted in `BrokerStats`. It listens on
+//!   [`MqttConfig::internal`], loopback by default (`127.0.0.1:1884`, as KubeEdge), and
+//!   authenticates nobody unless [`BrokerConfig::auth`] is set. See the `broker` module
+//!   (`EmbeddedBroker`) for what it does and does not do. (It replaced rumqttd, which refused
+//!   every `$hw/...` filter, could not be stopped and grew without bound per topic.)
 //!
 //! # Example
 //!

@@ -145,48 +145,9 @@ fn invalid(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
-/// Appends a PUBLISH (as the broker sends it: DUP and RETAIN clear) to `out`. `qos` is 0 or 1;
-/// `pkid` is written only for QoS 1. Fails if the packet exceeds what MQTT can describe.
-pub(crate) fn encode_publish(
-    out: &mut BytesMut,
-    topic: &str,
-    qos: u8,
-    pkid: u16,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let topic_len =
-        u16::try_from(topic.len()).map_err(|_| invalid("topic longer than 65535 bytes".into()))?;
-    let remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
-    if remaining > super::MQTT_MAX_PACKET {
-        return Err(invalid("PUBLISH longer than MQTT allows".into()));
-    }
-    out.reserve(5 + remaining);
-    out.extend_from_slice(&[0x30 | (qos << 1)]);
-    let mut x = remaining;
-    loop {
-        let mut byte = (x % 128) as u8;
-        x /= 128;
-        if x > 0 {
-            byte |= 0x80;
-        }
-        out.extend_from_slice(&[byte]);
-        if x == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&topic_len.to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    if qos > 0 {
-        out.extend_from_slice(&pkid.to_be_bytes());
-    }
-    out.extend_from_slice(payload);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::{Publish, QoS};
 
     fn decode(bytes: &[u8]) -> std::io::Result<Option<Inbound>> {
         decode_client_packet(&mut BytesMut::from(bytes), 1024)
@@ -251,29 +212,5 @@ mod tests {
         assert_eq!(decode(b"\x30\x05\x00\x01").unwrap(), None);
         assert!(decode(b"\x30\xff\xff\x7f").is_err()); // 2 MiB > 1024
         assert!(decode(b"\x30\xff\xff\xff\xff\x01").is_err()); // five length bytes
-    }
-
-    #[test]
-    fn publish_encoding_matches_the_codec() {
-        for (qos, pkid) in [(0u8, 0u16), (1, 7)] {
-            let payload = vec![0xa5; 300];
-            let mut out = BytesMut::new();
-            encode_publish(&mut out, "$hw/x", qos, pkid, &payload).unwrap();
-            let mut expected = Publish::new(
-                "$hw/x",
-                if qos == 0 {
-                    QoS::AtMostOnce
-                } else {
-                    QoS::AtLeastOnce
-                },
-                payload,
-            );
-            expected.pkid = pkid;
-            let mut codec = BytesMut::new();
-            Packet::Publish(expected)
-                .write(&mut codec, usize::MAX)
-                .unwrap();
-            assert_eq!(out, codec);
-        }
     }
 }
