@@ -3,7 +3,8 @@
 //! sent in the golden capture (thermo-1, pointed at a pymodbus device), and the mapper runtime
 //! in DMI mode: it registers, gets thermo-1, writes its desired value, and its reports make the
 //! twin that MQTT clients read; a desired value changed in the cloud reaches the device through
-//! DMI `UpdateDevice`.
+//! DMI `UpdateDevice`; a property that fails makes the device `unhealthy` in the cloud's state
+//! reports until it reads again.
 
 mod common;
 mod support;
@@ -173,15 +174,10 @@ async fn twin_reports(port: u16, probe: &MqttProbe, value: &str) -> Value {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
-    let server = PyModbus::tcp(0).await;
-    let broker = Mosquitto::start().await;
-    let probe = MqttProbe::start(broker.port()).await;
-    let mut node = start_node(broker.port()).await;
-
-    // The cloud made thermo-1 a member of this node and sent its model and itself; the
-    // MetaManager stored both (no mapper was registered yet to forward them to).
+/// The cloud makes thermo-1 (`device`: its insert message) a member of `node` and sends its
+/// model and itself; the MetaManager stores both (no mapper is registered yet to forward them
+/// to). Then the mapper starts in DMI mode (devices and reports) and registers.
+async fn start_mapper(node: &Node, device: Value) -> (Running, tempfile::TempDir, MetaManager) {
     let membership = json!({"event_id": "m", "timestamp": 1, "removed_devices": null,
         "added_devices": [{"id": "default/thermo-1", "name": "thermo-1", "description": "thermometer"}]});
     node.cloud_tx
@@ -195,7 +191,7 @@ async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
         .await
         .unwrap();
     let metamanager = MetaManager::new(node.store.clone(), MetaManagerConfig::new(NODE));
-    for msg in [fixture(37), thermo_1(server.port())] {
+    for msg in [fixture(37), device] {
         metamanager.from_cloud(message(&msg)).await.unwrap();
     }
     within("the node's DMI socket", async {
@@ -204,8 +200,6 @@ async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
         }
     })
     .await;
-
-    // The mapper: DMI for devices and reports.
     let mapper_dir = tempfile::tempdir().unwrap();
     let mut config = MapperConfig::new("modbus-mapper", "modbus");
     config.report = ReportTarget::Dmi;
@@ -214,7 +208,38 @@ async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
     config.operation_timeout = Duration::from_secs(2);
     config.backoff_initial = Duration::from_millis(100);
     config.backoff_max = Duration::from_millis(500);
+    config.property_backoff_max = Duration::from_millis(500);
     let running = Running::start(MapperRuntime::new(config, modbus));
+    (running, mapper_dir, metamanager)
+}
+
+/// The next device state the node sends the cloud for thermo-1.
+async fn next_state(cloud: &mut mpsc::UnboundedReceiver<Message>) -> String {
+    within("a state report to the cloud", async {
+        loop {
+            let m = cloud.recv().await.unwrap();
+            if m.route.resource == "device/default/thermo-1/state/update" {
+                let content: Value = serde_json::from_str(
+                    &m.content.decode::<String>().expect("a JSON string content"),
+                )
+                .unwrap();
+                return content["device"]["state"]
+                    .as_str()
+                    .expect("a state")
+                    .to_owned();
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
+    let server = PyModbus::tcp(0).await;
+    let broker = Mosquitto::start().await;
+    let probe = MqttProbe::start(broker.port()).await;
+    let mut node = start_node(broker.port()).await;
+    let (running, mapper_dir, metamanager) = start_mapper(&node, thermo_1(server.port())).await;
     let id = DeviceId::new("default", "thermo-1").unwrap();
     wait_until("thermo-1 arrives with MapperRegister", || {
         running.handle.devices() == [id.clone()]
@@ -236,20 +261,7 @@ async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
     let answer = twin_reports(broker.port(), &probe, "20").await;
     assert_eq!(answer["twin"]["temperature"]["expected"]["value"], "20");
     // The device state went to the cloud too.
-    within("state report to the cloud", async {
-        loop {
-            let m = node.cloud_rx.recv().await.unwrap();
-            if m.route.resource == "device/default/thermo-1/state/update" {
-                let content: Value = serde_json::from_str(
-                    &m.content.decode::<String>().expect("a JSON string content"),
-                )
-                .unwrap();
-                assert_eq!(content["device"]["state"], "online");
-                break;
-            }
-        }
-    })
-    .await;
+    assert_eq!(next_state(&mut node.cloud_rx).await, "online");
 
     // The cloud changes the desired value: the MetaManager stores the update and forwards it,
     // the node calls the mapper's UpdateDevice, the mapper writes 30 and reports it.
@@ -324,6 +336,44 @@ async fn a_dmi_mapper_runs_the_cloud_device_and_its_reports_make_the_twin() {
         !mapper_dir.path().join("modbus.sock").exists(),
         "the mapper's socket is removed when it stops"
     );
+    node.stop.cancel();
+}
+
+/// A property that fails over DMI: exception 04 to the temperature's reads makes the device
+/// `unhealthy` (DMI `ReportDeviceStates`, through the node to the cloud), the twin keeps the
+/// last good value, and the mapper keeps reading it: once the device answers, the state is
+/// `online` again and a new value reaches the twin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_property_is_reported_unhealthy_over_dmi_and_recovers() {
+    let server = PyModbus::tcp(0).await;
+    let broker = Mosquitto::start().await;
+    let probe = MqttProbe::start(broker.port()).await;
+    let mut node = start_node(broker.port()).await;
+    let mut device = thermo_1(server.port());
+    let property = &mut device["content"]["spec"]["properties"][0];
+    property["collectCycle"] = json!(100);
+    property["reportCycle"] = json!(200);
+    let (running, _mapper_dir, _metamanager) = start_mapper(&node, device).await;
+    twin_reports(broker.port(), &probe, "20").await;
+    assert_eq!(next_state(&mut node.cloud_rx).await, "online");
+
+    server.fault(2, 2, None);
+    assert_eq!(next_state(&mut node.cloud_rx).await, "unhealthy");
+    let before = server.logged("exc");
+    wait_until("the temperature read again while failing", || {
+        server.logged("exc") >= before + 2
+    })
+    .await;
+    let answer = twin_reports(broker.port(), &probe, "20").await;
+    assert_eq!(answer["twin"]["temperature"]["actual"]["value"], "20");
+
+    // Another value in the register, then the device answers again: it reaches the twin.
+    let check = ModbusDriver::new(ModbusConfig::tcp(format!("127.0.0.1:{}", server.port()), 1));
+    check.write_single_register(2, 21).await.unwrap();
+    server.heal();
+    assert_eq!(next_state(&mut node.cloud_rx).await, "online");
+    twin_reports(broker.port(), &probe, "21").await;
+    running.stop().await;
     node.stop.cancel();
 }
 
