@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::device_check::{DeviceLimits, MAX_EVENT_MESSAGE, Rejection, rejection_event};
 use crate::downstream::{Downstream, Outgoing};
 use crate::lifecycle::lapsed_nodes;
 use crate::record::SentRecord;
@@ -21,6 +22,10 @@ use crate::{ApiError, ClusterWriter, Kind, NODE_LEASE_NAMESPACE, ObjectEvent, Ob
 
 /// Messages a node's sender hands the hub per record write, at most.
 const SEND_BATCH: usize = 256;
+
+/// Events about refused Devices and DeviceModels waiting to be written, at most; more are
+/// dropped (with a WARN per burst).
+const EVENT_QUEUE: usize = 256;
 
 /// The sender of one node: its queue.
 struct NodeSender {
@@ -57,6 +62,10 @@ pub struct CloudConfig {
     /// How many sent records are read or written at once (a burst of connects or of new
     /// pods must not open a thousand API calls at a time). Default 32.
     pub record_io: usize,
+    /// The bounds Devices and DeviceModels are checked against before they are sent
+    /// ([`device_check`](crate::device_check)); one out of bounds is not sent and gets a
+    /// Warning Event. Defaults: see [`DeviceLimits`].
+    pub device_limits: DeviceLimits,
 }
 
 impl Default for CloudConfig {
@@ -67,6 +76,7 @@ impl Default for CloudConfig {
             node_monitor_grace: Duration::from_secs(40),
             sent_records: true,
             record_io: 32,
+            device_limits: DeviceLimits::default(),
         }
     }
 }
@@ -85,6 +95,7 @@ struct Counters {
     refused: AtomicU64,
     write_errors: AtomicU64,
     marked_unreachable: AtomicU64,
+    refused_devices: AtomicU64,
 }
 
 impl CloudMetrics {
@@ -111,6 +122,10 @@ impl CloudMetrics {
     /// Requests refused by node isolation or as malformed.
     pub fn refused_requests(&self) -> u64 {
         self.0.refused.load(Ordering::Relaxed)
+    }
+    /// Versions of Devices and DeviceModels refused by the device checks (each counted once).
+    pub fn refused_devices(&self) -> u64 {
+        self.0.refused_devices.load(Ordering::Relaxed)
     }
     /// Cluster writes that failed.
     pub fn write_errors(&self) -> u64 {
@@ -188,7 +203,9 @@ impl<W: ClusterWriter> CloudController<W> {
 
     /// Runs until `shutdown` (or until the transport stops).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut view = Downstream::new(self.config.inventory_grace);
+        let mut view = Downstream::new(self.config.inventory_grace)
+            .with_device_limits(self.config.device_limits.clone());
+        let mut refusals = Refusals::start(self.writer.clone(), self.metrics.clone());
         let mut links = Links {
             senders: HashMap::new(),
             recorded: HashMap::new(),
@@ -208,6 +225,7 @@ impl<W: ClusterWriter> CloudController<W> {
                 event = self.objects.recv(), if objects_open => match event {
                     Some(event) => {
                         let out = view.apply(event);
+                        refusals.report(view.take_rejections());
                         self.dispatch(&view, &mut links, out);
                         self.metrics.0.objects.store(view.object_count() as u64, Ordering::Relaxed);
                     }
@@ -405,6 +423,90 @@ impl<W: ClusterWriter> CloudController<W> {
             let sender = spawn_sender(self.cloud.clone(), node.clone(), record);
             let _ = sender.tx.send(message);
             links.senders.insert(node, sender);
+        }
+    }
+}
+
+/// Reports refused Devices and DeviceModels: a WARN log and a Warning Event each (written by
+/// one task, in order, from a bounded queue).
+struct Refusals {
+    events: mpsc::Sender<(String, serde_json::Value)>,
+    metrics: CloudMetrics,
+    /// Events dropped since the last one queued (the queue was full).
+    dropped: u64,
+}
+
+impl Refusals {
+    fn start<W: ClusterWriter>(writer: W, metrics: CloudMetrics) -> Self {
+        let (events, mut rx) = mpsc::channel::<(String, serde_json::Value)>(EVENT_QUEUE);
+        let errors = metrics.clone();
+        tokio::spawn(async move {
+            // The last failure logged: the same one again is not.
+            let mut failing: Option<String> = None;
+            while let Some((namespace, event)) = rx.recv().await {
+                match writer.record_event(&namespace, event).await {
+                    Ok(_) => {
+                        if failing.take().is_some() {
+                            tracing::info!("events about refused devices are written again");
+                        }
+                    }
+                    Err(err) => {
+                        errors.0.write_errors.fetch_add(1, Ordering::Relaxed);
+                        let reason = err.to_string();
+                        if failing.as_ref() != Some(&reason) {
+                            tracing::warn!(%err, "cannot write the event about a refused device (logged once until it changes)");
+                            failing = Some(reason);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            events,
+            metrics,
+            dropped: 0,
+        }
+    }
+
+    fn report(&mut self, rejections: Vec<Rejection>) {
+        if rejections.is_empty() {
+            return;
+        }
+        let now = rfc3339_utc(now_millis(), false);
+        for rejection in rejections {
+            self.metrics
+                .0
+                .refused_devices
+                .fetch_add(1, Ordering::Relaxed);
+            let object = &rejection.object;
+            tracing::warn!(
+                object = %object.key(),
+                uid = object.uid(),
+                resource_version = object.resource_version(),
+                problems = %rejection.problems.summary(MAX_EVENT_MESSAGE),
+                "refused: not sent to nodes (what they hold of it stays as it was)"
+            );
+            let event = rejection_event(&rejection, &now);
+            match self.events.try_send((object.namespace().to_owned(), event)) {
+                Ok(()) => {
+                    if self.dropped > 0 {
+                        tracing::warn!(
+                            dropped = self.dropped,
+                            "events about refused devices were dropped (the queue was full)"
+                        );
+                        self.dropped = 0;
+                    }
+                }
+                Err(_) => {
+                    if self.dropped == 0 {
+                        tracing::warn!(
+                            queue = EVENT_QUEUE,
+                            "too many events about refused devices: dropping some (the WARN logs above list them all)"
+                        );
+                    }
+                    self.dropped += 1;
+                }
+            }
         }
     }
 }

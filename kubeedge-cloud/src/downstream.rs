@@ -16,6 +16,7 @@ use kubeedge_proto::inventory::Inventory;
 use kubeedge_proto::{Content, Message, new_message_id, now_millis};
 use serde_json::json;
 
+use crate::device_check::{DeviceLimits, Rejection, check};
 use crate::refs::references;
 use crate::{Kind, Object, ObjectEvent, ObjectKey};
 
@@ -81,6 +82,13 @@ pub struct Downstream {
     /// Objects deleted by the event being applied: their deletes carry their last state.
     tombstones: HashMap<ObjectKey, Object>,
     inventory_grace: Duration,
+    device_limits: DeviceLimits,
+    /// Devices and DeviceModels whose cached version failed the checks: not sent.
+    invalid: HashSet<ObjectKey>,
+    /// The (uid, resourceVersion) last reported as a [`Rejection`], per object.
+    reported: HashMap<ObjectKey, (String, String)>,
+    /// Rejections not taken yet.
+    rejections: Vec<Rejection>,
 }
 
 impl std::fmt::Debug for Downstream {
@@ -104,7 +112,31 @@ impl Downstream {
             sessions: HashMap::new(),
             tombstones: HashMap::new(),
             inventory_grace,
+            device_limits: DeviceLimits::default(),
+            invalid: HashSet::new(),
+            reported: HashMap::new(),
+            rejections: Vec::new(),
         }
+    }
+
+    /// This dispatcher with Devices and DeviceModels checked against `limits` (by default
+    /// [`DeviceLimits::default`]).
+    #[must_use]
+    pub fn with_device_limits(mut self, limits: DeviceLimits) -> Self {
+        self.device_limits = limits;
+        self
+    }
+
+    /// The Devices and DeviceModels found invalid since the last call, each version once
+    /// (the same uid and resourceVersion again, as a resync brings it, is not reported
+    /// again). They are not sent; what a node holds of them stays as it was.
+    pub fn take_rejections(&mut self) -> Vec<Rejection> {
+        std::mem::take(&mut self.rejections)
+    }
+
+    /// Whether the cached version of `key` failed the device checks (and is not sent).
+    pub fn is_refused(&self, key: &ObjectKey) -> bool {
+        self.invalid.contains(key)
     }
 
     /// The cached object at `key`.
@@ -246,7 +278,10 @@ impl Downstream {
             ObjectEvent::Applied(object) => self.store(object, &mut affected),
             ObjectEvent::Deleted(object) => {
                 self.remove(object.key(), &mut affected);
-                self.tombstones.insert(object.key().clone(), object);
+                // A delete carries the object's last state: never a refused one.
+                if check(&object, &self.device_limits).is_empty() {
+                    self.tombstones.insert(object.key().clone(), object);
+                }
             }
             ObjectEvent::Listed { kind, objects } => {
                 let keep: HashSet<ObjectKey> = objects.iter().map(|o| o.key().clone()).collect();
@@ -257,7 +292,9 @@ impl Downstream {
                     .cloned()
                     .collect();
                 for key in gone {
-                    if let Some(old) = self.cache.get(&key).cloned() {
+                    if let Some(old) = self.cache.get(&key).cloned()
+                        && !self.invalid.contains(&key)
+                    {
                         self.tombstones.insert(key.clone(), old);
                     }
                     self.remove(&key, &mut affected);
@@ -311,14 +348,45 @@ impl Downstream {
             let old = old.clone();
             self.unindex(&old, affected);
         }
+        self.judge(&object);
         self.index(&object, affected);
         self.cache.insert(key, object);
+    }
+
+    /// Runs the device checks on a new version of a Device or DeviceModel.
+    fn judge(&mut self, object: &Object) {
+        if !matches!(object.kind(), Kind::Device | Kind::DeviceModel) {
+            return;
+        }
+        let key = object.key();
+        let problems = check(object, &self.device_limits);
+        if problems.is_empty() {
+            self.reported.remove(key);
+            if self.invalid.remove(key) {
+                tracing::info!(object = %key, resource_version = object.resource_version(), "valid again: sent to its nodes");
+            }
+            return;
+        }
+        self.invalid.insert(key.clone());
+        let version = (
+            object.uid().to_owned(),
+            object.resource_version().to_owned(),
+        );
+        if self.reported.get(key) != Some(&version) {
+            self.reported.insert(key.clone(), version);
+            self.rejections.push(Rejection {
+                object: object.clone(),
+                problems,
+            });
+        }
     }
 
     fn remove(&mut self, key: &ObjectKey, affected: &mut BTreeSet<String>) {
         if let Some(old) = self.cache.remove(key) {
             self.unindex(&old, affected);
         }
+        self.invalid.remove(key);
+        self.reported.remove(key);
     }
 
     fn index(&mut self, object: &Object, affected: &mut BTreeSet<String>) {
@@ -391,9 +459,11 @@ impl Downstream {
     }
 
     /// What `node` should hold: its Pods and Devices and what they reference, in send order
-    /// (referenced objects first, Pods last).
-    fn desired(&self, node: &str) -> BTreeMap<(u8, ObjectKey), Object> {
+    /// (referenced objects first, Pods last); and what it keeps as it has it: refused Devices
+    /// (or Devices whose DeviceModel is refused) and their DeviceModels.
+    fn desired(&self, node: &str) -> (BTreeMap<(u8, ObjectKey), Object>, HashSet<ObjectKey>) {
         let mut out = BTreeMap::new();
+        let mut held = HashSet::new();
         // The node's own Node, as KubeEdge v1.23 pushes it (`null/node/<name>`): the edge
         // learns its uid (the owner of its Lease) and what the cluster says of its status.
         let own = ObjectKey::new(Kind::Node, "", node);
@@ -401,12 +471,22 @@ impl Downstream {
             out.insert((rank(Kind::Node), own), object.clone());
         }
         let Some(bound) = self.bound.get(node) else {
-            return out;
+            return (out, held);
         };
         for key in bound {
             let Some(object) = self.cache.get(key) else {
                 continue;
             };
+            // A refused Device (or one whose DeviceModel is refused) is not sent, and what
+            // the node has of it and its model stays as it was.
+            if key.kind == Kind::Device {
+                let refs = references(object);
+                if self.invalid.contains(key) || refs.iter().any(|r| self.invalid.contains(r)) {
+                    held.insert(key.clone());
+                    held.extend(refs);
+                    continue;
+                }
+            }
             // A Device waits for its DeviceModel: KubeEdge's edge refuses a Device whose
             // model it does not know yet ("device model not found in cache") and never
             // takes it up again when the model follows.
@@ -424,12 +504,12 @@ impl Downstream {
                 }
             }
         }
-        out
+        (out, held)
     }
 
     /// Brings a synced node from what it was sent to what it should hold.
     fn reconcile(&mut self, node: &str, out: &mut Vec<Outgoing>) {
-        let desired = self.desired(node);
+        let (desired, held) = self.desired(node);
         let Some(session) = self.sessions.get_mut(node) else {
             return;
         };
@@ -445,7 +525,10 @@ impl Downstream {
             // A Node that went away is not deleted on its edge: KubeEdge's cloud ends the
             // session instead.
             .filter(|k| {
-                !wanted.contains(k) && self.listed.contains(&k.kind) && k.kind != Kind::Node
+                !wanted.contains(k)
+                    && !held.contains(*k)
+                    && self.listed.contains(&k.kind)
+                    && k.kind != Kind::Node
             })
             .cloned()
             .collect();

@@ -86,6 +86,7 @@
 mod cluster;
 mod controller;
 pub mod crd;
+pub mod device_check;
 mod downstream;
 mod error;
 #[cfg(feature = "kube")]
@@ -100,6 +101,7 @@ mod upstream;
 
 pub use cluster::ClusterWriter;
 pub use controller::{CloudConfig, CloudController, CloudMetrics};
+pub use device_check::DeviceLimits;
 pub use downstream::{Downstream, Outgoing};
 pub use error::{ApiError, Error, Result};
 #[cfg(feature = "kube")]
