@@ -94,6 +94,16 @@ def main():
         b"default/pod/web u1\nnull/node/n u\ndefault/configmap/c u2\n",
     ]:
         put("cloud_replies", seed)
+    # edgecore.yaml (first byte even) and cloudcore.yaml (odd), as keadm and KubeEdge write them.
+    root = HERE.parent
+    put("config_files", b"\x01" + (root / "kubeedge-config" / "tests" / "fixtures" / "kubeedge-cloudcore.yaml").read_bytes())
+    put("config_files", b"\x00apiVersion: edgecore.config.kubeedge.io/v1alpha2\nkind: EdgeCore\n"
+        b"database: {dataSource: /var/lib/kubeedge/edgecore.db}\nmodules:\n  edgeHub:\n"
+        b"    httpServer: https://192.0.2.1:10002\n    token: abc.def.ghi.jkl\n"
+        b"    websocket: {server: 192.0.2.1:10000}\n  edged: {hostnameOverride: edge-1}\n"
+        b"  eventBus: {mqttMode: 2, mqttServerExternal: tcp://127.0.0.1:1883}\n")
+    # The join request: NodeName, Authorization, ExtKeyUsages, then the CSR.
+    put("join_request", b"edge-1\nBearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOjE5MDAwMDAwMDB9.x\n[2]\n0\x82")
 
 
 if __name__ == "__main__":

@@ -1,71 +1,9 @@
 //! What the example binaries share: flag parsing, process figures read from `/proc`, the
 //! open-file limit, percentiles, the cluster CA in a PKI directory.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-/// `--name value` (or `--name=value`) flags, each given at most once.
-pub struct Flags {
-    values: HashMap<String, String>,
-}
-
-impl Flags {
-    /// Parses `--name value` pairs; `known` lists the accepted names (without `--`).
-    pub fn parse(args: impl Iterator<Item = String>, known: &[&str]) -> Result<Self, String> {
-        let mut values = HashMap::new();
-        let mut args = args.peekable();
-        while let Some(arg) = args.next() {
-            let Some(flag) = arg.strip_prefix("--") else {
-                return Err(format!("unexpected argument {arg:?}"));
-            };
-            // `--name value` or `--name=value`.
-            let (name, inline) = match flag.split_once('=') {
-                Some((name, value)) => (name, Some(value.to_owned())),
-                None => (flag, None),
-            };
-            if !known.contains(&name) {
-                return Err(format!("unknown flag --{name}"));
-            }
-            let value = match inline {
-                Some(value) => value,
-                None => args
-                    .next()
-                    .ok_or_else(|| format!("--{name} needs a value"))?,
-            };
-            if values.insert(name.to_owned(), value).is_some() {
-                return Err(format!("--{name} given twice"));
-            }
-        }
-        Ok(Self { values })
-    }
-
-    /// The value of `--name`, if given.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str)
-    }
-
-    /// The value of `--name` parsed, or `default` when not given.
-    pub fn parsed<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|e| format!("--{name} {v:?}: {e}")),
-        }
-    }
-
-    /// The value of `--name` parsed; an error when not given.
-    pub fn required<T: std::str::FromStr>(&self, name: &str) -> Result<T, String>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = self
-            .get(name)
-            .ok_or_else(|| format!("--{name} is required"))?;
-        v.parse().map_err(|e| format!("--{name} {v:?}: {e}"))
-    }
-}
+pub use kubeedge_config::Flags;
 
 /// A `kB` field of `/proc/self/status` (`VmRSS`, `RssAnon`, ...), in KiB; 0 if unreadable.
 pub fn status_kib(field: &str) -> u64 {
@@ -170,35 +108,6 @@ where
             ExitCode::FAILURE
         }
     }
-}
-
-/// The cluster CA kept in `dir` as `ca.pem` and `ca-key.pem`: loaded if both exist, else
-/// generated and written (key first, certificate last: readers wait for `ca.pem`).
-pub fn load_or_create_ca(
-    dir: &std::path::Path,
-) -> Result<kubeedge_hub::join::CertificateAuthority, String> {
-    use kubeedge_hub::join::CertificateAuthority;
-    let (ca_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-    if ca_path.exists() && key_path.exists() {
-        let cert = std::fs::read(&ca_path).map_err(|e| format!("{}: {e}", ca_path.display()))?;
-        let key = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-        let ca = CertificateAuthority::from_pem(cert, key).map_err(|e| format!("CA: {e}"))?;
-        tracing::info!(dir = %dir.display(), "loaded the CA");
-        return Ok(ca);
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let ca = CertificateAuthority::generate().map_err(|e| format!("CA: {e}"))?;
-    write_atomically(&key_path, ca.key_pem().as_bytes())?;
-    write_atomically(&ca_path, ca.cert_pem().as_bytes())?;
-    tracing::info!(dir = %dir.display(), "generated a CA");
-    Ok(ca)
-}
-
-/// Writes `data` to `path` through a temporary file and a rename.
-pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`, with the embedded MQTT broker's

@@ -31,7 +31,7 @@ use kubeedge_edged::node_status::{HostInfo, NodeConfig};
 use kubeedge_edged::{
     CriRuntime, Edged, EdgedConfig, EdgedHandle, NodeReporter, NodeReporterConfig,
 };
-use kubeedge_hub::bootstrap::{CertPaths, EdgeBootstrap, EdgeCredentials};
+use kubeedge_hub::bootstrap::{EdgeBootstrap, EdgeCredentials};
 use kubeedge_hub::{
     EdgeHub, EdgeHubConfig, RateLimit, ReliableEdge, ReliableEdgeHandle, UpstreamConfig,
     UpstreamEvent,
@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::edgecore_config::EdgeCoreFile;
+use kubeedge_config::edgecore::EdgeCoreFile;
 
 /// What an edgecore counts; rendered as Prometheus text by [`EdgeCoreMetrics::render`].
 #[derive(Debug, Default)]
@@ -167,15 +167,21 @@ fn spawn<E: std::fmt::Display>(
 fn join_client(file: &EdgeCoreFile, node: &str) -> EdgeBootstrap {
     let hub = &file.modules.edge_hub;
     let mut join = EdgeBootstrap::new(hub.http_server.clone(), hub.token.clone(), node, "/");
-    join.paths = CertPaths {
-        ca: hub.tls_ca_file.clone(),
-        cert: hub.tls_cert_file.clone(),
-        key: hub.tls_private_key_file.clone(),
-    };
+    join.paths = file.cert_paths();
     join
 }
 
-/// The node's credentials: those on disk, or new ones from the cloud with the token.
+/// `edgecore join`: new credentials from the cloud with the token, replacing any on disk (the
+/// one way to give a node another identity or key).
+pub async fn join(file: &EdgeCoreFile, node: &str) -> Result<EdgeCredentials, String> {
+    join_client(file, node)
+        .join()
+        .await
+        .map_err(|e| format!("join: {e}"))
+}
+
+/// The node's credentials: those on disk, or new ones from the cloud with the token if there
+/// are none (files that exist are never replaced here: see [`EdgeBootstrap::bootstrap`]).
 pub async fn credentials(file: &EdgeCoreFile, node: &str) -> Result<EdgeCredentials, String> {
     let join = join_client(file, node);
     if file.modules.edge_hub.http_server.is_empty() {
@@ -199,7 +205,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     file.check()?;
-    let node = file.node_name()?;
+    let node = file.node_identity()?;
     let stop = shutdown.child_token();
     let mut tasks = Tasks::new();
 

@@ -7,13 +7,9 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`common`] | flags, logs, signals, the metrics endpoint, the CA in a directory, `/proc` figures |
-//! | [`cloudcore_config`] | `cloudcore --config`: KubeEdge's `cloudcore.yaml` (the subset cloudcore uses), merged with the flags |
 //! | [`edgecore`] | the edge node: EdgeHub, MetaManager, edged, the twin, the EventBus and the DMI server wired together |
-//! | [`edgecore_config`] | the `edgecore.yaml` subset |
 //! | [`modbus_device`] | a simulated thermostat served over Modbus TCP (the quickstart's device) |
 
-pub mod cloudcore_config;
 pub mod common;
 pub mod edgecore;
-pub mod edgecore_config;
 pub mod modbus_device;

@@ -243,6 +243,6 @@ fn gettoken_and_defaultconfig() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        kubeedge_examples::cloudcore_config::DEFAULT_CONFIG
+        kubeedge_config::cloudcore::DEFAULT_CONFIG
     );
 }

@@ -49,7 +49,7 @@
 //! extension.
 //!
 //! ```
-//! use kubeedge_examples::cloudcore_config::{CloudCoreConfig, Settings};
+//! use kubeedge_config::cloudcore::{CloudCoreConfig, Settings};
 //!
 //! let file = CloudCoreConfig::from_yaml(
 //!     "apiVersion: cloudcore.config.kubeedge.io/v1alpha1
@@ -66,10 +66,9 @@
 //! assert_eq!(settings.node_limit, 100);
 //! assert_eq!(settings.listen.to_string(), "127.0.0.1:10010");
 //! assert_eq!(settings.https_listen.unwrap().to_string(), "0.0.0.0:10002");
-//! # Ok::<(), String>(())
+//! # Ok::<(), kubeedge_config::Error>(())
 //! ```
 
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,13 +76,12 @@ use std::time::Duration;
 use kubeedge_hub::join::CertificateAuthority;
 use serde::Deserialize;
 
-use crate::common::Flags;
+pub use crate::pki::MAX_PEM_BYTES;
+use crate::pki::{self, read_bounded};
+use crate::{Error, Flags, Result};
 
 /// The largest config file read: 1 MiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
-
-/// The largest certificate or key file read: 1 MiB.
-pub const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// The `apiVersion`s accepted: KubeEdge's, and the `v1alpha2` that keadm's Helm chart writes
 /// (same keys).
@@ -346,33 +344,33 @@ pub struct Manifests {
 
 impl CloudCoreConfig {
     /// Reads and parses `path` (at most [`MAX_CONFIG_BYTES`]); errors start with the path.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self> {
         let bytes = read_bounded(path, MAX_CONFIG_BYTES)?;
         let text =
             String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
-        Self::from_yaml(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::from_yaml(&text).map_err(|e| Error::file(path, e))
     }
 
     /// Parses a config file's text: one YAML document, unknown keys ignored, a wrong type an
     /// error naming the key (`modules.cloudHub.nodeLimit: invalid type: ...`). `apiVersion`
     /// and `kind`, when given, must be KubeEdge's. Values are checked by
     /// [`Settings::apply_file`].
-    pub fn from_yaml(text: &str) -> Result<Self, String> {
+    pub fn from_yaml(text: &str) -> Result<Self> {
         // An empty file (or one of comments only) is no document at all: the defaults.
         let config: Option<Self> = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         let config = config.unwrap_or_default();
         if let Some(version) = &config.api_version
             && !API_VERSIONS.contains(&version.as_str())
         {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "apiVersion: {version:?} is not a cloudcore config (expected {})",
                 API_VERSIONS.join(" or ")
-            ));
+            )));
         }
         if let Some(kind) = &config.kind
             && kind != KIND
         {
-            return Err(format!("kind: {kind:?} is not {KIND:?}"));
+            return Err(Error::Invalid(format!("kind: {kind:?} is not {KIND:?}")));
         }
         Ok(config)
     }
@@ -382,7 +380,7 @@ impl CloudCoreConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CaSource {
     /// `ca.pem` and `ca-key.pem` in a folder (`--pki-dir`): generated, both, when either is
-    /// missing (see [`crate::common::load_or_create_ca`]).
+    /// missing (see [`pki::load_or_create_ca`]).
     Dir(PathBuf),
     /// KubeEdge's `tlsCAFile` and `tlsCAKeyFile`: loaded when both exist, generated when
     /// neither does, an error when only one does.
@@ -392,6 +390,18 @@ pub enum CaSource {
         /// The private key (PEM).
         key: PathBuf,
     },
+}
+
+impl CaSource {
+    /// Where the join server records single-use tokens as spent: `spent-tokens` beside the CA
+    /// key, so that replicas sharing the CA share the record.
+    pub fn spent_tokens_path(&self) -> PathBuf {
+        let dir = match self {
+            Self::Dir(dir) => dir.as_path(),
+            Self::Files { key, .. } => key.parent().unwrap_or(std::path::Path::new(".")),
+        };
+        dir.join("spent-tokens")
+    }
 }
 
 /// What cloudcore runs with: the defaults, then the config file, then the flags.
@@ -482,7 +492,7 @@ impl Default for Settings {
 
 impl Settings {
     /// The defaults, then the file of `--config` if given, then the other flags.
-    pub fn from_flags(flags: &Flags) -> Result<Self, String> {
+    pub fn from_flags(flags: &Flags) -> Result<Self> {
         let mut settings = Self::default();
         if let Some(path) = flags.get("config") {
             let file = CloudCoreConfig::load(Path::new(path))?;
@@ -497,7 +507,7 @@ impl Settings {
 
     /// Takes the values `file` gives (see the [module docs](self)), checking each; an error
     /// names the key. Keys the file leaves out keep their value.
-    pub fn apply_file(&mut self, file: &CloudCoreConfig) -> Result<(), String> {
+    pub fn apply_file(&mut self, file: &CloudCoreConfig) -> Result<()> {
         if let Some(kube) = &file.kube_api_config {
             if let Some(path) = &kube.kube_config {
                 self.kubeconfig = (!path.as_os_str().is_empty()).then(|| path.clone());
@@ -557,7 +567,7 @@ impl Settings {
         Ok(())
     }
 
-    fn apply_modules(&mut self, modules: &Modules) -> Result<(), String> {
+    fn apply_modules(&mut self, modules: &Modules) -> Result<()> {
         if let Some(hub) = &modules.cloud_hub {
             self.apply_cloud_hub(hub)?;
         }
@@ -586,12 +596,12 @@ impl Settings {
         Ok(())
     }
 
-    fn apply_cloud_hub(&mut self, hub: &CloudHub) -> Result<(), String> {
+    fn apply_cloud_hub(&mut self, hub: &CloudHub) -> Result<()> {
         const HUB: &str = "modules.cloudHub";
         if hub.enable == Some(false) {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "{HUB}.enable: false is not supported: CloudHub is what edges connect to"
-            ));
+            )));
         }
         if let Some(list) = &hub.advertise_address {
             let advertise = list
@@ -605,9 +615,9 @@ impl Settings {
                 })
                 .collect::<Result<Vec<IpAddr>, _>>()?;
             if advertise.is_empty() {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "{HUB}.advertiseAddress: needs an IP address (edges dial it)"
-                ));
+                )));
             }
             self.advertise = advertise;
         }
@@ -624,7 +634,9 @@ impl Settings {
                     {
                         Ok(name.to_owned())
                     } else {
-                        Err(format!("{HUB}.dnsNames: {name:?} is not a DNS name"))
+                        Err(Error::Invalid(format!(
+                            "{HUB}.dnsNames: {name:?} is not a DNS name"
+                        )))
                     }
                 })
                 .collect::<Result<_, _>>()?;
@@ -646,9 +658,9 @@ impl Settings {
                 };
             }
             (Some(_), None) | (None, Some(_)) => {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "{HUB}.tlsCAFile and {HUB}.tlsCAKeyFile: give both or neither"
-                ));
+                )));
             }
         }
         match (&hub.tls_cert_file, &hub.tls_private_key_file) {
@@ -660,9 +672,9 @@ impl Settings {
                 ));
             }
             (Some(_), None) | (None, Some(_)) => {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "{HUB}.tlsCertFile and {HUB}.tlsPrivateKeyFile: give both or neither"
-                ));
+                )));
             }
         }
         if let Some(days) = hub.edge_cert_signing_duration {
@@ -675,10 +687,10 @@ impl Settings {
         }
         if let Some(ws) = &hub.websocket {
             if ws.enable == Some(false) {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "{HUB}.websocket.enable: false is not supported: edges connect over \
                      WebSocket (kubeedge-rs has no QUIC)"
-                ));
+                )));
             }
             self.listen = listener(&format!("{HUB}.websocket"), ws, self.listen)?;
         }
@@ -699,7 +711,7 @@ impl Settings {
 
     /// Takes the flags given (each overrides the file's value); see [`FLAGS`]. `--config` is
     /// read by [`Settings::from_flags`], not here.
-    pub fn apply_flags(&mut self, flags: &Flags) -> Result<(), String> {
+    pub fn apply_flags(&mut self, flags: &Flags) -> Result<()> {
         if let Some(dir) = flags.get("pki-dir") {
             self.ca = CaSource::Dir(PathBuf::from(dir));
         }
@@ -745,10 +757,7 @@ impl Settings {
     /// exist, checked against `ca`: it must be signed by it and be a server certificate (an
     /// edge node writes its client certificate to the same default paths as KubeEdge's
     /// cloudcore reads). `None`: issue one.
-    pub fn read_server_cert(
-        &self,
-        ca: &CertificateAuthority,
-    ) -> Result<Option<ServerCert>, String> {
+    pub fn read_server_cert(&self, ca: &CertificateAuthority) -> Result<Option<ServerCert>> {
         let Some((cert_path, key_path)) = &self.server_cert else {
             return Ok(None);
         };
@@ -761,12 +770,12 @@ impl Settings {
                 } else {
                     (key_path, cert_path)
                 };
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "{} exists but {} does not (modules.cloudHub.tlsCertFile and \
                      tlsPrivateKeyFile go together)",
                     there.display(),
                     missing.display()
-                ));
+                )));
             }
         }
         let cert = read_bounded(cert_path, MAX_PEM_BYTES)?;
@@ -798,7 +807,7 @@ impl std::fmt::Debug for ServerCert {
 }
 
 /// Checks that `cert_pem` is signed by `ca` and allowed for serverAuth.
-fn check_server_cert(cert_pem: &[u8], ca: &CertificateAuthority) -> Result<(), String> {
+fn check_server_cert(cert_pem: &[u8], ca: &CertificateAuthority) -> Result<()> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, pem) =
         x509_parser::pem::parse_x509_pem(cert_pem).map_err(|e| format!("not PEM: {e}"))?;
@@ -824,90 +833,12 @@ fn check_server_cert(cert_pem: &[u8], ca: &CertificateAuthority) -> Result<(), S
     Ok(())
 }
 
-/// The cluster CA of `source`: see [`CaSource`]. Prints where it came from on stdout, as
-/// [`crate::common::load_or_create_ca`] does.
-pub fn load_or_create_ca(source: &CaSource) -> Result<CertificateAuthority, String> {
-    let (cert_path, key_path) = match source {
-        CaSource::Dir(dir) => return crate::common::load_or_create_ca(dir),
-        CaSource::Files { cert, key } => (cert, key),
-    };
-    match (cert_path.exists(), key_path.exists()) {
-        (true, true) => {
-            let cert = read_bounded(cert_path, MAX_PEM_BYTES)?;
-            let key = read_bounded(key_path, MAX_PEM_BYTES)?;
-            let ca = CertificateAuthority::from_pem(cert, key)
-                .map_err(|e| format!("CA {} + {}: {e}", cert_path.display(), key_path.display()))?;
-            println!(
-                "pki: loaded the CA from {} and {}",
-                cert_path.display(),
-                key_path.display()
-            );
-            Ok(ca)
-        }
-        (false, false) => {
-            let ca = CertificateAuthority::generate().map_err(|e| format!("CA: {e}"))?;
-            // The key first, the certificate last: readers wait for the certificate.
-            write_new(key_path, ca.key_pem().as_bytes(), 0o600)?;
-            write_new(cert_path, ca.cert_pem().as_bytes(), 0o644)?;
-            println!(
-                "pki: generated a CA in {} and {}",
-                cert_path.display(),
-                key_path.display()
-            );
-            Ok(ca)
-        }
-        (present, _) => {
-            let (there, missing) = if present {
-                (cert_path, key_path)
-            } else {
-                (key_path, cert_path)
-            };
-            Err(format!(
-                "{} exists but {} does not: not replacing a CA (modules.cloudHub.tlsCAFile and \
-                 tlsCAKeyFile go together)",
-                there.display(),
-                missing.display()
-            ))
-        }
+/// The cluster CA of `source`: see [`CaSource`] and [`pki::load_or_create_ca`].
+pub fn load_or_create_ca(source: &CaSource) -> Result<CertificateAuthority> {
+    match source {
+        CaSource::Dir(dir) => pki::load_or_create_ca_in(dir),
+        CaSource::Files { cert, key } => pki::load_or_create_ca(cert, key),
     }
-}
-
-/// Writes `data` to `path` (creating its folder) through a temporary file with `mode` and a
-/// rename.
-fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    file.write_all(data)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The contents of `path`, refused when longer than `limit` bytes.
-fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > limit {
-        return Err(format!(
-            "{}: larger than {limit} bytes, refused",
-            path.display()
-        ));
-    }
-    Ok(bytes)
 }
 
 /// `Some(enable)` of a module that says.
@@ -915,22 +846,22 @@ fn enabled(module: &Option<Module>) -> Option<bool> {
     module.as_ref().and_then(|m| m.enable)
 }
 
-fn at_least_1<T: PartialOrd + From<u8>>(key: &str, value: T) -> Result<T, String> {
+fn at_least_1<T: PartialOrd + From<u8>>(key: &str, value: T) -> Result<T> {
     if value < T::from(1) {
-        return Err(format!("{key}: must be at least 1"));
+        return Err(Error::Invalid(format!("{key}: must be at least 1")));
     }
     Ok(value)
 }
 
-fn non_empty_path(key: &str, path: &Path) -> Result<PathBuf, String> {
+fn non_empty_path(key: &str, path: &Path) -> Result<PathBuf> {
     if path.as_os_str().is_empty() {
-        return Err(format!("{key}: must not be empty"));
+        return Err(Error::Invalid(format!("{key}: must not be empty")));
     }
     Ok(path.to_path_buf())
 }
 
 /// `address:port` of `listener` at `key`, each defaulting to `current`'s.
-fn listener(key: &str, listener: &Listener, current: SocketAddr) -> Result<SocketAddr, String> {
+fn listener(key: &str, listener: &Listener, current: SocketAddr) -> Result<SocketAddr> {
     let ip = match listener.address.as_deref().map(str::trim) {
         None | Some("") => current.ip(),
         Some(address) => address
@@ -1338,7 +1269,7 @@ kubeedgeRs:
             text.push_str("# padding padding padding padding padding padding padding\n");
         }
         std::fs::write(&path, &text).unwrap();
-        let err = CloudCoreConfig::load(&path).unwrap_err();
+        let err = CloudCoreConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("larger than 1048576 bytes"), "{err}");
         // The same file within the limit is fine.
         text.truncate(MAX_CONFIG_BYTES as usize - 1);
@@ -1352,13 +1283,17 @@ kubeedgeRs:
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cloudcore.yaml");
         std::fs::write(&path, "modules: {cloudHub: {nodeLimit: x}}").unwrap();
-        let err = Settings::from_flags(&flags(&["--config", path.to_str().unwrap()])).unwrap_err();
+        let err = Settings::from_flags(&flags(&["--config", path.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!("{}: modules.cloudHub.nodeLimit", path.display())),
             "{err}"
         );
         std::fs::write(&path, "modules: {cloudHub: {nodeLimit: 0}}").unwrap();
-        let err = Settings::from_flags(&flags(&["--config", path.to_str().unwrap()])).unwrap_err();
+        let err = Settings::from_flags(&flags(&["--config", path.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             format!(
@@ -1367,12 +1302,13 @@ kubeedgeRs:
             )
         );
         let missing = dir.path().join("missing.yaml");
-        let err = CloudCoreConfig::load(&missing).unwrap_err();
+        let err = CloudCoreConfig::load(&missing).unwrap_err().to_string();
         assert!(err.starts_with(&missing.display().to_string()), "{err}");
         std::fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         assert!(
             CloudCoreConfig::load(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("not UTF-8")
         );
     }
@@ -1397,7 +1333,7 @@ kubeedgeRs:
 
         // Half a CA is not replaced.
         std::fs::remove_file(dir.path().join("ca/rootCA.key")).unwrap();
-        let err = load_or_create_ca(&source).unwrap_err();
+        let err = load_or_create_ca(&source).unwrap_err().to_string();
         assert!(err.contains("rootCA.key does not"), "{err}");
         assert_eq!(
             std::fs::read(dir.path().join("ca/rootCA.crt")).unwrap(),
@@ -1422,7 +1358,7 @@ kubeedgeRs:
             .issue_server_cert(&[IpAddr::from([127, 0, 0, 1])], &["localhost"])
             .unwrap();
         std::fs::write(&cert, &issued.cert_pem).unwrap();
-        let err = s.read_server_cert(&ca).unwrap_err();
+        let err = s.read_server_cert(&ca).unwrap_err().to_string();
         assert!(err.contains("server.key does not"), "{err}");
         std::fs::write(&key, &issued.key_pem).unwrap();
         let read = s.read_server_cert(&ca).unwrap().unwrap();
@@ -1435,7 +1371,7 @@ kubeedgeRs:
             .issue_server_cert(&[IpAddr::from([127, 0, 0, 1])], &["localhost"])
             .unwrap();
         std::fs::write(&cert, &foreign.cert_pem).unwrap();
-        let err = s.read_server_cert(&ca).unwrap_err();
+        let err = s.read_server_cert(&ca).unwrap_err().to_string();
         assert!(err.contains("not signed by the cluster CA"), "{err}");
 
         // An edge node's certificate, where edgecore writes it by default.
@@ -1455,7 +1391,7 @@ kubeedgeRs:
         );
         std::fs::write(&cert, pem).unwrap();
         std::fs::write(&key, &csr.key_pem).unwrap();
-        let err = s.read_server_cert(&ca).unwrap_err();
+        let err = s.read_server_cert(&ca).unwrap_err().to_string();
         assert!(err.contains("not a server certificate"), "{err}");
 
         s.server_cert = None;

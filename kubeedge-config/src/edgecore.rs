@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::{Error, Result};
+
 /// The longest configuration file read.
 pub const MAX_CONFIG_LEN: u64 = 1024 * 1024;
 
@@ -266,7 +268,7 @@ pub fn host_name() -> std::io::Result<String> {
 
 impl EdgeCoreFile {
     /// Reads and checks `path` (at most [`MAX_CONFIG_LEN`] bytes).
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self> {
         use std::io::Read;
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut text = String::new();
@@ -274,30 +276,33 @@ impl EdgeCoreFile {
             .read_to_string(&mut text)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if text.len() as u64 > MAX_CONFIG_LEN {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "{}: longer than {MAX_CONFIG_LEN} bytes",
                 path.display()
-            ));
+            )));
         }
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| Error::file(path, e))
     }
 
     /// Parses and checks a configuration.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self> {
         let file: Self = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
         file.check()?;
         Ok(file)
     }
 
     /// The file as YAML.
-    pub fn to_yaml(&self) -> Result<String, String> {
-        serde_yaml_ng::to_string(self).map_err(|e| e.to_string())
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_yaml_ng::to_string(self).map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// Checks the values edgecore uses.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<()> {
         if !self.kind.is_empty() && self.kind != "EdgeCore" {
-            return Err(format!("kind: {:?} is not EdgeCore", self.kind));
+            return Err(Error::Invalid(format!(
+                "kind: {:?} is not EdgeCore",
+                self.kind
+            )));
         }
         let hub = &self.modules.edge_hub;
         if hub.websocket.server.is_empty() {
@@ -305,10 +310,10 @@ impl EdgeCoreFile {
         }
         self.cloud_host()?;
         if !hub.http_server.is_empty() && !hub.http_server.starts_with("https://") {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "modules.edgeHub.httpServer: {:?} is not https://host:port",
                 hub.http_server
-            ));
+            )));
         }
         if hub.heartbeat == 0 {
             return Err("modules.edgeHub.heartbeat: must be at least 1 second".into());
@@ -316,7 +321,9 @@ impl EdgeCoreFile {
         if hub.message_qps.is_nan() || hub.message_qps < 0.0 {
             return Err("modules.edgeHub.messageQPS: must be 0 (no limit) or more".into());
         }
-        self.node_name()?;
+        if !self.modules.edged.hostname_override.is_empty() {
+            self.node_name()?;
+        }
         kubeedge_twin::mqtt::MqttMode::from_kubeedge(self.modules.event_bus.mqtt_mode)
             .map_err(|e| format!("modules.eventBus.mqttMode: {e}"))?;
         self.internal_broker()?;
@@ -336,7 +343,7 @@ impl EdgeCoreFile {
     }
 
     /// The node name: `modules.edged.hostnameOverride`, else the host name.
-    pub fn node_name(&self) -> Result<String, String> {
+    pub fn node_name(&self) -> Result<String> {
         let name = if self.modules.edged.hostname_override.is_empty() {
             host_name().unwrap_or_default()
         } else {
@@ -352,27 +359,65 @@ impl EdgeCoreFile {
         if valid {
             Ok(name)
         } else {
-            Err(format!(
+            Err(Error::Invalid(format!(
                 "modules.edged.hostnameOverride: {name:?} is not a valid node name (lower-case DNS name)"
-            ))
+            )))
         }
     }
 
+    /// Where the node's certificates are kept (`tlsCaFile`, `tlsCertFile`,
+    /// `tlsPrivateKeyFile`).
+    pub fn cert_paths(&self) -> kubeedge_hub::bootstrap::CertPaths {
+        let hub = &self.modules.edge_hub;
+        kubeedge_hub::bootstrap::CertPaths {
+            ca: hub.tls_ca_file.clone(),
+            cert: hub.tls_cert_file.clone(),
+            key: hub.tls_private_key_file.clone(),
+        }
+    }
+
+    /// The node's name as edgecore runs it. Once the node has a certificate, its name is the
+    /// certificate's: a config that names another node (`modules.edged.hostnameOverride`) is an
+    /// error ([`kubeedge_hub::Error::IdentityMismatch`]'s text), and a config without a name (a
+    /// damaged file falls back to the host name) takes the certificate's. Without a
+    /// certificate: [`node_name`](Self::node_name).
+    pub fn node_identity(&self) -> Result<String> {
+        let paths = self.cert_paths();
+        let Some(owner) = paths
+            .certificate_node()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+        else {
+            return self.node_name();
+        };
+        let configured = &self.modules.edged.hostname_override;
+        if !configured.is_empty() && *configured != owner {
+            return Err(Error::Invalid(
+                kubeedge_hub::Error::IdentityMismatch {
+                    certificate: owner,
+                    configured: configured.clone(),
+                    path: paths.cert,
+                }
+                .to_string(),
+            ));
+        }
+        Ok(owner)
+    }
+
     /// The host part of `websocket.server` (what the cloud's certificate must name).
-    pub fn cloud_host(&self) -> Result<String, String> {
+    pub fn cloud_host(&self) -> Result<String> {
         let server = &self.modules.edge_hub.websocket.server;
         let bad = || format!("modules.edgeHub.websocket.server: {server:?} is not host:port");
         let (host, port) = server.rsplit_once(':').ok_or_else(bad)?;
         port.parse::<u16>().map_err(|_| bad())?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
-            return Err(bad());
+            return Err(Error::Invalid(bad()));
         }
         Ok(host.to_owned())
     }
 
     /// The embedded broker's listen address (`mqttServerInternal` without `tcp://`).
-    pub fn internal_broker(&self) -> Result<SocketAddr, String> {
+    pub fn internal_broker(&self) -> Result<SocketAddr> {
         let url = &self.modules.event_bus.mqtt_server_internal;
         let (host, port) = kubeedge_twin::mqtt::parse_broker(url)
             .map_err(|e| format!("modules.eventBus.mqttServerInternal: {e}"))?;
@@ -518,7 +563,7 @@ modules:
             ("httpServer: https://", "httpServer: http://", "httpServer"),
         ] {
             let text = KUBEEDGE_FILE.replace(from, to);
-            let err = EdgeCoreFile::parse(&text).unwrap_err();
+            let err = EdgeCoreFile::parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{to}: {err}");
         }
     }
@@ -551,6 +596,7 @@ modules:
         assert!(
             EdgeCoreFile::load(&path)
                 .unwrap_err()
+                .to_string()
                 .contains("longer than")
         );
     }

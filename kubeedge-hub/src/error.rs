@@ -87,6 +87,30 @@ pub enum Error {
     /// A certificate signing request without a common name.
     #[error("the certificate signing request has no common name")]
     CsrMissingCommonName,
+    /// The certificate on disk is another node's than the one configured: the node's identity
+    /// is its certificate, so the config is wrong (or damaged), and nothing is replaced.
+    #[error(
+        "{path} is the certificate of node {certificate:?}, but the config names node {configured:?}; fix the config, or run `edgecore join` to make this machine node {configured:?} (its key is then replaced)"
+    )]
+    IdentityMismatch {
+        /// The node of the certificate on disk.
+        certificate: String,
+        /// The node the configuration names.
+        configured: String,
+        /// The certificate file.
+        path: std::path::PathBuf,
+    },
+    /// The certificate files exist but cannot be used (incomplete, unreadable, not matching
+    /// the CA or the key); they are left as they are.
+    #[error(
+        "the node certificate {path} cannot be used ({reason}); it is left as it is: run `edgecore join` to replace it"
+    )]
+    IdentityUnusable {
+        /// The certificate file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A certificate signing request for a node whose subject is not exactly that node's,
     /// `O=system:nodes, CN=system:node:<node>`.
     #[error(

@@ -380,40 +380,94 @@ async fn a_restarted_edge_reuses_its_files_without_a_token() {
     let reused = within("restart", restarted.bootstrap()).await.unwrap();
     assert_eq!(reused, joined);
 
-    // Files for another node are not reused: that edge must join, and has no token.
+    // Files for another node are not reused, and not replaced either: the config is wrong.
     let other = EdgeBootstrap::new("https://127.0.0.1:9", "", "edge-2", dir.path());
     assert!(matches!(
         other.load(),
-        Err(Error::Certificate(reason)) if reason.contains("edge-1")
+        Err(Error::IdentityMismatch { certificate, configured, .. })
+            if certificate == "edge-1" && configured == "edge-2"
     ));
     assert!(matches!(
         within("other node", other.bootstrap()).await,
-        Err(Error::NoToken)
+        Err(Error::IdentityMismatch { .. })
     ));
+    assert_eq!(other.load().ok(), None);
+    assert_eq!(restarted.load().unwrap().unwrap(), joined);
+}
+
+/// The certificate and key files as they are on disk.
+fn files_of(dir: &TempDir) -> (Vec<u8>, Vec<u8>) {
+    (
+        std::fs::read(dir.file("certs/server.crt")).unwrap(),
+        std::fs::read(dir.file("certs/server.key")).unwrap(),
+    )
 }
 
 #[tokio::test]
-async fn unusable_files_are_replaced_by_joining_again() {
+async fn a_node_keeps_its_identity_whatever_its_config_says() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
     let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path());
-    let first = within("join", edge.bootstrap()).await.unwrap();
+    within("join", edge.bootstrap()).await.unwrap();
+    let joined = files_of(&dir);
+    assert_eq!(
+        edge.paths.certificate_node().unwrap().as_deref(),
+        Some("edge-1")
+    );
 
-    // A key that does not belong to the certificate.
+    // A config naming another node (a truncated file fell back to the host name), with a
+    // valid token: edgecore stops with the reason; the key and certificate stay.
+    let misnamed = EdgeBootstrap::new(cloud.url(), cloud.token(), "vm", dir.path());
+    let e = within("misnamed", misnamed.bootstrap()).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::IdentityMismatch { certificate, configured, .. }
+            if certificate == "edge-1" && configured == "vm"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("edgecore join"), "{e}");
+    assert_eq!(files_of(&dir), joined);
+
+    // A key that does not belong to the certificate: an error, nothing replaced.
     let stranger = EdgeCsr::new("edge-1").unwrap();
     std::fs::write(dir.file("certs/server.key"), &stranger.key_pem).unwrap();
-    assert!(matches!(edge.load(), Err(Error::Certificate(_))));
-    let second = within("rejoin", edge.bootstrap()).await.unwrap();
-    assert_ne!(second.cert_der(), first.cert_der());
-    assert_eq!(edge.load().unwrap().unwrap(), second);
+    let damaged = files_of(&dir);
+    assert!(matches!(
+        within("damaged", edge.bootstrap()).await,
+        Err(Error::IdentityUnusable { .. })
+    ));
+    assert_eq!(files_of(&dir), damaged);
+    // A missing CA file: incomplete, nothing replaced.
+    std::fs::write(dir.file("certs/server.key"), &joined.1).unwrap();
+    std::fs::remove_file(dir.file("ca/rootCA.crt")).unwrap();
+    assert!(matches!(
+        within("incomplete", edge.bootstrap()).await,
+        Err(Error::IdentityUnusable { reason, .. }) if reason.contains("rootCA.crt")
+    ));
+    assert_eq!(files_of(&dir), joined);
 
-    // A certificate that expired.
+    // An explicit join (edgecore join) replaces them.
+    let second = within("explicit join", edge.join()).await.unwrap();
+    assert_ne!(second.cert_pem().as_bytes(), joined.0.as_slice());
+    assert_eq!(edge.load().unwrap().unwrap(), second);
+    cloud.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_certificate_of_the_same_node_is_replaced_with_the_token() {
+    let cloud = Cloud::start().await;
+    let dir = TempDir::new();
+    let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path());
+    within("join", edge.bootstrap()).await.unwrap();
     let old = cloud.credentials_at("edge-1", SystemTime::now() - 400 * DAY);
     std::fs::write(dir.file("certs/server.crt"), old.cert_pem()).unwrap();
     std::fs::write(dir.file("certs/server.key"), old.key_pem()).unwrap();
     assert!(matches!(edge.load(), Err(Error::Certificate(_))));
-    let third = within("rejoin", edge.bootstrap()).await.unwrap();
-    assert!(third.not_after() > SystemTime::now());
+    let renewed = within("rejoin", edge.bootstrap()).await.unwrap();
+    assert!(renewed.not_after() > SystemTime::now());
+    assert_eq!(
+        edge.paths.certificate_node().unwrap().as_deref(),
+        Some("edge-1")
+    );
     cloud.stop().await;
 }
 

@@ -7,7 +7,8 @@
 //!           [--manifests DIR] [--status-dir DIR] [--scan-interval-ms 1000]
 //!           [--inventory-grace-ms 2000] [--sent-records true] [--node-limit 500]
 //! cloudcore --defaultconfig
-//! cloudcore gettoken [--config cloudcore.yaml] [--pki-dir /etc/kubeedge/pki]
+//! cloudcore gettoken [--config cloudcore.yaml] [--pki-dir /etc/kubeedge/pki] [--node NAME]
+//!                    [--single-use true]
 //! ```
 //!
 //! Serves edge nodes on `--listen` (CloudHub, mutual TLS WebSocket) and node join on
@@ -25,8 +26,11 @@
 //!
 //! `--node-limit` is KubeEdge's `cloudHub.nodeLimit`: the most nodes one replica holds.
 //! `--metrics-listen` serves Prometheus text on `/metrics` and `/healthz`.
-//! `cloudcore gettoken` prints a join token for `edgecore join --token`, valid twice
-//! `tokenRefreshDuration` (24 h by default).
+//! `cloudcore gettoken` prints a join token for `edgecore join --token` (or KubeEdge's
+//! `keadm join`), valid twice `tokenRefreshDuration` (24 h by default). With `--node NAME` it
+//! joins only that node; with `--single-use true` it joins once (the join server records it
+//! as spent in `spent-tokens` beside the CA key). Without either it is KubeEdge's token: any
+//! node, any number of times.
 //! Logs go to stderr; `RUST_LOG` filters them (default `info`).
 //!
 //! `--config FILE` reads KubeEdge's `cloudcore.yaml` (a KubeEdge file works as it is; keys
@@ -38,7 +42,7 @@
 //! kubeedge-rs extension `kubeedgeRs` (`manifests: {dir, statusDir, scanIntervalMs}`,
 //! `installCRDs`, `inventoryGraceMs`). Flags override the file; without a file the defaults
 //! are the ones above. `cloudcore --defaultconfig` prints the file with every key at its
-//! default; [`kubeedge_examples::cloudcore_config`] documents each key.
+//! default; [`kubeedge_config::cloudcore`] documents each key.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -48,13 +52,14 @@ use std::time::SystemTime;
 use kubeedge_cloud::{
     CloudConfig, CloudController, CloudMetrics, ClusterWriter, Kind, ObjectEvent,
 };
-use kubeedge_hub::bootstrap::{BootstrapConfig, BootstrapServer};
-use kubeedge_hub::join::Token;
+use kubeedge_hub::bootstrap::{BootstrapConfig, BootstrapServer, SpentTokenFile};
+use kubeedge_hub::join::{Token, TokenScope};
 use kubeedge_hub::{CloudHub, CloudHubConfig, DeliveryConfig, ReliableCloud, tls};
+use kubeedge_proto::NodeName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use kubeedge_examples::cloudcore_config::{self, DEFAULT_CONFIG, FLAGS, Settings};
+use kubeedge_config::cloudcore::{self as cloudcore_config, DEFAULT_CONFIG, FLAGS, Settings};
 use kubeedge_examples::common::{self, Flags};
 
 const USAGE: &str = "usage: cloudcore [--config FILE] [--pki-dir DIR] [--listen ADDR]
@@ -63,16 +68,19 @@ const USAGE: &str = "usage: cloudcore [--config FILE] [--pki-dir DIR] [--listen 
   [--scan-interval-ms 1000] [--inventory-grace-ms 2000] [--sent-records true]
   [--node-limit 500]
        cloudcore --defaultconfig     (print a commented cloudcore.yaml with the defaults)
-       cloudcore gettoken [--config FILE] [--pki-dir DIR]
+       cloudcore gettoken [--config FILE] [--pki-dir DIR] [--node NAME] [--single-use true]
 Flags override the values of the --config file (KubeEdge's cloudcore.yaml; unknown keys
 are ignored).";
+
+/// The flags of `cloudcore gettoken`.
+const GETTOKEN_FLAGS: &[&str] = &["config", "pki-dir", "node", "single-use"];
 
 /// What to do.
 enum Mode {
     /// Run the cloud.
     Serve,
-    /// Print a join token.
-    GetToken,
+    /// Print a join token, for one node and one join if asked.
+    GetToken(TokenScope),
     /// Print [`DEFAULT_CONFIG`].
     DefaultConfig,
 }
@@ -93,15 +101,29 @@ fn parse_args() -> Result<Args, String> {
             settings: Settings::default(),
         });
     }
-    let mode = if args.first().is_some_and(|a| a == "gettoken") {
+    if args.first().is_some_and(|a| a == "gettoken") {
         args.remove(0);
-        Mode::GetToken
-    } else {
-        Mode::Serve
-    };
+        let flags = Flags::parse(args.into_iter(), GETTOKEN_FLAGS)?;
+        let scope = TokenScope {
+            node: flags
+                .get("node")
+                .map(NodeName::new)
+                .transpose()
+                .map_err(|e| format!("--node: {e}"))?,
+            single_use: flags.parsed("single-use", false)?,
+        };
+        let settings = Settings::from_flags(&flags)?;
+        return Ok(Args {
+            mode: Mode::GetToken(scope),
+            settings,
+        });
+    }
     let flags = Flags::parse(args.into_iter(), FLAGS)?;
     let settings = Settings::from_flags(&flags)?;
-    Ok(Args { mode, settings })
+    Ok(Args {
+        mode: Mode::Serve,
+        settings,
+    })
 }
 
 fn main() -> ExitCode {
@@ -116,10 +138,12 @@ async fn run(args: Args) -> Result<(), String> {
             print!("{DEFAULT_CONFIG}");
             return Ok(());
         }
-        Mode::GetToken => {
+        Mode::GetToken(scope) => {
             let ca = cloudcore_config::load_or_create_ca(&settings.ca)?;
             let validity = Token::validity_for_refresh(settings.token_refresh);
-            println!("{}", Token::issue(&ca, validity, SystemTime::now()));
+            let token = Token::issue_with(&ca, validity, SystemTime::now(), &scope)
+                .map_err(|e| format!("token: {e}"))?;
+            println!("{token}");
             return Ok(());
         }
         Mode::Serve => {}
@@ -165,6 +189,9 @@ async fn run(args: Args) -> Result<(), String> {
             let mut config = BootstrapConfig::new(listen, Arc::new(ca), &cert_pem, &key_pem)
                 .map_err(|e| format!("join server: {e}"))?;
             config.cert_validity_days = settings.edge_cert_validity_days;
+            config.spent_tokens = Some(Arc::new(SpentTokenFile::new(
+                settings.ca.spent_tokens_path(),
+            )));
             let server = BootstrapServer::bind(config)
                 .await
                 .map_err(|e| format!("join server on {listen}: {e}"))?;

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use kubeedge_config::edgecore::{self as edgecore_config, EdgeCoreFile};
 use kubeedge_examples::common::{self, Flags};
 use kubeedge_examples::edgecore::{self, EdgeCoreMetrics};
-use kubeedge_examples::edgecore_config::{self, EdgeCoreFile};
 use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "usage: edgecore [--config FILE] [--root DIR] [--metrics-listen ADDR]
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
 /// The certificate flow, then the config file (mode 0600: it holds the token).
 async fn join_node(join: Join) -> Result<(), String> {
     let node = join.file.node_name()?;
-    edgecore::credentials(&join.file, &node).await?;
+    edgecore::join(&join.file, &node).await?;
     if let Some(dir) = join.config.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 
 /// Loads the CA from `dir` or creates it there, and issues the server certificate for `ip`.
 fn pki(dir: &Path, ip: IpAddr) -> Result<Arc<rustls::ServerConfig>, String> {
-    let ca = common::load_or_create_ca(dir)?;
+    let ca = kubeedge_config::pki::load_or_create_ca_in(dir)?;
     let server = ca
         .issue_server_cert(&[ip], &["localhost"])
         .map_err(|e| format!("server certificate: {e}"))?;

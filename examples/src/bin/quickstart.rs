@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use kubeedge_config::edgecore::EdgeCoreFile;
 use kubeedge_examples::common::{self, Flags};
-use kubeedge_examples::edgecore_config::EdgeCoreFile;
 use kubeedge_examples::modbus_device::{SETPOINT_REGISTER, SimulatedThermostat};
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -143,7 +143,11 @@ fn read_json(path: &Path) -> Option<Value> {
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    common::write_atomically(path, text.as_bytes())
+    Ok(kubeedge_config::pki::write_atomically(
+        path,
+        text.as_bytes(),
+        0o644,
+    )?)
 }
 
 struct Quickstart {

@@ -307,6 +307,8 @@ pub struct System {
     pub modbus: PyModbus,
     pub cri: String,
     pub edge_metrics: SocketAddr,
+    /// The cloud's join server.
+    pub https: SocketAddr,
 }
 
 impl System {
@@ -399,6 +401,7 @@ impl System {
             modbus,
             cri,
             edge_metrics,
+            https,
         }
     }
 

@@ -57,6 +57,22 @@ impl CertPaths {
             key: dir.join("certs").join("server.key"),
         }
     }
+
+    /// The node the certificate on disk is for (its `CN=system:node:<node>`): `Ok(None)` if
+    /// there is no certificate file, an error if it cannot be read. Once a node has a
+    /// certificate, this is its name, whatever a config file says.
+    pub fn certificate_node(&self) -> Result<Option<String>, Error> {
+        let Some(pem) = read_capped(&self.cert)? else {
+            return Ok(None);
+        };
+        let unusable = |reason: String| Error::IdentityUnusable {
+            path: self.cert.clone(),
+            reason,
+        };
+        let certs = pem_certs(&pem, "node certificate").map_err(unusable)?;
+        let node = tls::node_of_certificate(&certs[0]).map_err(|e| unusable(e.to_string()))?;
+        Ok(Some(node))
+    }
 }
 
 /// The CA certificate, the node's certificate and its key: what the EdgeHub needs to connect
@@ -365,45 +381,116 @@ impl EdgeBootstrap {
         }
     }
 
-    /// The certificates on disk if they are usable: `Ok(None)` if a file is missing, an error if
-    /// they are unreadable or unusable (see [`EdgeCredentials::verify`]).
+    /// The certificates on disk if they are usable: `Ok(None)` if none of the three files
+    /// exists, an error if only some do, or they are unreadable or unusable (see
+    /// [`EdgeCredentials::verify`]), or they are another node's
+    /// ([`Error::IdentityMismatch`]).
     pub fn load(&self) -> Result<Option<EdgeCredentials>, Error> {
-        let (Some(ca), Some(cert), Some(key)) = (
-            read_capped(&self.paths.ca)?,
-            read_capped(&self.paths.cert)?,
-            read_capped(&self.paths.key)?,
-        ) else {
+        self.load_at(SystemTime::now())
+    }
+
+    fn load_at(&self, now: SystemTime) -> Result<Option<EdgeCredentials>, Error> {
+        let Some(credentials) = self.read_files()? else {
             return Ok(None);
         };
-        let text = |bytes: Vec<u8>, path: &Path| {
-            String::from_utf8(bytes)
-                .map_err(|_| Error::Certificate(format!("{} is not PEM", path.display())))
-        };
-        let credentials = EdgeCredentials::from_pem(
-            text(ca, &self.paths.ca)?,
-            text(cert, &self.paths.cert)?,
-            text(key, &self.paths.key)?,
-        )?;
-        credentials.verify(&self.node_name, SystemTime::now())?;
+        self.check_owner(&credentials)?;
+        credentials.verify(&self.node_name, now)?;
         Ok(Some(credentials))
     }
 
-    /// The node's credentials: those on disk if they are usable ([`load`](Self::load)), else
-    /// new ones from the cloud with the token ([`join`](Self::join)).
-    pub async fn bootstrap(&self) -> Result<EdgeCredentials, Error> {
-        match self.load() {
-            Ok(Some(credentials)) => {
-                tracing::info!(node = %self.node_name, "reusing the node certificate on disk");
-                return Ok(credentials);
+    /// The three files, parsed and matching each other; `Ok(None)` if none exists.
+    fn read_files(&self) -> Result<Option<EdgeCredentials>, Error> {
+        let paths = [&self.paths.ca, &self.paths.cert, &self.paths.key];
+        let (ca, cert, key) = (
+            read_capped(&self.paths.ca)?,
+            read_capped(&self.paths.cert)?,
+            read_capped(&self.paths.key)?,
+        );
+        let (ca, cert, key) = match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+            (None, None, None) => return Ok(None),
+            found => {
+                let present = [found.0.is_some(), found.1.is_some(), found.2.is_some()];
+                let missing: Vec<String> = paths
+                    .iter()
+                    .zip(present)
+                    .filter(|(_, present)| !present)
+                    .map(|(path, _)| path.display().to_string())
+                    .collect();
+                return Err(Error::IdentityUnusable {
+                    path: self.paths.cert.clone(),
+                    reason: format!("incomplete: {} missing", missing.join(", ")),
+                });
             }
-            Ok(None) => {
-                tracing::info!(node = %self.node_name, "no node certificate on disk; joining");
+        };
+        let text = |bytes: Vec<u8>, path: &Path| {
+            String::from_utf8(bytes).map_err(|_| Error::IdentityUnusable {
+                path: path.to_owned(),
+                reason: "not PEM".to_owned(),
+            })
+        };
+        EdgeCredentials::from_pem(
+            text(ca, &self.paths.ca)?,
+            text(cert, &self.paths.cert)?,
+            text(key, &self.paths.key)?,
+        )
+        .map(Some)
+        .map_err(|e| Error::IdentityUnusable {
+            path: self.paths.cert.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The certificate must be this node's: a node's identity is its certificate.
+    fn check_owner(&self, credentials: &EdgeCredentials) -> Result<(), Error> {
+        let owner = tls::node_of_certificate(credentials.cert_der()).map_err(|e| {
+            Error::IdentityUnusable {
+                path: self.paths.cert.clone(),
+                reason: e.to_string(),
             }
-            Err(e) => {
-                tracing::warn!(node = %self.node_name, error = %e, "node certificate on disk unusable; joining again");
-            }
+        })?;
+        if owner != self.node_name {
+            return Err(Error::IdentityMismatch {
+                certificate: owner,
+                configured: self.node_name.clone(),
+                path: self.paths.cert.clone(),
+            });
         }
-        self.join().await
+        Ok(())
+    }
+
+    /// The node's credentials: those on disk if they are usable ([`load`](Self::load)), else,
+    /// if there are none, new ones from the cloud with the token ([`join`](Self::join)).
+    ///
+    /// Files that exist are never replaced here, except a certificate of this very node that
+    /// has expired (or is not valid yet), which only a token can replace: files of another node,
+    /// incomplete, unreadable or not matching their CA are an error
+    /// ([`Error::IdentityMismatch`], [`Error::IdentityUnusable`]), so that a damaged or
+    /// mistaken config cannot make a node join again as someone else and lose its key. Only an
+    /// explicit [`join`](Self::join) (`edgecore join`) replaces them.
+    pub async fn bootstrap(&self) -> Result<EdgeCredentials, Error> {
+        let now = SystemTime::now();
+        let Some(credentials) = self.read_files()? else {
+            tracing::info!(node = %self.node_name, "no node certificate on disk; joining");
+            return self.join().await;
+        };
+        self.check_owner(&credentials)?;
+        let outside_validity = now < credentials.not_before() || now >= credentials.not_after();
+        match credentials.verify(&self.node_name, now) {
+            Ok(()) => {
+                tracing::info!(node = %self.node_name, "reusing the node certificate on disk");
+                Ok(credentials)
+            }
+            Err(e) if outside_validity => {
+                tracing::warn!(node = %self.node_name, error = %e,
+                    "the node certificate on disk is outside its validity; joining again with the token as the same node");
+                self.join().await
+            }
+            Err(e) => Err(Error::IdentityUnusable {
+                path: self.paths.cert.clone(),
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// Joins with the token: downloads the CA from `/ca.crt` without verifying the server,

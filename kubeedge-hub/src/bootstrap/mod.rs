@@ -21,10 +21,26 @@
 //! - `/edge.crt` answers a body over 1 MiB with 413 and an unreadable CSR or `ExtKeyUsages`
 //!   header with 400 (KubeEdge: 500 for both). Unknown paths get 404 and other methods than
 //!   `GET` on the three routes 405, as from go-restful.
-//! - When the request is authenticated with a client certificate, the CSR must ask for that
-//!   node's name, `O=system:nodes, CN=system:node:<NodeName>` (a legacy `CN=kubeedge.io`
-//!   certificate may also renew into a legacy one): a node can renew its own certificate, not
-//!   obtain another node's. A token still allows any node name, as in KubeEdge.
+//! - `/edge.crt` issues only `O=system:nodes, CN=system:node:<NodeName>`, clientAuth, no
+//!   subject alternative names ([`CertificateAuthority::sign_node_csr`]), whoever asks: the
+//!   `NodeName` header must be a node name (400) and the CSR must ask for exactly that identity
+//!   (403; SANs 400), and `ExtKeyUsages` may only be `[2]` (400). KubeEdge copies the CSR's
+//!   subject and signs any usage, so one token buys `CN=admin, O=system:masters` or another
+//!   node's identity there. A renewal from a legacy `CN=kubeedge.io` certificate gets the node's
+//!   own identity.
+//! - Tokens may be limited to one node and to one join ([`Token::issue_with`], `cloudcore
+//!   gettoken --node N --single-use`); a plain token still joins any node, as KubeEdge's.
+//!   Single-use tokens are recorded as spent in [`BootstrapConfig::spent_tokens`] (a
+//!   [`SpentTokenFile`] beside the CA) before the certificate is answered; a server without
+//!   one refuses them.
+//! - Connections: at most [`BootstrapConfig::max_connections_per_source`] per source address;
+//!   when [`BootstrapConfig::max_connections`] are open, a new one closes the oldest idle one
+//!   (still in its TLS handshake, or between requests), so silent connections cannot keep
+//!   honest nodes waiting (KubeEdge: Go's server has no connection limit and no handshake
+//!   deadline). Limits hit are logged at WARN, at most once per 10 s each, with a count.
+//!
+//! [`CertificateAuthority::sign_node_csr`]: crate::join::CertificateAuthority::sign_node_csr
+//! [`Token::issue_with`]: crate::join::Token::issue_with
 //! - The edge reuses its files only if the certificate chains to the saved CA, is valid now, is
 //!   for this node and matches the key; otherwise it joins again with the token.
 //! - Every connection has deadlines (TLS handshake, request headers, whole request, whole

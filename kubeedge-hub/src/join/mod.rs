@@ -25,11 +25,12 @@
 //!    with clientAuth and name the node ([`CertificateAuthority::authorize_client_cert`]);
 //!    otherwise the bearer JWT must verify ([`Token::verify_authorization_header`]). Failures are
 //!    HTTP 401.
-//! 6. **Issuance.** The cloud signs the CSR ([`CertificateAuthority::sign_edge_csr`]): common
-//!    name, organizations and DNS/IP SANs copied from the CSR, a random serial, key usage
-//!    keyEncipherment + digitalSignature, the requested extended key usages (default
-//!    clientAuth), valid for `edgeCertSigningDuration` days (default 365). The body of the
-//!    answer is the certificate's DER.
+//! 6. **Issuance.** The cloud signs the CSR ([`CertificateAuthority::sign_node_csr`]) if it
+//!    asks for exactly the node's identity: the certificate is `O=system:nodes,
+//!    CN=system:node:<NodeName>`, clientAuth, no SANs, a random serial, key usage
+//!    keyEncipherment + digitalSignature, valid for `edgeCertSigningDuration` days (default
+//!    365). The body of the answer is the certificate's DER. (KubeEdge copies the CSR's subject
+//!    and SANs and signs the usages asked for: [`CertificateAuthority::sign_edge_csr`].)
 //! 7. **Rotation.** Before the certificate expires the edge repeats steps 4–6 with a new key,
 //!    authenticated by its current certificate instead of the token.
 //!
