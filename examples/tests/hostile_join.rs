@@ -116,7 +116,11 @@ async fn scoped_tokens_and_a_sticky_identity() {
     std::fs::write(&config, cut).unwrap();
     let before = identity_files(&edge_1);
     let (ok, out) = edgecore_stops(&edge_1).await;
+    eprintln!("edgecore with its config cut after `token:`:\n{out}");
     assert!(!ok, "{out}");
+    // It is still edge-1 (the name comes from the certificate), not the host.
+    assert!(out.contains("node=edge-1"), "{out}");
+    assert!(!out.contains("joining"), "{out}");
     assert_eq!(identity_files(&edge_1), before, "{out}");
 
     // A config that names another node: stops, naming both, identity untouched.
