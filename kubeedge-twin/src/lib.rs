@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`TwinEngine`] | devices, attributes and twins in SQLite (KubeEdge's `device`, `device_attr`, `device_twin` tables); KubeEdge's update and version rules ([`deal`]); results, documents, deltas, state, `get`, membership |
 //! | [`eventbus::EventBus`] | routes MQTT to the engine and uploads to the cloud, and the cloud's publish/subscribe to MQTT |
-//! | [`mqtt`] | the MQTT client (rumqttc) with reconnect and resubscribe, and the embedded broker (rumqttd) |
+//! | [`mqtt`] | the MQTT client (rumqttc) with reconnect and resubscribe, and the embedded broker (our own, bounded) |
 //! | [`dmi`] | the DMI v1beta1 gRPC server on a unix socket, and the client that pushes devices to mappers |
 //! | [`ingress`] | the bounded, per-device fair queue every device event waits in |
 //!

@@ -599,3 +599,62 @@ async fn stop_releases_everything() {
     .expect("the address is free again");
     again.stop();
 }
+
+/// A subscriber that never reads: its queue is bounded (`max_queued_bytes`): QoS 0 messages
+/// for it are dropped, a QoS 1 message disconnects it; the honest clients go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_is_bounded() {
+    let broker = start(BrokerConfig::default()).await;
+    let port = broker.local_addr().port();
+    let (mut slow, _slow_buf) = connect(port, "never-reads").await;
+    let mut subscribe = Subscribe::new("slow/#", QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    write(&mut slow, Packet::Subscribe(subscribe)).await;
+    let (mut publisher, mut pub_buf) = connect(port, "fast").await;
+    // 40 MiB of QoS 0 messages: more than the socket buffers and the 2 MiB queue hold.
+    let payload = Bytes::from(vec![0x5a; 1024]);
+    let mut out = BytesMut::new();
+    for i in 0..40_000 {
+        Packet::Publish(Publish::new(
+            format!("slow/{i}"),
+            QoS::AtMostOnce,
+            payload.clone(),
+        ))
+        .write(&mut out, usize::MAX)
+        .unwrap();
+        if out.len() > 256 * 1024 {
+            publisher.write_all(&out).await.unwrap();
+            out.clear();
+        }
+    }
+    publisher.write_all(&out).await.unwrap();
+    write(&mut publisher, Packet::PingReq).await;
+    assert_eq!(
+        read(&mut publisher, &mut pub_buf).await,
+        Some(Packet::PingResp)
+    );
+    let stats = broker.stats();
+    assert!(stats.messages_dropped > 0, "{stats:?}");
+    assert_eq!(stats.slow_consumers_disconnected, 0, "{stats:?}");
+    assert!(warned("max_queued_bytes"));
+    honest_round_trip(port, b"meanwhile").await;
+
+    // A QoS 1 message for the full queue disconnects the subscriber.
+    let mut publish = Publish::new("slow/q1", QoS::AtLeastOnce, payload);
+    publish.pkid = 1;
+    write(&mut publisher, Packet::Publish(publish)).await;
+    assert!(matches!(
+        read(&mut publisher, &mut pub_buf).await,
+        Some(Packet::PubAck(_))
+    ));
+    within("the slow subscriber disconnected", async {
+        while broker.stats().clients_connected > 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(broker.stats().slow_consumers_disconnected, 1);
+    honest_round_trip(port, b"after").await;
+    drop(slow);
+    broker.stop();
+}

@@ -1,5 +1,5 @@
 //! The EventBus against real brokers on loopback: mosquitto (external mode), the embedded
-//! rumqttd (internal mode) and both, with mosquitto's command-line clients on the other side.
+//! broker (internal mode) and both, with mosquitto's command-line clients on the other side.
 
 #![cfg(feature = "embedded-broker")]
 use std::net::{Ipv4Addr, SocketAddr};
@@ -377,7 +377,7 @@ async fn embedded_broker_survives_hostile_clients() {
 }
 
 /// MQTT takeover through the embedded broker: a second CONNECT with a connected client's id
-/// (one rumqttd alone would refuse, holding `/`) ends the first connection.
+/// (holding `/`) ends the first connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_client_id_takeover() {
     let (bus, _handle, _rx) = start(config(MqttMode::Internal)).await;

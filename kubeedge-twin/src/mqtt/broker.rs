@@ -40,7 +40,8 @@
 //! limit per 10 s with a count of the hits not logged) and counted in [`BrokerStats`]:
 //! the CONNECT timeout, pending (pre-CONNECT) connections (one more closes the oldest), connected
 //! clients (CONNACK 0x03), subscriptions per client and distinct filters (SUBACK 0x80), filter
-//! length (SUBACK 0x80), the packet size (`max_payload`, closes the connection), each client's
+//! length (SUBACK 0x80), the packet size (`max_payload`, and 64 KiB for CONNECT, so pending
+//! connections hold little; a larger one closes the connection), each client's
 //! outbound queue (QoS 0 dropped, QoS 1 disconnects the client), QoS 1 in flight per client,
 //! and a write timeout. A malformed packet, a packet only a server sends, a second CONNECT, a
 //! wildcard in a PUBLISH topic or an invalid filter closes that connection only.
@@ -82,6 +83,9 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 64 * 1024;
 /// Read buffers larger than this are given back once empty.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// The largest CONNECT (remaining length), so that pending connections hold at most
+/// `max_pending` times this before they authenticate (a will message is the only large part).
+const MAX_CONNECT_LEN: usize = 64 * 1024;
 /// Bytes counted per queued message on top of its topic and payload.
 const MESSAGE_OVERHEAD: usize = 64;
 
@@ -558,7 +562,7 @@ async fn connection(
         () = cancel.cancelled() => return,
         first = tokio::time::timeout(
             config.connect_timeout,
-            read_inbound(&mut rd, &mut buf, shared.max_packet),
+            read_inbound(&mut rd, &mut buf, shared.max_packet.min(MAX_CONNECT_LEN)),
         ) => first,
     };
     let connect = match first {
