@@ -7,6 +7,11 @@
 //! never saw the node before rebuilds that knowledge on connect from the edge's
 //! [`Inventory`] (or, for a KubeEdge edge that sends none, by sending the full set). Nothing is
 //! kept in the API server.
+//!
+//! Each new version of a Device or DeviceModel is checked ([`crate::device_check`]); a refused
+//! one is held: not sent, not deleted, its membership unchanged, so the node keeps what it
+//! had (a delete of it carries the last version sent, never the refused one). Each refused
+//! version is reported once through [`Downstream::take_rejections`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};

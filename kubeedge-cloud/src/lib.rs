@@ -20,9 +20,17 @@
 //!   the uid that owns its Lease, and that the cluster marked it not Ready), its Pods, the
 //!   ConfigMaps and Secrets they reference, its Devices (each only once its DeviceModel is
 //!   known: KubeEdge's edge refuses a Device without its model and never takes it up again)
-//!   and their DeviceModels; never another node's objects (KubeEdge #3593). Every message
+//!   and their DeviceModels, each only if it passes [`device_check`]; never another node's
+//!   objects (KubeEdge #3593). Every message
 //!   carries `resourceversion` and goes on the ACK path in KubeEdge's exact form; referenced
 //!   objects go before the Pod that needs them; a change of a Pod's status alone is not sent.
+//! - [`device_check`] (pure) holds Devices and DeviceModels to [`DeviceLimits`] (ports,
+//!   slave ids, serial settings, Modbus offsets and limits, cycles, string and spec sizes,
+//!   names, model property types, `minimum ≤ maximum`): KubeEdge's CRDs let absurd values
+//!   through and KubeEdge's cloud sends them on. A refused one is not sent (what a node
+//!   holds of it, and of its model, stays as it was; a Device whose model is refused waits
+//!   too); the controller logs a WARN and writes a Warning Event (`InvalidDevice`,
+//!   `InvalidDeviceModel`) once per uid and resourceVersion, in both modes. Fixed, it flows.
 //! - [`decide`] (pure) checks each request of a node against node isolation and turns it into
 //!   an [`Action`] or an answer: `podpatch` → Pod status, `nodepatch` → Node status, Node
 //!   registration, Lease create/renew/query (an owner reference without uid gets the Node's),

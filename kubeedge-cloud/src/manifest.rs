@@ -29,6 +29,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+// Names become file names: nothing but a DNS-1123 subdomain (what Kubernetes accepts as the
+// name of these kinds) is accepted.
+use crate::device_check::is_dns_subdomain as valid_name;
 use crate::{ApiError, ClusterWriter, Error, Kind, Object, ObjectEvent, ObjectKey, Result};
 
 /// Where manifest mode reads manifests and writes status, and how often it looks.
@@ -167,21 +170,6 @@ const SERVER_SET: [&str; 6] = [
     "managedFields",
     "selfLink",
 ];
-
-/// A DNS-1123 subdomain: what Kubernetes accepts as the name of these kinds. Names become file
-/// names, so nothing else is accepted.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
-}
 
 /// A DNS-1123 label: what Kubernetes accepts as a namespace.
 fn valid_namespace(namespace: &str) -> bool {

@@ -506,3 +506,106 @@ async fn a_node_cannot_touch_another_nodes_pod_over_the_wire() {
             .is_none_or(|p| p["status"]["phase"] != "Failed")
     );
 }
+
+/// The Events in the status folder about the object `name`.
+fn events_about(site: &Site, name: &str) -> Vec<Value> {
+    let Ok(dir) = std::fs::read_dir(site.status.join("events")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let text = std::fs::read_to_string(entry.ok()?.path()).ok()?;
+        serde_json::from_str::<Value>(&text).ok()
+    })
+    .filter(|event| event["involvedObject"]["name"] == name)
+    .collect()
+}
+
+fn thermo_yaml(name: &str, port: &str, collect_cycle: i64) -> String {
+    format!(
+        "apiVersion: devices.kubeedge.io/v1beta1
+kind: Device
+metadata: {{name: {name}}}
+spec:
+  deviceModelRef: {{name: thermo-model}}
+  nodeName: edge-1
+  protocol:
+    protocolName: modbus
+    configData: {{ip: 127.0.0.1, port: {port}}}
+  properties:
+  - name: temperature
+    collectCycle: {collect_cycle}
+    desired: {{value: \"20\"}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_mode_refuses_an_absurd_device_until_it_is_fixed() {
+    let site = Site::new();
+    site.write(
+        "model.yaml",
+        "apiVersion: devices.kubeedge.io/v1beta1
+kind: DeviceModel
+metadata: {name: thermo-model}
+spec:
+  protocol: modbus
+  properties: [{name: temperature, type: INT, accessMode: ReadWrite}]
+",
+    );
+    site.write("good.yaml", &thermo_yaml("good-thermo", "1502", 1000));
+    site.write(
+        "absurd.yaml",
+        &thermo_yaml("absurd-thermo", "9999999999999", -5),
+    );
+    let cloud = site.cloud(free_addr()).await;
+    let edge = TestEdge::start(&site.pki, cloud.addr, "edge-1", &site.db("edge-1")).await;
+    eventually("the valid Device at the node", || async {
+        edge.stored("default/device/good-thermo").await.is_some()
+    })
+    .await;
+    eventually("the Warning Event about the absurd Device", || async {
+        !events_about(&site, "absurd-thermo").is_empty()
+    })
+    .await;
+    let events = events_about(&site, "absurd-thermo");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["reason"], "InvalidDevice");
+    let message = events[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.protocol.configData.port: 9999999999999 is out of range"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.properties[0].collectCycle: -5 is negative"),
+        "{message}"
+    );
+
+    // A later change of the valid Device reaching the node: the absurd one would have been
+    // sent before it.
+    site.write("good.yaml", &thermo_yaml("good-thermo", "1503", 1000));
+    eventually("the valid Device's update at the node", || async {
+        stored_field(
+            &edge,
+            "default/device/good-thermo",
+            "/spec/protocol/configData/port",
+        )
+        .await
+        .is_some_and(|p| p == 1503)
+    })
+    .await;
+    assert!(edge.stored("default/device/absurd-thermo").await.is_none());
+
+    site.write("absurd.yaml", &thermo_yaml("absurd-thermo", "1504", 1000));
+    eventually("the fixed Device at the node", || async {
+        stored_field(
+            &edge,
+            "default/device/absurd-thermo",
+            "/spec/protocol/configData/port",
+        )
+        .await
+        .is_some_and(|p| p == 1504)
+    })
+    .await;
+    assert_eq!(events_about(&site, "absurd-thermo").len(), 1);
+    assert_eq!(cloud.metrics.refused_devices(), 1);
+}
