@@ -25,6 +25,9 @@ use crate::device_check::{DeviceLimits, Rejection, check};
 use crate::refs::references;
 use crate::{Kind, Object, ObjectEvent, ObjectKey};
 
+/// Rejections held for [`Downstream::take_rejections`], at most.
+const MAX_PENDING_REJECTIONS: usize = 4096;
+
 /// A message for one node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outgoing {
@@ -94,6 +97,8 @@ pub struct Downstream {
     reported: HashMap<ObjectKey, (String, String)>,
     /// Rejections not taken yet.
     rejections: Vec<Rejection>,
+    /// Rejections not kept since the last take (too many pending).
+    lost_rejections: usize,
 }
 
 impl std::fmt::Debug for Downstream {
@@ -121,6 +126,7 @@ impl Downstream {
             invalid: HashSet::new(),
             reported: HashMap::new(),
             rejections: Vec::new(),
+            lost_rejections: 0,
         }
     }
 
@@ -135,7 +141,9 @@ impl Downstream {
     /// The Devices and DeviceModels found invalid since the last call, each version once
     /// (the same uid and resourceVersion again, as a resync brings it, is not reported
     /// again). They are not sent; what a node holds of them stays as it was.
+    /// At most 4096 are kept between two calls; the rest are dropped, with one WARN.
     pub fn take_rejections(&mut self) -> Vec<Rejection> {
+        self.lost_rejections = 0;
         std::mem::take(&mut self.rejections)
     }
 
@@ -379,6 +387,17 @@ impl Downstream {
         );
         if self.reported.get(key) != Some(&version) {
             self.reported.insert(key.clone(), version);
+            if self.rejections.len() >= MAX_PENDING_REJECTIONS {
+                // Nobody takes them: the object stays refused, only the report is lost.
+                if self.lost_rejections == 0 {
+                    tracing::warn!(
+                        pending = MAX_PENDING_REJECTIONS,
+                        "rejections are not taken: further ones are not reported"
+                    );
+                }
+                self.lost_rejections += 1;
+                return;
+            }
             self.rejections.push(Rejection {
                 object: object.clone(),
                 problems,
