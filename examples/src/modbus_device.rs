@@ -17,6 +17,10 @@
 //! degree toward the setpoint. There are no coils and no discrete inputs; any other address is
 //! exception 02 (illegal data address), any other function exception 01.
 //!
+//! A failing device can be simulated: [`SimulatedThermostat::fail_reads`] makes the reads of
+//! one register answer a Modbus exception (04, server device failure, say) until it is called
+//! with `None`, and [`SimulatedThermostat::failed_reads`] counts the reads it refused so.
+//!
 //! # Hostile clients
 //!
 //! Each connection has its own task. A request is read by its MBAP header: a protocol id
@@ -45,6 +49,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -155,6 +160,8 @@ impl SimulatedThermostat {
         registers.inputs[INPUT_TEMPERATURE] = options.temperature;
         let shared = Arc::new(Shared {
             registers: Mutex::new(registers),
+            read_fault: Mutex::new(None),
+            failed_reads: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(options.max_connections)),
             options,
         });
@@ -198,6 +205,22 @@ impl SimulatedThermostat {
         self.shared.registers().set_temperature(tenths);
     }
 
+    /// From now on, reads (functions 3 and 4) whose range includes the address `register`
+    /// answer the Modbus exception `code` (04: server device failure); `None` ends it. Writes
+    /// are served as before.
+    pub fn fail_reads(&self, register: u16, code: Option<u8>) {
+        *self
+            .shared
+            .read_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = code.map(|c| (register, c));
+    }
+
+    /// How many reads were answered with the exception of [`SimulatedThermostat::fail_reads`].
+    pub fn failed_reads(&self) -> u64 {
+        self.shared.failed_reads.load(Ordering::Relaxed)
+    }
+
     /// How many client connections are open.
     pub fn connections(&self) -> usize {
         self.shared.options.max_connections - self.shared.slots.available_permits()
@@ -227,6 +250,10 @@ const INPUT_TEMPERATURE: usize = TEMPERATURE_INPUT_REGISTER as usize;
 #[derive(Debug)]
 struct Shared {
     registers: Mutex<Registers>,
+    /// The register whose reads answer an exception, and its code.
+    read_fault: Mutex<Option<(u16, u8)>>,
+    /// Reads answered with that exception.
+    failed_reads: AtomicU64,
     /// One permit per open connection.
     slots: Arc<Semaphore>,
     options: ThermostatOptions,
@@ -237,6 +264,25 @@ impl Shared {
         self.registers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The exception code for a checked request (`adu`) that reads the faulted register.
+    fn faulted_read(&self, adu: &[u8]) -> Option<u8> {
+        let (register, code) = (*self
+            .read_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))?;
+        // A checked read: unit, function 3 or 4, address and quantity.
+        let (address, count) = match adu.get(7..12)? {
+            [0x03 | 0x04, a0, a1, c0, c1] => (
+                u16::from_be_bytes([*a0, *a1]),
+                u16::from_be_bytes([*c0, *c1]),
+            ),
+            _ => return None,
+        };
+        let reads = u32::from(register) >= u32::from(address)
+            && u32::from(register) < u32::from(address) + u32::from(count);
+        reads.then_some(code)
     }
 }
 
@@ -483,6 +529,10 @@ fn respond(adu: &[u8], shared: &Shared) -> Result<Option<Vec<u8>>, String> {
         Verdict::Ignore => Ok(None),
         Verdict::Malformed(reason) => Err(reason.to_owned()),
         Verdict::Exception(code) => Ok(Some(exception(adu, code))),
+        Verdict::Process if let Some(code) = shared.faulted_read(adu) => {
+            shared.failed_reads.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(exception(adu, code)))
+        }
         Verdict::Process => {
             let mut response = Vec::with_capacity(MAX_ADU_LEN);
             let mut frame = ModbusFrame::new(unit_id, adu, ModbusProto::TcpUdp, &mut response)
@@ -536,9 +586,34 @@ mod tests {
         registers.inputs = [180];
         Shared {
             registers: Mutex::new(registers),
+            read_fault: Mutex::new(None),
+            failed_reads: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(1)),
             options: ThermostatOptions::default(),
         }
+    }
+
+    #[test]
+    fn a_read_fault_answers_its_exception_to_reads_of_its_register_only() {
+        let device = shared();
+        *device.read_fault.lock().unwrap() = Some((TEMPERATURE_REGISTER, 0x04));
+        // Holding registers 0..2 include address 1: exception 04. Input register 0 is
+        // another address.
+        let answer = respond(&adu(&[3, 0, 0, 0, 2]), &device).unwrap().unwrap();
+        assert_eq!(answer, [0, 7, 0, 0, 0, 3, 1, 0x83, 0x04]);
+        let answer = respond(&adu(&[3, 0, 1, 0, 1]), &device).unwrap().unwrap();
+        assert_eq!(answer[7..], [0x83, 0x04]);
+        let answer = respond(&adu(&[4, 0, 0, 0, 1]), &device).unwrap().unwrap();
+        assert_eq!(answer[7..], [4, 2, 0, 180]);
+        // The setpoint alone is read, and written, as before.
+        let answer = respond(&adu(&[3, 0, 0, 0, 1]), &device).unwrap().unwrap();
+        assert_eq!(answer[7..], [3, 2, 0, 200]);
+        let answer = respond(&adu(&[6, 0, 0, 0, 210]), &device).unwrap().unwrap();
+        assert_eq!(answer[7..], [6, 0, 0, 0, 210]);
+        assert_eq!(device.failed_reads.load(Ordering::Relaxed), 2);
+        *device.read_fault.lock().unwrap() = None;
+        let answer = respond(&adu(&[3, 0, 0, 0, 2]), &device).unwrap().unwrap();
+        assert_eq!(answer[7..], [3, 4, 0, 210, 0, 180]);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! - the manifests pass the Device and DeviceModel CRD schemas with nothing pruned;
 //! - the mapper runtime, and the `modbus-mapper` binary, run the manifests against it: the
 //!   desired setpoint reaches holding register 0 and the reported temperature moves toward
-//!   it, reported over a real mosquitto.
+//!   it, reported over a real mosquitto; when the device answers exception 04 to the
+//!   temperature's reads, the binary keeps polling it (with backoff), keeps reporting the
+//!   setpoint, reports the device `unhealthy`, and reports the temperature and `online` again
+//!   once the device answers.
 //!
 //! Every wait is bounded by `kubeedge_testkit::DEADLINE`; nothing asserts how long a step
 //! takes. Network on 127.0.0.1 only.
@@ -27,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use kubeedge_examples::modbus_device::{
-    MAX_ADU_LEN, SETPOINT_MAX, SimulatedThermostat, ThermostatOptions,
+    MAX_ADU_LEN, SETPOINT_MAX, SimulatedThermostat, TEMPERATURE_REGISTER, ThermostatOptions,
 };
 use kubeedge_mapper::Error;
 use kubeedge_mapper::modbus::{ExceptionCode, ModbusConfig, ModbusDriver};
@@ -217,10 +220,23 @@ impl TwinProbe {
             .iter()
             .filter(|(t, _)| t == topic)
             .filter_map(|(_, json)| {
-                let twin = &json["twin"][property];
+                // An update reports the properties read since the last one (maybe not this).
+                let twin = json["twin"].get(property)?;
                 assert_eq!(twin["metadata"]["type"], "int", "{json}");
                 twin["actual"]["value"].as_str()?.parse().ok()
             })
+            .collect()
+    }
+
+    /// The states `default/thermostat-1` reported so far, in order.
+    fn states(&self) -> Vec<String> {
+        let topic = "$hw/events/device/default/thermostat-1/state/update";
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .filter_map(|(_, json)| json["state"].as_str().map(str::to_owned))
             .collect()
     }
 
@@ -681,6 +697,82 @@ async fn the_modbus_mapper_binary_runs_the_quickstart_thermostat() {
     .unwrap();
     assert!(status.success(), "{status}: {stderr}");
     assert!(!stderr.contains("skipped"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_modbus_mapper_binary_keeps_polling_a_property_the_device_refuses() {
+    let device = thermostat(ThermostatOptions::default()).await;
+    let broker = Mosquitto::start().await;
+    let probe = TwinProbe::start(broker.port()).await;
+    let dir = manifests_on_port(device.local_addr().port());
+    let log = dir.path().join("mapper.log");
+
+    let mut mapper = tokio::process::Command::new(env!("CARGO_BIN_EXE_modbus-mapper"))
+        .arg("--devices")
+        .arg(dir.path())
+        .args(["--broker", &broker.url()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the modbus-mapper binary runs");
+    probe
+        .wait("a temperature reported", "temperature", |v| !v.is_empty())
+        .await;
+
+    // Exception 04 (server device failure) to every read of the temperature: the mapper
+    // reads it again (the release binary never did), and the setpoint keeps being reported.
+    device.fail_reads(TEMPERATURE_REGISTER, Some(0x04));
+    let setpoints = probe.reported("setpoint").len();
+    wait_until("the temperature read three times while failing", || {
+        device.failed_reads() >= 3
+    })
+    .await;
+    probe
+        .wait("the setpoint still reported", "setpoint", |v| {
+            v.len() >= setpoints + 2
+        })
+        .await;
+    assert!(
+        probe.states().iter().any(|s| s == "unhealthy"),
+        "{:?}",
+        probe.states()
+    );
+
+    // The device answers again: the temperature is read and reported again, online again.
+    let temperatures = probe.reported("temperature").len();
+    device.fail_reads(TEMPERATURE_REGISTER, None);
+    probe
+        .wait("the temperature reported again", "temperature", |v| {
+            v.len() > temperatures
+        })
+        .await;
+    within("online again", async {
+        while probe.states().last().map(String::as_str) != Some("online") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    let pid = mapper.id().expect("running").to_string();
+    let killed = within(
+        "kill -TERM",
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status(),
+    )
+    .await
+    .unwrap();
+    assert!(killed.success());
+    let status = within("modbus-mapper exits", mapper.wait()).await.unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    // The failure is logged when it starts and when it ends, not at every read.
+    let lines = |text: &str| stderr.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("property read failing"), 1, "{stderr}");
+    assert_eq!(lines("property read again"), 1, "{stderr}");
 }
 
 #[test]

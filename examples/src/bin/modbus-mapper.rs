@@ -13,8 +13,9 @@
 //! `serialPort`/`baudRate`/..., and `slaveID`), each property's `visitors.configData` which
 //! registers hold it (see `kubeedge_mapper::modbus`); `deploy/quickstart/thermostat*.yaml`
 //! are a pair for the simulated thermostat of `kubeedge_examples::modbus_device`. The process
-//! runs until SIGINT or SIGTERM; every few seconds it prints what its devices do. Logs go to
-//! stderr, filtered by `RUST_LOG` (default `info`).
+//! runs until SIGINT or SIGTERM; every few seconds it prints what its devices do (their
+//! state, and each property whose reads are failing). Logs go to stderr, filtered by
+//! `RUST_LOG` (default `info`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -78,6 +79,10 @@ async fn print_status(handle: RuntimeHandle, every: Duration) {
             if let Some(status) = handle.device_status(&id) {
                 let error = status.last_error.unwrap_or_default();
                 println!("  {id}: {} {error}", status.state);
+                for (name, p) in status.properties.iter().filter(|(_, p)| p.failures > 0) {
+                    let error = p.error.as_deref().unwrap_or_default();
+                    println!("    {name}: {} failed reads: {error}", p.failures);
+                }
             }
         }
     }
