@@ -102,6 +102,11 @@ def main():
         b"    httpServer: https://192.0.2.1:10002\n    token: abc.def.ghi.jkl\n"
         b"    websocket: {server: 192.0.2.1:10000}\n  edged: {hostnameOverride: edge-1}\n"
         b"  eventBus: {mqttMode: 2, mqttServerExternal: tcp://127.0.0.1:1883}\n")
+    # Modbus TCP requests to the simulated thermostat: read holding 0..2, read input 0, write
+    # the setpoint, a bad function.
+    for pdu in [b"\x03\x00\x00\x00\x02", b"\x04\x00\x00\x00\x01", b"\x06\x00\x00\x00\xdc",
+                b"\x10\x00\x00\x00\x01\x02\x00\xdc", b"\x2b\x0e\x01\x00"]:
+        put("modbus_device_frames", b"\x00\x07\x00\x00" + (len(pdu) + 1).to_bytes(2, "big") + b"\x01" + pdu)
     # The join request: NodeName, Authorization, ExtKeyUsages, then the CSR.
     put("join_request", b"edge-1\nBearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOjE5MDAwMDAwMDB9.x\n[2]\n0\x82")
 

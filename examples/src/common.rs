@@ -110,12 +110,11 @@ where
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`, with the embedded MQTT broker's
-/// per-connection chatter at `warn`), coloured only on a terminal.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), coloured only on a terminal.
 pub fn init_logs() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

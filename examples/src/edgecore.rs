@@ -39,7 +39,9 @@ use kubeedge_hub::{
 use kubeedge_proto::Message;
 use kubeedge_store::{LocalTarget, MetaManager, MetaManagerConfig, Outbox, Store, StoreConfig};
 use kubeedge_twin::eventbus::{CloudInput, CloudOut, EventBus, stored_subscriptions};
-use kubeedge_twin::mqtt::{DEFAULT_SUBSCRIPTIONS, MqttBus, MqttConfig, MqttMode};
+use kubeedge_twin::mqtt::{
+    BrokerStatsReader, DEFAULT_SUBSCRIPTIONS, MqttBus, MqttConfig, MqttMode,
+};
 use kubeedge_twin::{
     DmiConfig, DmiServer, Ingress, IngressConfig, MapperRegistry, TwinConfig, TwinEngine,
 };
@@ -60,6 +62,8 @@ pub struct EdgeCoreMetrics {
     applied: AtomicU64,
     apply_errors: AtomicU64,
     outbox_len: AtomicU64,
+    /// The embedded MQTT broker's counters, once it runs.
+    broker: std::sync::OnceLock<BrokerStatsReader>,
 }
 
 impl EdgeCoreMetrics {
@@ -126,8 +130,55 @@ impl EdgeCoreMetrics {
                 crate::common::rss_kib() * 1024,
             ),
         ];
+        let broker = self.broker.get().map(|b| b.read());
+        let broker_rows = broker.iter().flat_map(|b| {
+            [
+                (
+                    "edgecore_mqtt_clients",
+                    "gauge",
+                    "clients of the embedded MQTT broker",
+                    b.clients_connected,
+                ),
+                (
+                    "edgecore_mqtt_pending_evicted_total",
+                    "counter",
+                    "embedded broker: connections closed before CONNECT to make room",
+                    b.pending_evicted,
+                ),
+                (
+                    "edgecore_mqtt_connect_timeouts_total",
+                    "counter",
+                    "embedded broker: connections that sent no CONNECT in time",
+                    b.connect_timeouts,
+                ),
+                (
+                    "edgecore_mqtt_refused_total",
+                    "counter",
+                    "embedded broker: CONNECTs refused (protocol, login, client limit)",
+                    b.refused_protocol + b.refused_auth + b.refused_client_limit,
+                ),
+                (
+                    "edgecore_mqtt_subscriptions_refused_total",
+                    "counter",
+                    "embedded broker: topic filters refused (limits)",
+                    b.subscriptions_refused,
+                ),
+                (
+                    "edgecore_mqtt_filters",
+                    "gauge",
+                    "embedded broker: distinct topic filters",
+                    b.filters,
+                ),
+                (
+                    "edgecore_mqtt_messages_dropped_total",
+                    "counter",
+                    "embedded broker: QoS 0 messages dropped for slow subscribers",
+                    b.messages_dropped,
+                ),
+            ]
+        });
         let mut text = String::new();
-        for (name, kind, help, value) in rows {
+        for (name, kind, help, value) in rows.into_iter().chain(broker_rows) {
             text.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
@@ -283,7 +334,12 @@ pub async fn run(
     };
 
     let twin = if file.modules.device_twin.enable && file.modules.event_bus.enable {
-        Some(start_twin(file, &node, &store, &meta, &handle, &mut tasks, &stop).await?)
+        let (twin, broker) =
+            start_twin(file, &node, &store, &meta, &handle, &mut tasks, &stop).await?;
+        if let Some(broker) = broker {
+            let _ = metrics.broker.set(broker);
+        }
+        Some(twin)
     } else {
         tracing::info!("modules.deviceTwin or modules.eventBus disabled: no devices");
         None
@@ -378,7 +434,7 @@ async fn start_twin(
     handle: &ReliableEdgeHandle<Outbox>,
     tasks: &mut Tasks,
     stop: &CancellationToken,
-) -> Result<mpsc::Sender<CloudInput>, String> {
+) -> Result<(mpsc::Sender<CloudInput>, Option<BrokerStatsReader>), String> {
     let bus_file = &file.modules.event_bus;
     let engine = TwinEngine::open(store.clone(), meta.outbox().clone(), TwinConfig::new(node))
         .await
@@ -386,11 +442,12 @@ async fn start_twin(
     let (ingress, ingress_rx) = Ingress::new(IngressConfig::default());
     let mode = MqttMode::from_kubeedge(bus_file.mqtt_mode)
         .map_err(|e| format!("modules.eventBus.mqttMode: {e}"))?;
-    let mqtt = MqttConfig::new(
+    let mut mqtt = MqttConfig::new(
         mode,
         bus_file.mqtt_server_external.clone(),
         file.internal_broker()?,
     );
+    mqtt.broker = file.broker_config()?;
     let mut subscriptions: Vec<String> = DEFAULT_SUBSCRIPTIONS
         .iter()
         .map(|s| s.to_string())
@@ -406,6 +463,7 @@ async fn start_twin(
     if let Some(addr) = bus.broker_addr() {
         tracing::info!(%addr, "embedded MQTT broker listening");
     }
+    let broker_stats = bus.broker_stats();
     let mappers = MapperRegistry::new(store.clone());
     let known = mappers.load().await.map_err(|e| format!("twin: {e}"))?;
     let socket = file.dmi_socket();
@@ -431,7 +489,7 @@ async fn start_twin(
         bus.shutdown().await;
         result
     });
-    Ok(cloud_tx)
+    Ok((cloud_tx, broker_stats))
 }
 
 /// One event of the link: a message is stored, acknowledged, then handed on.

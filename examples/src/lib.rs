@@ -8,8 +8,6 @@
 //! |---|---|
 //! | [`common`] | flags, logs, signals, the metrics endpoint, the CA in a directory, `/proc` figures |
 //! | [`edgecore`] | the edge node: EdgeHub, MetaManager, edged, the twin, the EventBus and the DMI server wired together |
-//! | [`modbus_device`] | a simulated thermostat served over Modbus TCP (the quickstart's device) |
 
 pub mod common;
 pub mod edgecore;
-pub mod modbus_device;

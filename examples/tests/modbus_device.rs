@@ -1,4 +1,4 @@
-//! The simulated Modbus TCP thermostat (`kubeedge_examples::modbus_device`) and the quickstart's
+//! The simulated Modbus TCP thermostat (`kubeedge_mapper::modbus::simulated_thermostat`) and the quickstart's
 //! thermostat manifests (`deploy/quickstart/thermostat*.yaml`):
 //! - raw TCP clients with hand-built frames read and write its registers; a malformed frame,
 //!   an oversized length, a slow client or one connection too many closes only that
@@ -29,10 +29,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use kubeedge_examples::modbus_device::{
+use kubeedge_mapper::Error;
+use kubeedge_mapper::modbus::simulated_thermostat::{
     MAX_ADU_LEN, SETPOINT_MAX, SimulatedThermostat, TEMPERATURE_REGISTER, ThermostatOptions,
 };
-use kubeedge_mapper::Error;
 use kubeedge_mapper::modbus::{ExceptionCode, ModbusConfig, ModbusDriver};
 use kubeedge_mapper::runtime::{MapperConfig, MapperRuntime, MqttTarget, ReportTarget};
 use kubeedge_testkit::{Mosquitto, free_port, wait_until, within};

@@ -42,6 +42,7 @@
 //! | `kubeedgeRs.manifests.scanIntervalMs` | 1000 | how often the folder is scanned, at least 1 | `--scan-interval-ms` |
 //! | `kubeedgeRs.installCRDs` | `false` | apply the device CRDs to the cluster first | `--install-crds` |
 //! | `kubeedgeRs.inventoryGraceMs` | 2000 | how long to wait for a connecting node's inventory | `--inventory-grace-ms` |
+//! | `kubeedgeRs.deviceLimits.{maxStringBytes,maxSpecBytes,maxProperties,maxCycle}` | 64 KiB, 1 MiB, 1024, one day in ns | the bounds of kubeedge-cloud's device checks: a Device or DeviceModel beyond them is not sent to its node | |
 //! | `kubeedgeRs.sentRecords` | true | keep a record of what each node without an inventory (a KubeEdge edge) was sent, so that any replica tells it the deletes it missed | `--sent-records` |
 //!
 //! `kubeedgeRs` is a kubeedge-rs extension: KubeEdge has no manifest mode and no such key.
@@ -187,6 +188,13 @@ kubeedgeRs:
   # inventory (a KubeEdge edge) was sent, so that any replica tells it the deletes it missed.
   # (--sent-records)
   sentRecords: true
+  # Devices and DeviceModels with values out of range are not sent to nodes (a Warning Event
+  # says why). The bounds, at their defaults:
+  # deviceLimits:
+  #   maxStringBytes: 65536          (any string or key in a spec)
+  #   maxSpecBytes: 1048576          (the whole spec as JSON)
+  #   maxProperties: 1024            (properties or methods)
+  #   maxCycle: 86400000000000       (collectCycle / reportCycle: one day in ns)
 "#;
 
 /// A `cloudcore.yaml` as read: every key optional, unknown keys ignored. Turn it into what
@@ -328,6 +336,23 @@ pub struct Extension {
     pub inventory_grace_ms: Option<u64>,
     /// `sentRecords`.
     pub sent_records: Option<bool>,
+    /// `deviceLimits`: what a Device or DeviceModel may hold before the cloud refuses to send it.
+    pub device_limits: Option<DeviceLimitsFile>,
+}
+
+/// `kubeedgeRs.deviceLimits`: bounds on Devices and DeviceModels (kubeedge-cloud's
+/// `DeviceLimits`); a key left out keeps the cloud's default.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DeviceLimitsFile {
+    /// `maxStringBytes`: the longest string or key in a spec (default 64 KiB).
+    pub max_string_bytes: Option<usize>,
+    /// `maxSpecBytes`: the largest spec as JSON (default 1 MiB).
+    pub max_spec_bytes: Option<usize>,
+    /// `maxProperties`: the most properties or methods (default 1024).
+    pub max_properties: Option<usize>,
+    /// `maxCycle`: the longest `collectCycle` / `reportCycle` (default one day in ns).
+    pub max_cycle: Option<i64>,
 }
 
 /// `kubeedgeRs.manifests`: a folder of YAML instead of a cluster.
@@ -445,6 +470,8 @@ pub struct Settings {
     pub inventory_grace: Duration,
     /// Whether sent records are kept (`--sent-records`, `sentRecords`).
     pub sent_records: bool,
+    /// `kubeedgeRs.deviceLimits`, applied over the cloud's defaults.
+    pub device_limits: DeviceLimitsFile,
     /// The most nodes one replica holds (`--node-limit`, `nodeLimit`).
     pub node_limit: usize,
     /// A node's session ends after this long without a message (`keepaliveInterval`).
@@ -480,6 +507,7 @@ impl Default for Settings {
             scan_interval: Duration::from_millis(1000),
             inventory_grace: Duration::from_millis(2000),
             sent_records: true,
+            device_limits: DeviceLimitsFile::default(),
             node_limit: 500,
             keepalive: Duration::from_secs(30),
             edge_cert_validity_days: kubeedge_hub::join::DEFAULT_EDGE_CERT_VALIDITY_DAYS,
@@ -559,6 +587,9 @@ impl Settings {
             }
             if let Some(ms) = ext.inventory_grace_ms {
                 self.inventory_grace = Duration::from_millis(ms);
+            }
+            if let Some(limits) = ext.device_limits {
+                self.device_limits = limits;
             }
             if let Some(on) = ext.sent_records {
                 self.sent_records = on;

@@ -18,6 +18,7 @@
 //! | `modules.edged.enable`, `hostnameOverride` (the node name), `rootDirectory`, `nodeIP`, `tailoredKubeletConfig.containerRuntimeEndpoint`, `registerSchedulable`, `maxPods`, `labels` | pods and the node |
 //! | `modules.eventBus.enable`, `mqttMode` (0 embedded broker, 1 both, 2 external), `mqttServerExternal`, `mqttServerInternal` | the MQTT EventBus |
 //! | `modules.deviceTwin.enable`, `dmiSockPath` | the twin and the DMI server (`<dmiSockPath>/dmi.sock` when it names a directory) |
+//! | `modules.eventBus.embeddedBroker` (kubeedge-rs): `connectTimeoutSeconds`, `maxPending`, `maxClients`, `maxSubscriptionsPerClient`, `maxFilters`, `maxQueuedBytes`, `username` + `password` | the embedded broker's limits and login (defaults: `kubeedge_twin::mqtt::BrokerConfig`) |
 //! | `metricsAddress` (kubeedge-rs) | where `/metrics` and `/healthz` are served; empty: not served |
 //!
 //! Our default `mqttMode` is 0 (the embedded broker, so a node needs no mosquitto); KubeEdge's
@@ -27,6 +28,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use kubeedge_twin::mqtt::{BrokerAuth, BrokerConfig};
 
 use crate::{Error, Result};
 
@@ -228,6 +231,47 @@ pub struct EventBusModule {
     pub mqtt_server_external: String,
     /// The embedded broker (`tcp://127.0.0.1:1884`).
     pub mqtt_server_internal: String,
+    /// The embedded broker's limits and login (kubeedge-rs; KubeEdge's internal broker has
+    /// none): keys left out keep [`BrokerConfig::default`]'s values.
+    #[serde(skip_serializing_if = "EmbeddedBrokerFile::is_empty")]
+    pub embedded_broker: EmbeddedBrokerFile,
+}
+
+/// `modules.eventBus.embeddedBroker` (kubeedge-rs): what [`BrokerConfig`] sets, in the file's
+/// units (seconds, bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EmbeddedBrokerFile {
+    /// Seconds a new connection has to send CONNECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_seconds: Option<u64>,
+    /// Connections that have not sent CONNECT yet; the oldest is closed beyond it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending: Option<usize>,
+    /// Connected clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_clients: Option<usize>,
+    /// Topic filters one client may hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Distinct topic filters in the whole broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_filters: Option<usize>,
+    /// Bytes queued for one client before its QoS 0 messages are dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_bytes: Option<usize>,
+    /// The user name clients must log in with (with `password`); empty: no login.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    /// The password of `username`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub password: String,
+}
+
+impl EmbeddedBrokerFile {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for EventBusModule {
@@ -237,6 +281,7 @@ impl Default for EventBusModule {
             mqtt_mode: 0,
             mqtt_server_external: "tcp://127.0.0.1:1883".to_owned(),
             mqtt_server_internal: "tcp://127.0.0.1:1884".to_owned(),
+            embedded_broker: EmbeddedBrokerFile::default(),
         }
     }
 }
@@ -327,6 +372,7 @@ impl EdgeCoreFile {
         kubeedge_twin::mqtt::MqttMode::from_kubeedge(self.modules.event_bus.mqtt_mode)
             .map_err(|e| format!("modules.eventBus.mqttMode: {e}"))?;
         self.internal_broker()?;
+        self.broker_config()?;
         if !self.modules.edged.node_ip.is_empty() {
             self.modules
                 .edged
@@ -363,6 +409,44 @@ impl EdgeCoreFile {
                 "modules.edged.hostnameOverride: {name:?} is not a valid node name (lower-case DNS name)"
             )))
         }
+    }
+
+    /// The embedded broker's configuration: [`BrokerConfig::default`] with what
+    /// `modules.eventBus.embeddedBroker` sets.
+    pub fn broker_config(&self) -> Result<BrokerConfig> {
+        let file = &self.modules.event_bus.embedded_broker;
+        let mut config = BrokerConfig::default();
+        if let Some(secs) = file.connect_timeout_seconds {
+            config.connect_timeout = std::time::Duration::from_secs(secs);
+        }
+        let set = |target: &mut usize, value: Option<usize>| {
+            if let Some(value) = value {
+                *target = value;
+            }
+        };
+        set(&mut config.max_pending, file.max_pending);
+        set(&mut config.max_clients, file.max_clients);
+        set(
+            &mut config.max_subscriptions_per_client,
+            file.max_subscriptions_per_client,
+        );
+        set(&mut config.max_filters, file.max_filters);
+        set(&mut config.max_queued_bytes, file.max_queued_bytes);
+        match (file.username.is_empty(), file.password.is_empty()) {
+            (true, true) => {}
+            (false, _) => {
+                config.auth = Some(BrokerAuth::new(&file.username, &file.password));
+            }
+            (true, false) => {
+                return Err(Error::Invalid(
+                    "modules.eventBus.embeddedBroker: a password needs a username".to_owned(),
+                ));
+            }
+        }
+        config
+            .validate()
+            .map_err(|e| Error::Invalid(format!("modules.eventBus.embeddedBroker: {e}")))?;
+        Ok(config)
     }
 
     /// Where the node's certificates are kept (`tlsCaFile`, `tlsCertFile`,
@@ -620,5 +704,32 @@ modules:
                 proptest::prop_assert!(file.check().is_ok());
             }
         }
+    }
+
+    #[test]
+    fn the_embedded_broker_takes_its_limits_and_login_from_the_file() {
+        let mut file = EdgeCoreFile::default();
+        file.modules.edge_hub.websocket.server = "127.0.0.1:10000".to_owned();
+        assert_eq!(file.broker_config().unwrap(), BrokerConfig::default());
+        let yaml = file.to_yaml().unwrap();
+        assert!(!yaml.contains("embeddedBroker"), "{yaml}");
+
+        file.modules.event_bus.embedded_broker = EmbeddedBrokerFile {
+            max_clients: Some(8),
+            connect_timeout_seconds: Some(3),
+            username: "edge".to_owned(),
+            password: "secret".to_owned(),
+            ..EmbeddedBrokerFile::default()
+        };
+        let config = file.broker_config().unwrap();
+        assert_eq!(config.max_clients, 8);
+        assert_eq!(config.connect_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(config.auth, Some(BrokerAuth::new("edge", "secret")));
+        let again = EdgeCoreFile::parse(&file.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, file);
+
+        file.modules.event_bus.embedded_broker.username.clear();
+        let e = file.broker_config().unwrap_err().to_string();
+        assert!(e.contains("a password needs a username"), "{e}");
     }
 }

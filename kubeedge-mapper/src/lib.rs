@@ -10,7 +10,7 @@
 //! | [`DeviceDriver`] | connect, health, read a property, write a property; `impl Future + Send` methods so a runtime can poll each device from its own task |
 //! | [`Value`], [`PropertyType`] | the DeviceModel types (`INT`, `FLOAT`, `DOUBLE`, `STRING`, `BOOLEAN`, `BYTES`, `STREAM`) and the twin's string form of each value, as KubeEdge's mappers write it |
 //! | [`PropertySpec`], [`VisitorConfig`] | a property's type and its `visitors: {protocolName, configData}` from a Device, handed to [`DeviceDriver::parse_visitor`] |
-//! | [`modbus`] | [`ModbusDriver`](modbus::ModbusDriver): Modbus TCP (tokio) and RTU (tokio-serial) on rmodbus, with KubeEdge's Modbus visitor semantics (register type, offset, limit, scale, isSwap, isRegisterSwap), timeouts, retries, reconnects, RTU timing and CRC checks, typed Modbus exceptions |
+//! | [`modbus`] | [`ModbusDriver`](modbus::ModbusDriver): Modbus TCP (tokio) and RTU (tokio-serial) on rmodbus, with KubeEdge's Modbus visitor semantics (register type, offset, limit, scale, isSwap, isRegisterSwap), timeouts, retries, reconnects, RTU timing and CRC checks, typed Modbus exceptions; a simulated Modbus TCP thermostat to test mappers against |
 //! | [`mqtt_device`] | [`MqttDeviceDriver`](mqtt_device::MqttDeviceDriver): devices that publish their readings on MQTT topics of their own (rumqttc, plain TCP): the latest message per topic, the whole payload or a [`JsonPath`](mqtt_device::JsonPath) into JSON, `maxAge`; writes published on a command topic, raw or through a [`CommandTemplate`](mqtt_device::CommandTemplate); resubscribes after reconnects; bounded payloads and topics |
 //! | [`serial_line`] | [`SerialLineDriver`](serial_line::SerialLineDriver): request/response text sensors on a serial port (tokio-serial): a request with escapes, the answer line up to a delimiter, the value by regex or field; writes through a template with an optional `expect`; one request at a time, bounded lines with resynchronisation, stale input discarded, ports reopened |
 //! | [`runtime`] | [`MapperRuntime`](runtime::MapperRuntime): devices from Device/DeviceModel YAML or DMI, a task per device polling at `collectCycle`, reports at `reportCycle` to the twin over MQTT or DMI, `online`/`unhealthy`/`offline` states, failed reads retried with backoff (never given up), desired values written back; [`MapperOptions`](runtime::MapperOptions), the mapper command line |
@@ -225,7 +225,8 @@
 //! ## Dependencies, and why
 //!
 //! - `rmodbus`: builds Modbus request frames and extracts response data (after this crate has
-//!   checked each response completely; see [`modbus`]).
+//!   checked each response completely; see [`modbus`]), and answers requests in
+//!   [`modbus::simulated_thermostat`] (a test device for mappers).
 //! - `rumqttc` (default features off: plain TCP, no TLS): the MQTT 3.1.1 client of the MQTT
 //!   device driver (connect, keep-alive, QoS 1/2 flows, packet size limits).
 //! - `tokio-serial` (default features off: no libudev): the RTU and text-line serial ports as

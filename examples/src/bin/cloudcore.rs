@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use kubeedge_cloud::{
-    CloudConfig, CloudController, CloudMetrics, ClusterWriter, Kind, ObjectEvent,
+    CloudConfig, CloudController, CloudMetrics, ClusterWriter, DeviceLimits, Kind, ObjectEvent,
 };
 use kubeedge_hub::bootstrap::{BootstrapConfig, BootstrapServer, SpentTokenFile};
 use kubeedge_hub::join::{Token, TokenScope};
@@ -214,6 +214,7 @@ async fn run(args: Args) -> Result<(), String> {
     let config = CloudConfig {
         inventory_grace: settings.inventory_grace,
         sent_records: settings.sent_records,
+        device_limits: device_limits(&settings),
         ..CloudConfig::default()
     };
     let (objects_tx, objects) = mpsc::channel::<ObjectEvent>(4096);
@@ -315,6 +316,25 @@ async fn serve<W: ClusterWriter>(
     outcome.map_err(|e| format!("controller: {e}"))
 }
 
+/// The cloud's device limits with what `kubeedgeRs.deviceLimits` sets.
+fn device_limits(settings: &Settings) -> DeviceLimits {
+    let file = settings.device_limits;
+    let mut limits = DeviceLimits::default();
+    if let Some(v) = file.max_string_bytes {
+        limits.max_string_bytes = v;
+    }
+    if let Some(v) = file.max_spec_bytes {
+        limits.max_spec_bytes = v;
+    }
+    if let Some(v) = file.max_properties {
+        limits.max_properties = v;
+    }
+    if let Some(v) = file.max_cycle {
+        limits.max_cycle = v;
+    }
+    limits
+}
+
 fn render_metrics(m: &CloudMetrics) -> String {
     let mut out = String::new();
     let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
@@ -357,6 +377,12 @@ fn render_metrics(m: &CloudMetrics) -> String {
         "counter",
         "Requests refused (node isolation, malformed).",
         m.refused_requests(),
+    );
+    gauge(
+        "cloudcore_refused_devices_total",
+        "counter",
+        "Device and DeviceModel versions not sent to nodes because their values are out of range.",
+        m.refused_devices(),
     );
     gauge(
         "cloudcore_write_errors_total",

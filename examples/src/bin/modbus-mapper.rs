@@ -12,7 +12,7 @@
 //! A Device's `spec.protocol.configData` says where the device is (`ip`/`port` or
 //! `serialPort`/`baudRate`/..., and `slaveID`), each property's `visitors.configData` which
 //! registers hold it (see `kubeedge_mapper::modbus`); `deploy/quickstart/thermostat*.yaml`
-//! are a pair for the simulated thermostat of `kubeedge_examples::modbus_device`. The process
+//! are a pair for the simulated thermostat of `kubeedge_mapper::modbus::simulated_thermostat`. The process
 //! runs until SIGINT or SIGTERM; every few seconds it prints what its devices do (their
 //! state, and each property whose reads are failing). Logs go to stderr, filtered by
 //! `RUST_LOG` (default `info`).

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use kubeedge_config::edgecore::EdgeCoreFile;
 use kubeedge_examples::common::{self, Flags};
-use kubeedge_examples::modbus_device::{SETPOINT_REGISTER, SimulatedThermostat};
+use kubeedge_mapper::modbus::simulated_thermostat::{SETPOINT_REGISTER, SimulatedThermostat};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,7 @@ fn spawn(bin_dir: &Path, dir: &Path, name: &str, args: &[String]) -> Result<Chil
         .args(args)
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into()),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdin(Stdio::null())
         .stdout(log)

@@ -198,7 +198,7 @@ impl Proc {
             .args(&self.args)
             .env(
                 "RUST_LOG",
-                std::env::var("KUBEEDGE_TEST_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into()),
+                std::env::var("KUBEEDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

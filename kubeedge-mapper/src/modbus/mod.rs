@@ -57,6 +57,7 @@ mod codec;
 mod config;
 mod pdu;
 mod rtu;
+pub mod simulated_thermostat;
 mod tcp;
 
 use std::collections::HashMap;

@@ -189,6 +189,11 @@ impl EmbeddedBroker {
         self.shared.stats()
     }
 
+    /// A handle that reads the counters for as long as it is kept (a metrics endpoint's).
+    pub fn stats_reader(&self) -> BrokerStatsReader {
+        BrokerStatsReader(Arc::clone(&self.shared))
+    }
+
     /// Closes the listener and every connection, and waits until the broker's thread ended
     /// (the address can then be bound again).
     pub fn stop(mut self) {
@@ -207,6 +212,24 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reads an embedded broker's counters ([`EmbeddedBroker::stats_reader`]); after the broker
+/// stops it keeps giving the last counts.
+#[derive(Clone)]
+pub struct BrokerStatsReader(Arc<Shared>);
+
+impl BrokerStatsReader {
+    /// A snapshot of the counters.
+    pub fn read(&self) -> BrokerStats {
+        self.0.stats()
+    }
+}
+
+impl std::fmt::Debug for BrokerStatsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.read().fmt(f)
     }
 }
 

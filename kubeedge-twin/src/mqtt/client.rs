@@ -208,6 +208,12 @@ impl MqttBus {
         self.handle.clone()
     }
 
+    /// A reader of the embedded broker's counters, when it runs.
+    #[cfg(feature = "embedded-broker")]
+    pub fn broker_stats(&self) -> Option<super::BrokerStatsReader> {
+        self.broker.as_ref().map(EmbeddedBroker::stats_reader)
+    }
+
     /// The embedded broker's address, when it runs.
     #[cfg(feature = "embedded-broker")]
     pub fn broker_addr(&self) -> Option<std::net::SocketAddr> {

@@ -61,7 +61,7 @@ pub mod packet;
 mod subscription_tree;
 
 #[cfg(feature = "embedded-broker")]
-pub use broker::{BrokerStats, EmbeddedBroker};
+pub use broker::{BrokerStats, BrokerStatsReader, EmbeddedBroker};
 pub use broker_config::{BrokerAuth, BrokerConfig};
 pub use client::{MqttBus, MqttHandle};
 

@@ -1,4 +1,5 @@
-//! A simulated thermostat that speaks Modbus TCP, for the quickstart and the end-to-end tests:
+//! A simulated thermostat that speaks Modbus TCP, for testing a mapper without hardware (the
+//! quickstart's device, and the end-to-end tests'):
 //! a real Modbus server (requests answered by [`rmodbus`]'s server side) in the same process,
 //! whose temperature follows its setpoint so that a mapper has something that changes.
 //!
@@ -35,7 +36,7 @@
 //! closed as soon as it is accepted.
 //!
 //! ```
-//! use kubeedge_examples::modbus_device::SimulatedThermostat;
+//! use kubeedge_mapper::modbus::simulated_thermostat::SimulatedThermostat;
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
@@ -154,17 +155,7 @@ impl SimulatedThermostat {
         }
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
-        let mut registers = Registers::new();
-        registers.holdings[HOLDING_SETPOINT] = options.setpoint;
-        registers.holdings[HOLDING_TEMPERATURE] = options.temperature;
-        registers.inputs[INPUT_TEMPERATURE] = options.temperature;
-        let shared = Arc::new(Shared {
-            registers: Mutex::new(registers),
-            read_fault: Mutex::new(None),
-            failed_reads: AtomicU64::new(0),
-            slots: Arc::new(Semaphore::new(options.max_connections)),
-            options,
-        });
+        let shared = Arc::new(Shared::new(options));
         let stop = shutdown.child_token();
         let tasks = vec![
             tokio::spawn(accept(listener, Arc::clone(&shared), stop.clone())),
@@ -260,6 +251,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// A thermostat's state as `options` start it.
+    fn new(options: ThermostatOptions) -> Self {
+        let mut registers = Registers::new();
+        registers.holdings[HOLDING_SETPOINT] = options.setpoint;
+        registers.holdings[HOLDING_TEMPERATURE] = options.temperature;
+        registers.inputs[INPUT_TEMPERATURE] = options.temperature;
+        Self {
+            registers: Mutex::new(registers),
+            read_fault: Mutex::new(None),
+            failed_reads: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(options.max_connections)),
+            options,
+        }
+    }
+
     fn registers(&self) -> MutexGuard<'_, Registers> {
         self.registers
             .lock()
@@ -558,6 +564,14 @@ fn respond(adu: &[u8], shared: &Shared) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
+/// How a new thermostat (default options, no read fault) answers one complete request `adu`
+/// (MBAP header, unit id, PDU): `Ok(Some(answer))`, `Ok(None)` for no answer (another unit),
+/// or why the connection would be closed. The connection tasks answer every request so; this is
+/// the part a fuzzer drives.
+pub fn answer(adu: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    respond(adu, &Shared::new(ThermostatOptions::default()))
+}
+
 /// A Modbus TCP exception answer to `adu`: its transaction id, length 3, unit, function with
 /// the exception bit, `code`.
 fn exception(adu: &[u8], code: u8) -> Vec<u8> {
@@ -581,16 +595,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        let mut registers = Registers::new();
-        registers.holdings = [200, 180];
-        registers.inputs = [180];
-        Shared {
-            registers: Mutex::new(registers),
-            read_fault: Mutex::new(None),
-            failed_reads: AtomicU64::new(0),
-            slots: Arc::new(Semaphore::new(1)),
-            options: ThermostatOptions::default(),
-        }
+        Shared::new(ThermostatOptions::default())
     }
 
     #[test]
