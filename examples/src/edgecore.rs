@@ -285,6 +285,9 @@ pub async fn run(
         EdgeHubConfig::new(hub_file.websocket.server.clone(), server_name, tls, &node);
     hub_config.project_id = hub_file.project_id.clone();
     hub_config.heartbeat = Duration::from_secs(hub_file.heartbeat);
+    // KubeEdge waits two heartbeats before it reconnects; a session that lasted that long is a
+    // stable one and resets the backoff.
+    hub_config.stable_after = hub_config.heartbeat * 2;
     hub_config.handshake_timeout = Duration::from_secs(hub_file.websocket.handshake_timeout.max(1));
     hub_config.rate_limit = (hub_file.message_qps > 0.0).then(|| RateLimit {
         per_second: hub_file.message_qps,

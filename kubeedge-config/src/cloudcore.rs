@@ -43,6 +43,8 @@
 //! | `kubeedgeRs.installCRDs` | `false` | apply the device CRDs to the cluster first | `--install-crds` |
 //! | `kubeedgeRs.inventoryGraceMs` | 2000 | how long to wait for a connecting node's inventory | `--inventory-grace-ms` |
 //! | `kubeedgeRs.deviceLimits.{maxStringBytes,maxSpecBytes,maxProperties,maxCycle}` | 64 KiB, 1 MiB, 1024, one day in ns | the bounds of kubeedge-cloud's device checks: a Device or DeviceModel beyond them is not sent to its node | |
+//! | `kubeedgeRs.sessionTakeovers.{burst,refillEveryMs}` | 3, 10000 | how often a new connection of a node may take over its established session (kubeedge-hub's `TakeoverLimit`); over it the new connection is refused with 429 | |
+//! | `kubeedgeRs.sessionTakeovers.unlimited` | `false` | `true`: the newer connection always wins, as in KubeEdge | |
 //! | `kubeedgeRs.sentRecords` | true | keep a record of what each node without an inventory (a KubeEdge edge) was sent, so that any replica tells it the deletes it missed | `--sent-records` |
 //!
 //! `kubeedgeRs` is a kubeedge-rs extension: KubeEdge has no manifest mode and no such key.
@@ -195,6 +197,14 @@ kubeedgeRs:
   #   maxSpecBytes: 1048576          (the whole spec as JSON)
   #   maxProperties: 1024            (properties or methods)
   #   maxCycle: 86400000000000       (collectCycle / reportCycle: one day in ns)
+  # A new connection of a node that has a session takes it over (the newer wins, as in
+  # KubeEdge) at most `burst` times at once and then once every `refillEveryMs`; beyond that
+  # it is refused with HTTP 429 and the established session is kept. `unlimited: true` lets
+  # the newer always win.
+  # sessionTakeovers:
+  #   burst: 3
+  #   refillEveryMs: 10000
+  #   unlimited: false
 "#;
 
 /// A `cloudcore.yaml` as read: every key optional, unknown keys ignored. Turn it into what
@@ -338,6 +348,38 @@ pub struct Extension {
     pub sent_records: Option<bool>,
     /// `deviceLimits`: what a Device or DeviceModel may hold before the cloud refuses to send it.
     pub device_limits: Option<DeviceLimitsFile>,
+    /// `sessionTakeovers`: how often a node's session may change hands.
+    pub session_takeovers: Option<SessionTakeoversFile>,
+}
+
+/// `kubeedgeRs.sessionTakeovers`: kubeedge-hub's `TakeoverLimit`; a key left out keeps its
+/// default.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SessionTakeoversFile {
+    /// `burst`: takeovers allowed at once (default 3; 0: the established session always wins).
+    pub burst: Option<u32>,
+    /// `refillEveryMs`: one more takeover is allowed this often (default 10000, at least 1).
+    pub refill_every_ms: Option<u64>,
+    /// `unlimited`: the newer connection always wins, as in KubeEdge (default false).
+    pub unlimited: Option<bool>,
+}
+
+impl SessionTakeoversFile {
+    /// The limit this asks for, over kubeedge-hub's default; `None` when `unlimited`.
+    pub fn limit(&self) -> Option<kubeedge_hub::TakeoverLimit> {
+        if self.unlimited == Some(true) {
+            return None;
+        }
+        let mut limit = kubeedge_hub::TakeoverLimit::default();
+        if let Some(burst) = self.burst {
+            limit.burst = burst;
+        }
+        if let Some(ms) = self.refill_every_ms {
+            limit.refill_every = Duration::from_millis(ms);
+        }
+        Some(limit)
+    }
 }
 
 /// `kubeedgeRs.deviceLimits`: bounds on Devices and DeviceModels (kubeedge-cloud's
@@ -472,6 +514,9 @@ pub struct Settings {
     pub sent_records: bool,
     /// `kubeedgeRs.deviceLimits`, applied over the cloud's defaults.
     pub device_limits: DeviceLimitsFile,
+    /// How often a node's session may be taken over (`kubeedgeRs.sessionTakeovers`); `None`:
+    /// the newer connection always wins.
+    pub takeover_limit: Option<kubeedge_hub::TakeoverLimit>,
     /// The most nodes one replica holds (`--node-limit`, `nodeLimit`).
     pub node_limit: usize,
     /// A node's session ends after this long without a message (`keepaliveInterval`).
@@ -508,6 +553,7 @@ impl Default for Settings {
             inventory_grace: Duration::from_millis(2000),
             sent_records: true,
             device_limits: DeviceLimitsFile::default(),
+            takeover_limit: Some(kubeedge_hub::TakeoverLimit::default()),
             node_limit: 500,
             keepalive: Duration::from_secs(30),
             edge_cert_validity_days: kubeedge_hub::join::DEFAULT_EDGE_CERT_VALIDITY_DAYS,
@@ -590,6 +636,12 @@ impl Settings {
             }
             if let Some(limits) = ext.device_limits {
                 self.device_limits = limits;
+            }
+            if let Some(takeovers) = ext.session_takeovers {
+                if let Some(ms) = takeovers.refill_every_ms {
+                    at_least_1("kubeedgeRs.sessionTakeovers.refillEveryMs", ms)?;
+                }
+                self.takeover_limit = takeovers.limit();
             }
             if let Some(on) = ext.sent_records {
                 self.sent_records = on;
@@ -1082,6 +1134,29 @@ kubeedgeRs:
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
         assert!(s.warnings[0].contains("modules.cloudHub.quic.enable"));
         assert!(s.warnings[1].contains("modules.cloudStream.enable"));
+    }
+
+    #[test]
+    fn session_takeovers_are_read_over_the_hubs_default() {
+        let default = kubeedge_hub::TakeoverLimit::default();
+        assert_eq!(settings("").unwrap().takeover_limit, Some(default));
+        let s = settings("kubeedgeRs: {sessionTakeovers: {burst: 0}}").unwrap();
+        let limit = s.takeover_limit.unwrap();
+        assert_eq!(limit.burst, 0);
+        assert_eq!(limit.refill_every, default.refill_every);
+        let s = settings("kubeedgeRs: {sessionTakeovers: {burst: 5, refillEveryMs: 250}}").unwrap();
+        let limit = s.takeover_limit.unwrap();
+        assert_eq!(
+            (limit.burst, limit.refill_every),
+            (5, Duration::from_millis(250))
+        );
+        let s = settings("kubeedgeRs: {sessionTakeovers: {unlimited: true}}").unwrap();
+        assert_eq!(s.takeover_limit, None);
+        let e = settings("kubeedgeRs: {sessionTakeovers: {refillEveryMs: 0}}").unwrap_err();
+        assert!(
+            e.contains("kubeedgeRs.sessionTakeovers.refillEveryMs: must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

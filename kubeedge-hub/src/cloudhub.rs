@@ -16,8 +16,11 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::link::{LinkEnd, LinkOptions, encode, run_link, ws_config};
+use crate::takeover::{Budget, TakeoverLimit};
 use crate::{Error, Result, tls};
 
 /// Settings for a [`CloudHub`].
@@ -42,6 +45,11 @@ pub struct CloudHubConfig {
     /// The kubeedge-rs extensions announced to edges in the upgrade response (all by
     /// default; [`Extensions::none`] makes this hub look like KubeEdge's).
     pub extensions: Extensions,
+    /// How often a node's session may be taken over by a newer connection of the same node
+    /// (default: [`TakeoverLimit::default`], 3 at once then one every 10 s); over it the new
+    /// connection is refused with HTTP 429. `None`: the newer connection always wins, as in
+    /// KubeEdge.
+    pub takeover_limit: Option<TakeoverLimit>,
 }
 
 impl CloudHubConfig {
@@ -57,8 +65,21 @@ impl CloudHubConfig {
             node_limit: 500,
             events_len: 4096,
             extensions: Extensions::all(),
+            takeover_limit: Some(TakeoverLimit::default()),
         }
     }
+}
+
+/// Counters of a [`CloudHub`]'s sessions, from [`CloudHubHandle::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloudHubStats {
+    /// Nodes with a session now.
+    pub sessions: usize,
+    /// Sessions taken over by a newer connection of the same node, since the hub was bound.
+    pub takeovers: u64,
+    /// New connections refused because their node's takeover budget was used up.
+    pub takeovers_refused: u64,
 }
 
 /// What happens on the cloud side.
@@ -92,6 +113,8 @@ pub enum CloudEvent {
 
 struct Session {
     id: u64,
+    /// The node's address, for the logs of a takeover.
+    peer: SocketAddr,
     queue: mpsc::Sender<Utf8Bytes>,
     stop: CancellationToken,
 }
@@ -99,7 +122,85 @@ struct Session {
 #[derive(Default)]
 struct Sessions {
     by_node: HashMap<String, Session>,
+    /// Takeover budgets of nodes that used some recently (a full budget is forgotten).
+    budgets: HashMap<String, Budget>,
+    takeovers: u64,
+    takeovers_refused: u64,
 }
+
+/// Whether a connection may have its node's session.
+enum Admission {
+    /// The node has no session.
+    Fresh,
+    /// The node has a session; this connection takes it over (and has taken the takeover from
+    /// the budget).
+    Takeover,
+}
+
+impl Sessions {
+    /// Decides whether the connection from `peer` may have `node`'s session now, taking a
+    /// takeover from the node's budget if it replaces one. `Err` holds the refusal's reason.
+    fn admit(
+        &mut self,
+        node: &str,
+        peer: SocketAddr,
+        limit: Option<&TakeoverLimit>,
+    ) -> Result<Admission, String> {
+        let Some(holder) = self.by_node.get(node).map(|s| s.peer) else {
+            return Ok(Admission::Fresh);
+        };
+        let Some(limit) = limit else {
+            return Ok(Admission::Takeover);
+        };
+        let now = tokio::time::Instant::now();
+        if self.budgets.len() > BUDGETS_BEFORE_SWEEP.max(self.by_node.len() * 2) {
+            self.budgets.retain(|_, b| !b.is_full(limit, now));
+        }
+        let budget = self
+            .budgets
+            .entry(node.to_owned())
+            .or_insert_with(|| Budget::new(limit, now));
+        if budget.take(limit, now) {
+            return Ok(Admission::Takeover);
+        }
+        self.takeovers_refused += 1;
+        if let Some(refused) = budget.refused(limit, now) {
+            tracing::warn!(
+                node,
+                new_peer = %peer,
+                holder = %holder,
+                refused,
+                burst = limit.burst,
+                refill_every = ?limit.refill_every,
+                "session takeovers over the node's budget: new connections refused, the established session kept"
+            );
+        }
+        Err(format!(
+            "node {node} already has a session and its takeover budget ({} at once, one more every {:?}) is used up; retry later",
+            limit.burst, limit.refill_every
+        ))
+    }
+
+    /// Returns a takeover taken by [`admit`](Self::admit) that was not needed.
+    fn give_back(&mut self, node: &str, limit: Option<&TakeoverLimit>) {
+        if let (Some(limit), Some(budget)) = (limit, self.budgets.get_mut(node)) {
+            budget.give_back(limit);
+        }
+    }
+
+    /// Forgets `node`'s budget if it is full again.
+    fn forget_full_budget(&mut self, node: &str, limit: Option<&TakeoverLimit>) {
+        let now = tokio::time::Instant::now();
+        if let (Some(limit), Some(budget)) = (limit, self.budgets.get_mut(node))
+            && budget.is_full(limit, now)
+        {
+            self.budgets.remove(node);
+        }
+    }
+}
+
+/// Budgets kept before full ones are swept out (besides two per connected node).
+const BUDGETS_BEFORE_SWEEP: usize = 1024;
 
 /// Sends to connected nodes; cheap to clone.
 #[derive(Clone)]
@@ -147,6 +248,16 @@ impl CloudHubHandle {
         }
     }
 
+    /// The hub's session counters now.
+    pub fn stats(&self) -> CloudHubStats {
+        let sessions = self.lock();
+        CloudHubStats {
+            sessions: sessions.by_node.len(),
+            takeovers: sessions.takeovers,
+            takeovers_refused: sessions.takeovers_refused,
+        }
+    }
+
     /// The nodes connected right now.
     pub fn connected_nodes(&self) -> Vec<String> {
         let mut nodes: Vec<String> = self.lock().by_node.keys().cloned().collect();
@@ -166,9 +277,11 @@ impl CloudHubHandle {
 ///
 /// A node is identified by its client certificate (`CN=system:node:<node>`, verified against
 /// the cluster CA); its `node_id` header must name the same node, and `ConnectionUse` must be
-/// `msg`, or the upgrade is refused with 403. A new connection of a node replaces the old one.
-/// Every connection has its own tasks; a bad frame, a stalled handshake or a silent node ends
-/// only that connection.
+/// `msg`, or the upgrade is refused with 403. A new connection of a node replaces the old one
+/// (a takeover, logged at WARN with both peers' addresses) while the node's
+/// [`TakeoverLimit`] allows; beyond it the new connection is refused with 429 and the old one
+/// kept. Every connection has its own tasks; a bad frame, a stalled handshake or a silent node
+/// ends only that connection.
 pub struct CloudHub {
     config: CloudHubConfig,
     listener: TcpListener,
@@ -251,11 +364,17 @@ impl CloudHub {
                 handle: self.handle.clone(),
                 events: self.events.clone(),
                 id: next_id.fetch_add(1, Ordering::Relaxed),
+                peer,
                 shutdown: shutdown.child_token(),
             };
             tokio::spawn(async move {
-                if let Err(e) = conn.serve(tcp).await {
-                    tracing::info!(%peer, error = %e, "edge connection refused");
+                match conn.serve(tcp).await {
+                    Ok(()) => {}
+                    // Logged by the budget, once per period: a loop must not flood the log.
+                    Err(e @ Error::TakeoverRefused { .. }) => {
+                        tracing::debug!(%peer, error = %e, "edge connection refused");
+                    }
+                    Err(e) => tracing::info!(%peer, error = %e, "edge connection refused"),
                 }
             });
         }
@@ -272,6 +391,7 @@ struct Connection {
     handle: CloudHubHandle,
     events: mpsc::Sender<CloudEvent>,
     id: u64,
+    peer: SocketAddr,
     shutdown: CancellationToken,
 }
 
@@ -279,11 +399,23 @@ struct Connection {
 struct Upgrade {
     node: String,
     project_id: String,
+    /// Whether a takeover was taken from the node's budget for this connection.
+    takeover: bool,
+}
+
+/// Why the upgrade callback refused a connection.
+enum Refusal {
+    /// KubeEdge's rules or the identity check (403).
+    Forbidden(String),
+    /// The node's takeover budget is used up (429).
+    OverBudget { node: String, reason: String },
 }
 
 impl Connection {
     async fn serve(self, tcp: TcpStream) -> Result<()> {
         let config = &self.config;
+        let limit = config.takeover_limit.as_ref();
+        let mut refusal = None;
         let handshake = async {
             let tls = self
                 .acceptor
@@ -302,23 +434,49 @@ impl Connection {
             #[allow(clippy::result_large_err)]
             let ws = tokio_tungstenite::accept_hdr_async_with_config(
                 tls,
-                |req: &Request, mut resp: Response| match check_upgrade(req, &cert_node) {
-                    Ok(u) => {
-                        upgrade = Some(u);
-                        let offered = config.extensions.to_header();
-                        if let Ok(value) = HeaderValue::from_str(&offered)
-                            && !offered.is_empty()
-                        {
-                            resp.headers_mut().insert(EXTENSIONS_HEADER, value);
+                |req: &Request, mut resp: Response| {
+                    let admitted = check_upgrade(req, &cert_node)
+                        .map_err(Refusal::Forbidden)
+                        .and_then(|mut u| {
+                            let admission = self
+                                .handle
+                                .lock()
+                                .admit(&u.node, self.peer, limit)
+                                .map_err(|reason| Refusal::OverBudget {
+                                    node: u.node.clone(),
+                                    reason,
+                                })?;
+                            u.takeover = matches!(admission, Admission::Takeover);
+                            Ok(u)
+                        });
+                    match admitted {
+                        Ok(u) => {
+                            upgrade = Some(u);
+                            let offered = config.extensions.to_header();
+                            if let Ok(value) = HeaderValue::from_str(&offered)
+                                && !offered.is_empty()
+                            {
+                                resp.headers_mut().insert(EXTENSIONS_HEADER, value);
+                            }
+                            Ok(resp)
                         }
-                        Ok(resp)
+                        Err(Refusal::Forbidden(reason)) => {
+                            Err(refuse(StatusCode::FORBIDDEN, &reason))
+                        }
+                        Err(Refusal::OverBudget { node, reason }) => {
+                            let response = refuse(StatusCode::TOO_MANY_REQUESTS, &reason);
+                            refusal = Some(node);
+                            Err(response)
+                        }
                     }
-                    Err(reason) => Err(refuse(&reason)),
                 },
                 Some(ws_config(config.max_message_len)),
             )
             .await
-            .map_err(|e| Error::Handshake(format!("WebSocket upgrade: {e}")))?;
+            .map_err(|e| match refusal.take() {
+                Some(node) => Error::TakeoverRefused { node },
+                None => Error::Handshake(format!("WebSocket upgrade: {e}")),
+            })?;
             let upgrade =
                 upgrade.ok_or_else(|| Error::Handshake("no upgrade request".to_owned()))?;
             Ok::<_, Error>((ws, upgrade))
@@ -331,26 +489,60 @@ impl Connection {
 
         let (queue, mut to_peer) = mpsc::channel(config.node_queue_len.max(1));
         let stop = self.shutdown.clone();
-        {
+        let admitted = {
             let mut sessions = self.handle.lock();
-            let replacing = sessions.by_node.contains_key(&upgrade.node);
+            let node = upgrade.node.as_str();
+            let replacing = sessions.by_node.contains_key(node);
             if !replacing && sessions.by_node.len() >= config.node_limit {
+                if upgrade.takeover {
+                    sessions.give_back(node, limit);
+                }
                 return Err(Error::Handshake(format!(
                     "node limit {} reached",
                     config.node_limit
                 )));
             }
-            let old = sessions.by_node.insert(
-                upgrade.node.clone(),
-                Session {
-                    id: self.id,
-                    queue,
-                    stop: stop.clone(),
-                },
-            );
-            if let Some(old) = old {
-                old.stop.cancel();
+            // The session may have changed hands during the handshake.
+            let admitted = match (replacing, upgrade.takeover) {
+                (true, false) => sessions.admit(node, self.peer, limit).map(|_| ()),
+                (false, true) => {
+                    sessions.give_back(node, limit);
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if admitted.is_ok() {
+                let old = sessions.by_node.insert(
+                    upgrade.node.clone(),
+                    Session {
+                        id: self.id,
+                        peer: self.peer,
+                        queue,
+                        stop: stop.clone(),
+                    },
+                );
+                if let Some(old) = old {
+                    sessions.takeovers += 1;
+                    tracing::warn!(
+                        node,
+                        old_peer = %old.peer,
+                        new_peer = %self.peer,
+                        "session taken over by a new connection of the node"
+                    );
+                    old.stop.cancel();
+                }
             }
+            admitted
+        };
+        let mut ws = ws;
+        if let Err(reason) = admitted {
+            // The upgrade was accepted already: the refusal goes in the close frame.
+            let close = CloseFrame {
+                code: CloseCode::Again,
+                reason: truncated(&reason, MAX_CLOSE_REASON).to_owned().into(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(close))).await;
+            return Err(Error::TakeoverRefused { node: upgrade.node });
         }
         let node = upgrade.node.clone();
         let _ = self
@@ -384,6 +576,7 @@ impl Connection {
             match sessions.by_node.get(&node) {
                 Some(s) if s.id == self.id => {
                     sessions.by_node.remove(&node);
+                    sessions.forget_full_budget(&node, limit);
                     end
                 }
                 Some(_) => LinkEnd::Replaced,
@@ -426,11 +619,24 @@ fn check_upgrade(req: &Request, cert_node: &str) -> Result<Upgrade, String> {
     Ok(Upgrade {
         node: node.to_owned(),
         project_id: header("project_id").to_owned(),
+        takeover: false,
     })
 }
 
-fn refuse(reason: &str) -> ErrorResponse {
+/// The most bytes of a close frame's reason (RFC 6455: 125 bytes of payload, 2 of them the code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn refuse(status: StatusCode, reason: &str) -> ErrorResponse {
     let mut resp = ErrorResponse::new(Some(reason.to_owned()));
-    *resp.status_mut() = StatusCode::FORBIDDEN;
+    *resp.status_mut() = status;
     resp
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, PollSemaphore};
 
 use crate::dedupe::{RecentIds, Sight};
-use crate::{CloudEvent, CloudHubHandle, Error, LinkEnd, Result};
+use crate::{CloudEvent, CloudHubHandle, CloudHubStats, Error, LinkEnd, Result};
 
 /// Settings for [`ReliableCloud`].
 #[derive(Clone, Debug)]
@@ -344,6 +344,12 @@ impl ReliableCloudHandle {
             semaphore,
             permit: None,
         }
+    }
+
+    /// The session counters of the CloudHub underneath (sessions, takeovers, refused
+    /// takeovers), for metrics.
+    pub fn hub_stats(&self) -> CloudHubStats {
+        self.hub.stats()
     }
 
     /// Messages queued or in flight for `node`.

@@ -13,8 +13,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::backoff::{Backoff, jitter_seed};
 use crate::link::{LinkEnd, LinkOptions, RateLimit, encode, run_link, ws_config};
 use crate::{Error, Result};
 
@@ -38,10 +40,17 @@ pub struct EdgeHubConfig {
     pub heartbeat: Duration,
     /// A connection attempt must finish within this time (KubeEdge: 30 s).
     pub handshake_timeout: Duration,
-    /// The first wait before reconnecting; it doubles up to `max_backoff`, with jitter.
+    /// The first wait before reconnecting; it doubles with every failed attempt and every
+    /// session that ended before `stable_after`, up to `max_backoff`. Each wait is drawn from
+    /// `[ceiling/2, ceiling]` (jitter).
     pub min_backoff: Duration,
     /// The longest wait before reconnecting.
     pub max_backoff: Duration,
+    /// A session must stay up this long to reset the backoff to `min_backoff` (default 30 s,
+    /// twice the heartbeat: KubeEdge's reconnect wait). A session that ends sooner — taken
+    /// over by another connection of the node, refused, closed by the cloud — counts as a
+    /// failure, so two processes sharing one identity back off instead of flapping.
+    pub stable_after: Duration,
     /// The largest message accepted.
     pub max_message_len: usize,
     /// Upstream rate limit (KubeEdge: 30 messages/s, bursts of 60); `None` for none.
@@ -70,6 +79,7 @@ impl EdgeHubConfig {
             handshake_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
+            stable_after: Duration::from_secs(30),
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             rate_limit: Some(RateLimit {
                 per_second: 30.0,
@@ -167,7 +177,11 @@ impl EdgeHubHandle {
 }
 
 /// The EdgeHub client: dials the CloudHub with KubeEdge's handshake, sends keepalives every
-/// `heartbeat`, and reconnects with exponential backoff and jitter when the link drops.
+/// `heartbeat`, and reconnects with exponential backoff and jitter when the link drops. The
+/// backoff resets only after a session stayed up for
+/// [`stable_after`](EdgeHubConfig::stable_after); a cloud's refusal (HTTP 403 or 429 on the
+/// upgrade) is logged at WARN with its reason once, until the reason changes or a session
+/// stays up.
 pub struct EdgeHub {
     config: EdgeHubConfig,
     to_cloud: mpsc::Receiver<Utf8Bytes>,
@@ -200,8 +214,15 @@ impl EdgeHub {
 
     /// Connects and reconnects until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut backoff = self.config.min_backoff;
-        let mut seed = jitter_seed(&self.config.node_id);
+        let c = &self.config;
+        let mut backoff = Backoff::new(
+            c.min_backoff,
+            c.max_backoff,
+            c.stable_after,
+            jitter_seed(&c.node_id),
+        );
+        // The last refusal logged at WARN: the same one again is logged at debug only.
+        let mut refusal_logged: Option<(u16, String)> = None;
         while !shutdown.is_cancelled() {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -212,19 +233,29 @@ impl EdgeHub {
             let (ws, extensions) = match connected {
                 Ok(connected) => connected,
                 Err(e) => {
-                    tracing::info!(server = %self.config.server, error = %e, "cannot reach the cloud");
-                    seed = xorshift(seed);
-                    // Full jitter in [backoff/2, backoff).
-                    let wait = backoff / 2 + backoff.mul_f64((seed % 1000) as f64 / 2000.0);
+                    let wait = backoff.failed();
+                    let server = &self.config.server;
+                    match &e {
+                        Error::Refused { status, reason }
+                            if refusal_logged.as_ref() != Some(&(*status, reason.clone())) =>
+                        {
+                            tracing::warn!(%server, status, %reason, retry_in = ?wait, "the cloud refuses this node's connection");
+                            refusal_logged = Some((*status, reason.clone()));
+                        }
+                        Error::Refused { .. } => {
+                            tracing::debug!(%server, error = %e, retry_in = ?wait, "the cloud refuses this node's connection");
+                        }
+                        _ => {
+                            tracing::info!(%server, error = %e, retry_in = ?wait, "cannot reach the cloud");
+                        }
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
                     continue;
                 }
             };
-            backoff = self.config.min_backoff;
             if self
                 .events
                 .send(EdgeEvent::Connected { extensions })
@@ -233,6 +264,7 @@ impl EdgeHub {
             {
                 break;
             }
+            let started = Instant::now();
             let options = LinkOptions {
                 max_len: self.config.max_message_len,
                 read_deadline: None,
@@ -248,7 +280,12 @@ impl EdgeHub {
                 &shutdown,
             )
             .await;
-            tracing::info!(reason = %end, "cloud link ended");
+            let lasted = started.elapsed();
+            if lasted >= self.config.stable_after {
+                refusal_logged = None;
+            }
+            let wait = backoff.session_ended(lasted);
+            tracing::info!(reason = %end, lasted = ?lasted, reconnect_in = ?wait, "cloud link ended");
             let gone = end == LinkEnd::AppGone;
             if self
                 .events
@@ -258,6 +295,10 @@ impl EdgeHub {
                 || gone
             {
                 break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
             }
         }
         Ok(())
@@ -289,7 +330,7 @@ impl EdgeHub {
             Some(ws_config(c.max_message_len)),
         )
         .await
-        .map_err(|e| Error::Handshake(format!("WebSocket upgrade: {e}")))?;
+        .map_err(upgrade_error)?;
         let extensions = response
             .headers()
             .get(EXTENSIONS_HEADER)
@@ -303,18 +344,25 @@ fn header_value(s: &str) -> Result<HeaderValue> {
     HeaderValue::from_str(s).map_err(|e| Error::Handshake(format!("header value {s:?}: {e}")))
 }
 
-fn jitter_seed(node: &str) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    node.bytes()
-        .fold(now, |h, b| h.rotate_left(5) ^ u64::from(b))
-        | 1
-}
+/// The most of a refusal's body kept for the error and the log.
+const MAX_REFUSAL_REASON: usize = 256;
 
-fn xorshift(mut x: u64) -> u64 {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
+/// A refused upgrade (an HTTP status instead of 101) as [`Error::Refused`] with the start of
+/// the body; anything else as a handshake error.
+fn upgrade_error(e: tokio_tungstenite::tungstenite::Error) -> Error {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let body = &body[..body.len().min(MAX_REFUSAL_REASON)];
+            let reason: String = String::from_utf8_lossy(body)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            Error::Refused {
+                status: response.status().as_u16(),
+                reason: reason.trim().to_owned(),
+            }
+        }
+        e => Error::Handshake(format!("WebSocket upgrade: {e}")),
+    }
 }

@@ -27,6 +27,23 @@ pub enum Error {
     /// The node is not connected.
     #[error("node {0} is not connected")]
     NotConnected(String),
+    /// A new connection of a node that has a session was refused: the node's takeover budget
+    /// ([`TakeoverLimit`](crate::TakeoverLimit)) is used up.
+    #[error("node {node} already has a session and its takeover budget is used up")]
+    TakeoverRefused {
+        /// The node.
+        node: String,
+    },
+    /// The cloud refused the WebSocket upgrade with an HTTP status (403: identity or headers
+    /// refused; 429: the node's session is held by another connection and its takeover budget
+    /// is used up).
+    #[error("the cloud refused the connection with HTTP {status}: {reason}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the response body, which says why.
+        reason: String,
+    },
     /// The hub has stopped.
     #[error("the hub has stopped")]
     Stopped,

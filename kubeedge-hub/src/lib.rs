@@ -73,6 +73,7 @@
 //! - `kubeedge-proto`, `bytes`, `serde`, `serde_json`: the messages carried.
 //! - `thiserror`, `tracing`: the crate's error enum and its logs.
 
+mod backoff;
 pub mod bootstrap;
 mod cloudhub;
 mod dedupe;
@@ -82,16 +83,18 @@ mod error;
 pub mod join;
 mod limit_log;
 mod link;
+mod takeover;
 pub mod tls;
 mod upstream;
 
-pub use cloudhub::{CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle};
+pub use cloudhub::{CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle, CloudHubStats};
 pub use delivery::{
     DeliveryConfig, DeliveryEvent, ReliableCloud, ReliableCloudHandle, ToNode, is_ack_tracked,
 };
 pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHubHandle, ToCloud};
 pub use error::{Error, Result};
 pub use link::{LinkEnd, RateLimit};
+pub use takeover::TakeoverLimit;
 pub use upstream::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};
 
 // bootstrap (node join over HTTPS)

@@ -54,7 +54,7 @@ use kubeedge_cloud::{
 };
 use kubeedge_hub::bootstrap::{BootstrapConfig, BootstrapServer, SpentTokenFile};
 use kubeedge_hub::join::{Token, TokenScope};
-use kubeedge_hub::{CloudHub, CloudHubConfig, DeliveryConfig, ReliableCloud, tls};
+use kubeedge_hub::{CloudHub, CloudHubConfig, CloudHubStats, DeliveryConfig, ReliableCloud, tls};
 use kubeedge_proto::NodeName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -181,6 +181,7 @@ async fn run(args: Args) -> Result<(), String> {
     let mut hub_config = CloudHubConfig::new(settings.listen, hub_tls);
     hub_config.node_limit = settings.node_limit;
     hub_config.keepalive_timeout = settings.keepalive;
+    hub_config.takeover_limit = settings.takeover_limit;
     let (hub, raw, raw_events) = CloudHub::bind(hub_config)
         .await
         .map_err(|e| format!("cloudhub on {}: {e}", settings.listen))?;
@@ -295,6 +296,7 @@ async fn serve<W: ClusterWriter>(
     parts: Parts,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
+    let hub = parts.cloud.clone();
     let controller = CloudController::new(
         parts.config,
         writer,
@@ -304,7 +306,7 @@ async fn serve<W: ClusterWriter>(
     );
     let metrics = controller.metrics();
     if let Some(listen) = parts.metrics_listen {
-        let render = move || render_metrics(&metrics);
+        let render = move || render_metrics(&metrics, hub.hub_stats());
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("metrics on {listen}: {e}"))?;
@@ -335,7 +337,7 @@ fn device_limits(settings: &Settings) -> DeviceLimits {
     limits
 }
 
-fn render_metrics(m: &CloudMetrics) -> String {
+fn render_metrics(m: &CloudMetrics, hub: CloudHubStats) -> String {
     let mut out = String::new();
     let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
         out.push_str(&format!(
@@ -395,6 +397,18 @@ fn render_metrics(m: &CloudMetrics) -> String {
         "counter",
         "Times a node was marked unreachable.",
         m.marked_unreachable(),
+    );
+    gauge(
+        "cloudcore_session_takeovers_total",
+        "counter",
+        "Node sessions taken over by a newer connection of the same node.",
+        hub.takeovers,
+    );
+    gauge(
+        "cloudcore_session_takeovers_refused_total",
+        "counter",
+        "New connections refused (HTTP 429) because their node's takeover budget was used up.",
+        hub.takeovers_refused,
     );
     gauge(
         "process_resident_memory_bytes",
