@@ -3,7 +3,9 @@
 //! `meta` holds one row per object the edge knows: `key` is the resource path as the edge sees
 //! it (`default/pod/nginx`, `default/node/edge-1`), `type` the resource type segment, `value` the
 //! object's JSON. Beside it, `kubeedge_rs_meta_version` remembers each object's uid and
-//! resourceVersion so that a re-sent or out-of-order update never overwrites a newer one.
+//! resourceVersion so that a re-sent or out-of-order update never overwrites a newer one, and
+//! `kubeedge_rs_deleted` the incarnations (key and uid) deleted lately, so that an update or a
+//! reply that arrives after the delete never brings a deleted object back.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -53,10 +55,17 @@ pub enum Upserted {
         /// The resourceVersion already stored.
         stored: u64,
     },
+    /// This incarnation (key and uid) was deleted; nothing was written.
+    Deleted,
 }
 
-/// Writes a row unless `version` is older than (or equal to) what is stored for the same uid.
-/// A different uid (the object was deleted and created again) always wins.
+/// Deleted incarnations remembered (the oldest are forgotten first). An update for one that
+/// arrives later than this many deletes after its own is applied again.
+pub const DELETED_KEPT: i64 = 4096;
+
+/// Writes a row unless `version` is older than (or equal to) what is stored for the same uid,
+/// or names an incarnation deleted lately ([`Upserted::Deleted`]). A different uid (the object
+/// was deleted and created again) always wins.
 pub fn upsert(
     conn: &Connection,
     key: &str,
@@ -65,6 +74,9 @@ pub fn upsert(
     version: Option<&ObjectVersion>,
 ) -> Result<Upserted> {
     if let Some(version) = version {
+        if was_deleted(conn, key, &version.uid)? {
+            return Ok(Upserted::Deleted);
+        }
         let stored: Option<(String, i64)> = conn
             .query_row(
                 "SELECT uid, resource_version FROM kubeedge_rs_meta_version WHERE key = ?1",
@@ -99,7 +111,8 @@ pub fn upsert(
 }
 
 /// Deletes a row. With `uid`, only a row holding that uid is deleted (KubeEdge's pod rule: a
-/// delete for an old incarnation must not remove the new one). Returns whether a row went.
+/// delete for an old incarnation must not remove the new one). The deleted row's uid, if its
+/// version is known, is remembered ([`record_deleted`]). Returns whether a row went.
 pub fn delete(conn: &Connection, key: &str, uid: Option<&str>) -> Result<bool> {
     if let Some(uid) = uid {
         let stored_uid: Option<String> = conn
@@ -125,8 +138,47 @@ pub fn delete(conn: &Connection, key: &str, uid: Option<&str>) -> Result<bool> {
             return Ok(false);
         }
     }
-    conn.execute("DELETE FROM kubeedge_rs_meta_version WHERE key = ?1", [key])?;
+    let stored_uid: Option<String> = conn
+        .query_row(
+            "DELETE FROM kubeedge_rs_meta_version WHERE key = ?1 RETURNING uid",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(uid) = stored_uid {
+        record_deleted(conn, key, &uid)?;
+    }
     Ok(conn.execute("DELETE FROM meta WHERE key = ?1", [key])? > 0)
+}
+
+/// Remembers that the incarnation `uid` of `key` is deleted: [`upsert`] refuses it from now on
+/// (until [`DELETED_KEPT`] later deletes push it out).
+pub fn record_deleted(conn: &Connection, key: &str, uid: &str) -> Result<()> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO kubeedge_rs_deleted (key, uid, seq)
+         VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) + 1 FROM kubeedge_rs_deleted))",
+        params![key, uid],
+    )?;
+    if inserted == 1 {
+        conn.execute(
+            "DELETE FROM kubeedge_rs_deleted
+             WHERE seq <= (SELECT max(seq) FROM kubeedge_rs_deleted) - ?1",
+            [DELETED_KEPT],
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether the incarnation `uid` of `key` was deleted lately.
+pub fn was_deleted(conn: &Connection, key: &str, uid: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM kubeedge_rs_deleted WHERE key = ?1 AND uid = ?2",
+            params![key, uid],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 /// The row at `key`.

@@ -226,6 +226,11 @@ impl MetaManager {
                 }
                 if is_delete {
                     let uid = version.as_ref().map(|v| v.uid.as_str());
+                    // The incarnation the cloud deleted stays deleted, even when its delete
+                    // overtook an update or a reply that still carries it.
+                    if let Some(uid) = uid {
+                        meta::record_deleted(db, &key, uid)?;
+                    }
                     // Pods are deleted only if the stored one is the same incarnation.
                     let uid = if podpatch_key.is_some() { uid } else { None };
                     let deleted = meta::delete(db, &key, uid)?;

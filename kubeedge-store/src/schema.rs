@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::Result;
 
 /// The schema version this crate writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Migration `n` brings a database from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -96,6 +96,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX IF NOT EXISTS kubeedge_rs_device_twin_key ON device_twin (deviceid, name);
     CREATE INDEX IF NOT EXISTS kubeedge_rs_device_attr_key ON device_attr (deviceid, name);
+    "#,
+    // 2 -> 3: the incarnations (key, uid) deleted lately, so that a late update or reply for
+    // one never brings it back; oldest pruned first.
+    r#"
+    CREATE TABLE kubeedge_rs_deleted (
+        key text NOT NULL,
+        uid text NOT NULL,
+        seq integer NOT NULL,
+        PRIMARY KEY (key, uid)
+    );
+    CREATE INDEX kubeedge_rs_deleted_seq ON kubeedge_rs_deleted (seq);
     "#,
 ];
 

@@ -427,6 +427,80 @@ async fn the_answer_to_a_delete_does_not_store_the_deleted_object_back() {
     assert_eq!(mm.outbox().len().await.unwrap(), 0);
 }
 
+/// Seen with KubeEdge's cloudcore: edged's last status patch and the pod's deletion cross, the
+/// cloud's delete arrives first and the answer to the patch (the pod as patched, before it was
+/// deleted) after it. The pod must stay deleted, and so must it against a late update.
+#[tokio::test]
+async fn a_deleted_incarnation_is_not_brought_back_by_a_late_reply_or_update() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mm = open(&dir);
+        mm.from_cloud(pod("web", "uw", 5)).await.unwrap();
+        let patch = Message::new(
+            "edged",
+            "meta",
+            "patch",
+            "default/podpatch/web",
+            Content::string(r#"{"status":{"phase":"Running"}}"#),
+        );
+        mm.from_edge(patch.clone(), true).await.unwrap();
+        let mut gone = pod("web", "uw", 7);
+        gone.route.operation = Some(Operation::Delete);
+        assert!(mm.from_cloud(gone).await.unwrap().changed);
+        assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
+
+        let object = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","namespace":"default","uid":"uw","resourceVersion":"6","deletionTimestamp":"2026-12-07T06:45:37Z"}}"#;
+        let reply = patch.response(
+            Content::try_from(format!(r#"{{"Object":{object},"Err":null}}"#).as_str()).unwrap(),
+        );
+        let outcome = mm.from_cloud(reply).await.unwrap();
+        assert!(!outcome.changed);
+        assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
+        assert!(
+            mm.outbox().is_empty().await.unwrap(),
+            "the patch is answered"
+        );
+    }
+    // Remembered across a restart, and against any later version of that incarnation.
+    let mm = open(&dir);
+    let late = mm.from_cloud(pod("web", "uw", 8)).await.unwrap();
+    assert!(!late.changed);
+    assert!(late.ack.is_some(), "a refused update is still acknowledged");
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, None);
+    // A new pod of the same name is a new incarnation.
+    assert!(mm.from_cloud(pod("web", "uw2", 9)).await.unwrap().changed);
+    assert_eq!(stored_rv(&mm, "default/pod/web").await, Some(9));
+}
+
+/// The incarnations remembered are bounded: the oldest go first.
+#[tokio::test]
+async fn deleted_incarnations_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = open(&dir);
+    let count = meta::DELETED_KEPT + 10;
+    let counted = mm
+        .store()
+        .write(move |db| {
+            for i in 0..count {
+                meta::record_deleted(db, &format!("default/pod/p{i}"), &format!("u{i}"))?;
+            }
+            let kept: i64 =
+                db.query_row("SELECT count(*) FROM kubeedge_rs_deleted", [], |r| r.get(0))?;
+            Ok((
+                kept,
+                meta::was_deleted(db, "default/pod/p0", "u0")?,
+                meta::was_deleted(
+                    db,
+                    &format!("default/pod/p{}", count - 1),
+                    &format!("u{}", count - 1),
+                )?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(counted, (meta::DELETED_KEPT, false, true));
+}
+
 #[tokio::test]
 async fn queries_for_what_the_store_lacks_wait_in_the_outbox_and_their_answers_are_stored() {
     use kubeedge_store::tokens::{IssuedToken, TokenSpec};
