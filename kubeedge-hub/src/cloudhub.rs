@@ -19,6 +19,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::connections::{self, Admitted, Connections};
+use crate::limit_log::LimitLog;
 use crate::link::{LinkEnd, LinkOptions, encode, run_link, ws_config};
 use crate::takeover::{Budget, TakeoverLimit};
 use crate::{Error, Result, tls};
@@ -50,6 +52,13 @@ pub struct CloudHubConfig {
     /// connection is refused with HTTP 429. `None`: the newer connection always wins, as in
     /// KubeEdge.
     pub takeover_limit: Option<TakeoverLimit>,
+    /// The most connections in their TLS and WebSocket handshakes at once (default 1024).
+    /// When all are taken, a new connection closes the oldest of them, so connections that
+    /// never finish their handshake cannot keep nodes out.
+    pub max_handshakes: usize,
+    /// The most connections in their handshakes from one source address (default 64); more
+    /// are closed at once. Established sessions do not count.
+    pub max_handshakes_per_source: usize,
 }
 
 impl CloudHubConfig {
@@ -66,6 +75,8 @@ impl CloudHubConfig {
             events_len: 4096,
             extensions: Extensions::all(),
             takeover_limit: Some(TakeoverLimit::default()),
+            max_handshakes: 1024,
+            max_handshakes_per_source: 64,
         }
     }
 }
@@ -198,6 +209,9 @@ impl Sessions {
         }
     }
 }
+
+/// Warnings for a handshake limit hit come at most this often (with the count of the others).
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Budgets kept before full ones are swept out (besides two per connected node).
 const BUDGETS_BEFORE_SWEEP: usize = 1024;
@@ -344,6 +358,12 @@ impl CloudHub {
         let acceptor = TlsAcceptor::from(Arc::clone(&self.config.tls));
         let config = Arc::new(self.config);
         let next_id = Arc::new(AtomicU64::new(1));
+        let handshakes = Connections::new(config.max_handshakes, config.max_handshakes_per_source);
+        let (per_source_log, full_log, eviction_log) = (
+            LimitLog::new(LIMIT_LOG_EVERY),
+            LimitLog::new(LIMIT_LOG_EVERY),
+            LimitLog::new(LIMIT_LOG_EVERY),
+        );
         loop {
             let (tcp, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -357,8 +377,31 @@ impl CloudHub {
                     }
                 },
             };
+            let handshake = match handshakes.admit(peer.ip()) {
+                Ok((admitted, evicted)) => {
+                    if evicted && let Some(earlier) = eviction_log.hit() {
+                        tracing::warn!(%peer, max_handshakes = config.max_handshakes, earlier,
+                            "cloudhub: handshake limit reached; the oldest connection still in its handshake was closed");
+                    }
+                    admitted
+                }
+                Err(refusal) => {
+                    let (log, limit) = match refusal {
+                        connections::Refusal::PerSource => {
+                            (&per_source_log, config.max_handshakes_per_source)
+                        }
+                        connections::Refusal::Full => (&full_log, config.max_handshakes),
+                    };
+                    if let Some(earlier) = log.hit() {
+                        tracing::warn!(%peer, limit, earlier, reason = ?refusal,
+                            "cloudhub: connection closed before its handshake");
+                    }
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let conn = Connection {
+                handshake: Some(handshake),
                 acceptor: acceptor.clone(),
                 config: Arc::clone(&config),
                 handle: self.handle.clone(),
@@ -386,6 +429,8 @@ impl CloudHub {
 }
 
 struct Connection {
+    /// Its place among the connections in their handshakes (given up once upgraded).
+    handshake: Option<Admitted>,
     acceptor: TlsAcceptor,
     config: Arc<CloudHubConfig>,
     handle: CloudHubHandle,
@@ -412,7 +457,8 @@ enum Refusal {
 }
 
 impl Connection {
-    async fn serve(self, tcp: TcpStream) -> Result<()> {
+    async fn serve(mut self, tcp: TcpStream) -> Result<()> {
+        let pending = self.handshake.take();
         let config = &self.config;
         let limit = config.takeover_limit.as_ref();
         let mut refusal = None;
@@ -483,9 +529,20 @@ impl Connection {
         };
         let (ws, upgrade) = // Boxed: the handshake's state is freed once it is done, instead of sizing the
         // connection task (which lives as long as the node is connected) for it.
-        tokio::time::timeout(config.handshake_timeout, Box::pin(handshake))
-            .await
-            .map_err(|_| Error::HandshakeTimeout)??;
+        {
+            let evicted = pending.as_ref().map(|p| p.evicted.clone()).unwrap_or_default();
+            tokio::select! {
+                done = tokio::time::timeout(config.handshake_timeout, Box::pin(handshake)) => {
+                    done.map_err(|_| Error::HandshakeTimeout)??
+                }
+                () = evicted.cancelled() => {
+                    return Err(Error::Handshake(
+                        "closed to make room: too many connections in their handshakes".to_owned(),
+                    ));
+                }
+            }
+        };
+        drop(pending);
 
         let (queue, mut to_peer) = mpsc::channel(config.node_queue_len.max(1));
         let stop = self.shutdown.clone();

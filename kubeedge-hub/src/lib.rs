@@ -76,6 +76,7 @@
 mod backoff;
 pub mod bootstrap;
 mod cloudhub;
+mod connections;
 mod dedupe;
 mod delivery;
 mod edgehub;

@@ -47,7 +47,6 @@
 //!   connection) and the server holds a bounded number of connections.
 
 mod client;
-mod connections;
 mod server;
 mod spent_tokens;
 

@@ -25,12 +25,12 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::connections::{Admitted, Connections, Refusal};
 use super::spent_tokens::SpentTokens;
 use super::{
     CA_PATH, CERT_PATH, EXT_KEY_USAGES_HEADER, NODE_NAME_HEADER, NODE_PATH_PREFIX, pem_certs,
     pem_key, provider, signature_algorithms,
 };
+use crate::connections::{Admitted, Connections, Refusal};
 use crate::join::{
     CertificateAuthority, DEFAULT_EDGE_CERT_VALIDITY_DAYS, ExtKeyUsage, MAX_CSR_LEN, Token,
 };

@@ -1,7 +1,8 @@
-//! The join server's connection table: how many connections each source address holds, and
-//! which connections are idle (in their TLS handshake, or waiting for a request), oldest first,
-//! so that a full server closes an idle one to make room instead of making honest clients wait
-//! behind silent ones.
+//! A server's connection table: how many connections each source address holds, and which
+//! connections are idle (in their TLS handshake, or waiting for a request), oldest first, so
+//! that a full server closes an idle one to make room instead of making honest clients wait
+//! behind silent ones. The join server counts all its connections in it; the CloudHub only
+//! those still in their handshakes (sessions are bounded by its node limit).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Why a new connection was not admitted.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Refusal {
+pub(crate) enum Refusal {
     /// Its source address holds the most connections one address may.
     PerSource,
     /// Every connection is busy with a request; none could be closed to make room.
@@ -29,7 +30,7 @@ struct Table {
 
 /// The table, shared by the accept loop and the connections.
 #[derive(Clone, Debug)]
-pub(super) struct Connections {
+pub(crate) struct Connections {
     table: Arc<Mutex<Table>>,
     max_total: usize,
     max_per_source: usize,
@@ -37,16 +38,16 @@ pub(super) struct Connections {
 
 /// A connection's place in the table; dropping it removes the connection.
 #[derive(Debug)]
-pub(super) struct Admitted {
+pub(crate) struct Admitted {
     connections: Connections,
     id: u64,
     source: IpAddr,
     /// Cancelled when the connection is closed to make room for a newer one.
-    pub(super) evicted: CancellationToken,
+    pub(crate) evicted: CancellationToken,
 }
 
 impl Connections {
-    pub(super) fn new(max_total: usize, max_per_source: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_source: usize) -> Self {
         Self {
             table: Arc::default(),
             max_total: max_total.max(1),
@@ -60,7 +61,7 @@ impl Connections {
 
     /// Admits a connection from `source` (idle until [`Admitted::busy`]); when the table is full
     /// the oldest idle connection is evicted for it. `Ok(evicted)` says whether one was.
-    pub(super) fn admit(&self, source: IpAddr) -> Result<(Admitted, bool), Refusal> {
+    pub(crate) fn admit(&self, source: IpAddr) -> Result<(Admitted, bool), Refusal> {
         let mut table = self.lock();
         if table.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
             return Err(Refusal::PerSource);
@@ -97,13 +98,13 @@ impl Connections {
 impl Admitted {
     /// The connection is serving a request: it is not closed to make room until it is
     /// [`idle`](Self::idle) again.
-    pub(super) fn busy(&self) {
+    pub(crate) fn busy(&self) {
         self.connections.lock().idle.remove(&self.id);
     }
 
     /// The connection is waiting for its next request (or its handshake): the oldest such is
     /// closed when the table is full.
-    pub(super) fn idle(&self) {
+    pub(crate) fn idle(&self) {
         if !self.evicted.is_cancelled() {
             self.connections
                 .lock()
