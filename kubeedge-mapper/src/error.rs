@@ -1,9 +1,22 @@
 //! The crate's error type.
 
+// The constructors and tests below serve the drivers and the runtime: without their features
+// some have no caller.
+#![cfg_attr(
+    not(all(
+        feature = "modbus",
+        feature = "mqtt",
+        feature = "serial",
+        feature = "runtime"
+    )),
+    allow(dead_code)
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::driver::PropertyType;
+#[cfg(feature = "modbus")]
 use crate::modbus::ExceptionCode;
 
 /// A `Result` whose error defaults to this crate's [`enum@Error`].
@@ -58,6 +71,7 @@ pub enum Error {
         timeout: Duration,
     },
     /// The device answered with a Modbus exception response.
+    #[cfg(feature = "modbus")]
     #[error("Modbus exception {code} in answer to function {function:#04x}")]
     ModbusException {
         /// The request's function code (without the exception bit 0x80).
@@ -130,6 +144,7 @@ impl Error {
             | Self::Timeout { .. }
             | Self::BadFrame { .. }
             | Self::NoValue(_) => true,
+            #[cfg(feature = "modbus")]
             Self::ModbusException { code, .. } => code.is_transient(),
             Self::Config(_) | Self::TypeMismatch { .. } | Self::Unsupported(_) => false,
             Self::Edge { .. } => true,

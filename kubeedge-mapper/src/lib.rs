@@ -222,11 +222,26 @@
 //!
 //! Writing a driver for another kind of device is shown in the [`driver`] module.
 //!
+//! ## Feature flags
+//!
+//! | feature | default | what it adds | dependencies it brings |
+//! |---|---|---|---|
+//! | (none) | | [`DeviceDriver`], [`Value`], [`PropertyType`], [`PropertySpec`], [`VisitorConfig`], [`Error`]: all a driver author needs | `serde`, `serde_json`, `thiserror` |
+//! | `modbus` | yes | `modbus`: Modbus TCP/RTU driver, the simulated thermostat | `rmodbus`, `tokio-serial`, `tokio`, `tokio-util`, `tracing` |
+//! | `mqtt` | yes | `mqtt_device`: devices that publish on MQTT | `rumqttc`, `bytes`, `tokio`, `tokio-util`, `tracing` |
+//! | `serial` | yes | `serial_line`: text sensors on a serial port | `tokio-serial`, `regex`, `tokio`, `tracing` |
+//! | `runtime` | yes | `runtime`: the mapper runtime (YAML or DMI devices, polling, MQTT or DMI reports) | `kubeedge-dmi`, `kubeedge-twin` without its store or broker (no SQLite), `kubeedge-proto`, `tonic`, `tokio-stream`, `serde_yaml_ng`, `bytes` |
+//!
+//! A crate that only implements [`DeviceDriver`] for its device depends on
+//! `kubeedge-mapper = { version = "0.1", default-features = false }`; the binary that runs it
+//! adds `features = ["runtime"]`.
+//!
 //! ## Dependencies, and why
 //!
+//! - `serde`, `serde_json`: Device `configData` maps, visitor parsing, JSON payloads.
+//! - `thiserror`: the [`Error`] type.
 //! - `rmodbus`: builds Modbus request frames and extracts response data (after this crate has
-//!   checked each response completely; see [`modbus`]), and answers requests in
-//!   [`modbus::simulated_thermostat`] (a test device for mappers).
+//!   checked each response completely), and answers requests in the simulated thermostat.
 //! - `rumqttc` (default features off: plain TCP, no TLS): the MQTT 3.1.1 client of the MQTT
 //!   device driver (connect, keep-alive, QoS 1/2 flows, packet size limits).
 //! - `tokio-serial` (default features off: no libudev): the RTU and text-line serial ports as
@@ -238,31 +253,30 @@
 //!   background task.
 //! - `tokio-util`: the tokens that stop the runtime and the MQTT driver's background task.
 //! - `bytes`: the MQTT driver's cached payloads.
-//! - `serde`, `serde_json`: Device `configData` maps, visitor parsing, JSON payloads.
-//! - `thiserror`: the [`Error`] type.
 //! - `tracing`: events for devices going offline and back, properties that start and stop
-//!   failing,
-//!   refused desired values, reconnects, retries and resynchronised serial lines.
+//!   failing, refused desired values, reconnects, retries and resynchronised serial lines.
 //! - `kubeedge-proto`: the twin and state payloads, the DMI messages, device ids.
-//! - `kubeedge-twin` (without its embedded broker): the MQTT client with reconnect and
-//!   resubscribe (the one edge nodes use), the DMI gRPC service code and unix-socket channel,
-//!   the CRD <-> DMI conversions and the twin topic helpers, so that a mapper and the edge
-//!   agree on every byte.
+//! - `kubeedge-dmi`: the DMI gRPC service code and unix-socket channel, the CRD <-> DMI
+//!   conversions and the twin topic helpers, so that a mapper and the edge agree on every byte.
+//! - `kubeedge-twin` (default features off: no store, no broker): the MQTT client with
+//!   reconnect and resubscribe (the one edge nodes use) and the bounded ingress queue.
 //! - `tonic`, `tokio-stream`: the mapper's own DMI server (`DeviceMapperService`) on a unix
 //!   socket.
 //! - `serde_yaml_ng`: Device and DeviceModel YAML files.
-//!
-//! ## Feature flags
-//!
-//! None yet; all three drivers are always built.
 
+#[cfg(any(feature = "modbus", feature = "mqtt", feature = "serial"))]
 mod config_data;
 pub mod driver;
 mod error;
+#[cfg(feature = "modbus")]
 pub mod modbus;
+#[cfg(feature = "mqtt")]
 pub mod mqtt_device;
+#[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "serial")]
 pub mod serial_line;
+#[cfg(any(feature = "modbus", feature = "serial"))]
 mod serial_port;
 
 pub use driver::{DeviceDriver, PropertySpec, PropertyType, Value, VisitorConfig};

@@ -110,7 +110,7 @@ use tokio_serial::{ClearBuffer, SerialPort, SerialStream};
 use crate::config_data::{integer, lookup, optional_string, string};
 use crate::driver::{DeviceDriver, PropertySpec, PropertyType, Value};
 use crate::error::{Error, Result};
-use crate::modbus::Parity;
+pub use crate::serial_port::Parity;
 use crate::serial_port::{PortSettings, send};
 
 /// The default baud rate.

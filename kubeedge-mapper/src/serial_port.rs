@@ -10,7 +10,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_serial::{DataBits, FlowControl, SerialStream, StopBits};
 
 use crate::error::{Error, Result};
-use crate::modbus::Parity;
+use std::str::FromStr;
 
 /// A serial port's settings, borrowed from a driver's configuration.
 pub(crate) struct PortSettings<'a> {
@@ -105,5 +105,32 @@ pub(crate) async fn send(
             operation: operation(),
             timeout,
         }),
+    }
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    /// No parity bit.
+    None,
+    /// Even parity.
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+impl FromStr for Parity {
+    type Err = Error;
+
+    /// `none`, `even`, `odd` (KubeEdge's spellings) or `N`, `E`, `O`, in any case.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "n" | "" => Ok(Self::None),
+            "even" | "e" => Ok(Self::Even),
+            "odd" | "o" => Ok(Self::Odd),
+            _ => Err(Error::config(format!(
+                "parity {s:?} (expected none, even or odd)"
+            ))),
+        }
     }
 }

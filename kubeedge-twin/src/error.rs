@@ -24,6 +24,7 @@ pub enum Error {
     #[error("invalid message: {0}")]
     InvalidMessage(String),
     /// The store failed (the change was rolled back).
+    #[cfg(feature = "store")]
     #[error(transparent)]
     Store(#[from] kubeedge_store::Error),
     /// Encoding or decoding a KubeEdge payload failed.
@@ -64,6 +65,18 @@ impl From<kubeedge_proto::Error> for Error {
     }
 }
 
+impl From<kubeedge_dmi::Error> for Error {
+    fn from(e: kubeedge_dmi::Error) -> Self {
+        match e {
+            kubeedge_dmi::Error::Validation(reason) => Self::Validation(reason),
+            kubeedge_dmi::Error::InvalidTopic(topic) => Self::InvalidTopic(topic),
+            kubeedge_dmi::Error::Proto(e) => Self::Proto(e),
+            other => Self::Dmi(other.to_string()),
+        }
+    }
+}
+
+#[cfg(feature = "store")]
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Self::Store(kubeedge_store::Error::from(e))

@@ -64,7 +64,11 @@
 //! ## Dependencies and why
 //!
 //! - `kubeedge-proto`: the message model and the twin, device and DMI payload types.
-//! - `kubeedge-store`: SQLite (KubeEdge's tables) and the durable outbox.
+//! - `kubeedge-dmi`: the DMI contract (topics, conversions, gRPC stubs) shared with mappers.
+//! - `kubeedge-store`, `rusqlite` (feature `store`, default): SQLite (KubeEdge's tables) and the
+//!   durable outbox, for the twin engine, the EventBus and the DMI server. Without it the crate
+//!   is what a mapper needs: the MQTT client ([`mqtt::MqttBus`]), the [`Ingress`] queue, topics
+//!   and conversions.
 //! - `rumqttc`: the MQTT client (async, tokio-native, bounded request queue).
 //! - feature `embedded-broker` (default, no extra dependency): our own small MQTT 3.1.1 broker
 //!   inside the edge process (on rumqttc's packet codec), so a node needs no mosquitto.
@@ -75,17 +79,24 @@
 //!   `thiserror`: runtime, cancellation, payloads, SQL and errors.
 
 pub mod deal;
+#[cfg(feature = "store")]
 mod device_db;
 pub mod dmi;
+#[cfg(feature = "store")]
 pub mod engine;
 mod error;
+#[cfg(feature = "store")]
 pub mod eventbus;
 pub mod ingress;
 pub mod mqtt;
-pub mod topic;
+/// KubeEdge's device and node MQTT topics (from `kubeedge-dmi`).
+pub use kubeedge_dmi::topic;
 
+#[cfg(feature = "store")]
 pub use device_db::DeviceRecord;
+#[cfg(feature = "store")]
 pub use dmi::{DmiConfig, DmiServer, MapperRegistry};
+#[cfg(feature = "store")]
 pub use engine::{Effects, TwinConfig, TwinEngine};
 pub use error::{Error, Result};
 pub use ingress::{Ingress, IngressConfig, IngressReceiver, Publication};

@@ -2,6 +2,8 @@
 //! Device and DeviceModel KubeEdge v1.22.2's cloud sent in the golden capture
 //! (`tests/fixtures/ws-v1.22.2-seq*.json`, copied from `ws-v1.22.2.jsonl`).
 
+#![cfg(feature = "store")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! by a mapper that is not our code (`tests/mapper_client.py`, python3-paho-mqtt) and by
 //! mosquitto_pub/mosquitto_sub, against a real mosquitto and against the embedded broker.
 
+#![cfg(feature = "store")]
+
 mod common;
 
 use std::path::PathBuf;

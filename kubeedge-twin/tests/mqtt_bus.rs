@@ -1,7 +1,7 @@
 //! The EventBus against real brokers on loopback: mosquitto (external mode), the embedded
 //! broker (internal mode) and both, with mosquitto's command-line clients on the other side.
 
-#![cfg(feature = "embedded-broker")]
+#![cfg(all(feature = "store", feature = "embedded-broker"))]
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 

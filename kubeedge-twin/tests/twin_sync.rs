@@ -4,6 +4,8 @@
 //! twin since the version the cloud saw ("version conflict"), and the refused twin is reported
 //! back to the cloud as the edge has it.
 
+#![cfg(feature = "store")]
+
 use kubeedge_proto::twin::{DeviceTwinUpdate, TwinVersion};
 use kubeedge_proto::{Content, Group, Message, Operation, Source};
 use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};

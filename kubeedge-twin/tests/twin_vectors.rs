@@ -3,6 +3,8 @@
 //! what differs on every run: timestamps, fresh UUIDs and the wall-clock `last_online`.
 //! Where KubeEdge dropped a report while disconnected, ours stays in the outbox.
 
+#![cfg(feature = "store")]
+
 use std::path::PathBuf;
 
 use kubeedge_proto::{Message, Operation};

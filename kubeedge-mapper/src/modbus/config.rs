@@ -9,7 +9,7 @@ use serde_json::{Map, Value as Json};
 use crate::config_data::{boolean, float, integer, nested, string};
 use crate::driver::PropertyType;
 use crate::error::{Error, Result};
-use crate::serial_port::PortSettings;
+use crate::serial_port::{Parity, PortSettings};
 
 /// How long a request may take before it fails with [`Error::Timeout`] (KubeEdge's Modbus
 /// mapper uses 5 s too).
@@ -120,33 +120,6 @@ impl SerialConfig {
             data_bits: self.data_bits,
             parity: self.parity,
             stop_bits: self.stop_bits,
-        }
-    }
-}
-
-/// Serial parity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    /// No parity bit.
-    None,
-    /// Even parity.
-    Even,
-    /// Odd parity.
-    Odd,
-}
-
-impl FromStr for Parity {
-    type Err = Error;
-
-    /// `none`, `even`, `odd` (KubeEdge's spellings) or `N`, `E`, `O`, in any case.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "none" | "n" | "" => Ok(Self::None),
-            "even" | "e" => Ok(Self::Even),
-            "odd" | "o" => Ok(Self::Odd),
-            _ => Err(Error::config(format!(
-                "parity {s:?} (expected none, even or odd)"
-            ))),
         }
     }
 }

@@ -69,9 +69,10 @@ use tokio::sync::Mutex;
 use crate::driver::{DeviceDriver, PropertySpec, Value};
 use crate::error::{Error, Result};
 
+pub use crate::serial_port::Parity;
 pub use config::{
     DEFAULT_BYTE_TIMEOUT, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, ModbusConfig,
-    ModbusVisitor, Parity, RegisterType, SerialConfig, Transport,
+    ModbusVisitor, RegisterType, SerialConfig, Transport,
 };
 pub use pdu::ExceptionCode;
 

@@ -6,17 +6,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use kubeedge_proto::{Message, Operation, dmi};
 use kubeedge_store::{Store, meta};
 use serde_json::Value;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tower::service_fn;
 
 use super::convert::{self, truncate};
 use super::grpc::device_mapper_service_client::DeviceMapperServiceClient;
+use super::unix_channel;
 use crate::{Error, Result};
+use tonic::transport::Channel;
 
 /// The `meta` type of mapper records.
 pub(crate) const MAPPER_TYPE: &str = "devicemapper";
@@ -134,6 +132,7 @@ impl MapperRegistry {
         let mut loaded = 0;
         for row in mappers {
             match convert::mapper_info_from_json(&row.value)
+                .map_err(Error::from)
                 .and_then(|info| validate_mapper(&info).map(|path| (info, path)))
             {
                 Ok((info, path)) => match self.insert(info, path) {
@@ -447,7 +446,9 @@ impl MapperRegistry {
     /// The DMI Device for `device`, its model's defaults applied.
     async fn overridden(&self, device: &Value, ns: &str, name: &str) -> Result<dmi::Device> {
         let model = self.stored_model(device, ns, name).await?;
-        convert::device_from_json(&convert::apply_model_defaults(device, &model)?)
+        Ok(convert::device_from_json(&convert::apply_model_defaults(
+            device, &model,
+        )?)?)
     }
 
     /// The stored DeviceModel `device` refers to.
@@ -479,36 +480,6 @@ impl MapperRegistry {
 }
 
 /// Checks a mapper's record; returns its socket path.
-/// A gRPC channel over the unix socket at `path`, the DMI transport (edgecore's `dmi.sock`, or a
-/// mapper's own socket). It connects on first use and again after the peer restarts;
-/// `connect_timeout` bounds each connection attempt and `timeout` each call.
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use kubeedge_twin::dmi::grpc::device_manager_service_client::DeviceManagerServiceClient;
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let channel = kubeedge_twin::dmi::unix_channel(
-///     "/etc/kubeedge/dmi.sock", Duration::from_secs(10), Duration::from_secs(10));
-/// let mut edgecore = DeviceManagerServiceClient::new(channel);
-/// # let _ = &mut edgecore;
-/// # }
-/// ```
-pub fn unix_channel(
-    path: impl Into<PathBuf>,
-    connect_timeout: Duration,
-    timeout: Duration,
-) -> Channel {
-    let path = path.into();
-    Endpoint::from_static("http://[::]:50051")
-        .connect_timeout(connect_timeout)
-        .timeout(timeout)
-        .connect_with_connector_lazy(service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-}
-
 fn validate_mapper(info: &dmi::MapperInfo) -> Result<PathBuf> {
     let name = truncate(&info.name, MAX_NAME_LEN);
     if info.protocol.is_empty() {

@@ -6,7 +6,7 @@
 //! edge publish on someone else's topic.
 //!
 //! ```
-//! use kubeedge_twin::topic::{DeviceAction, TwinTopic, device_topic};
+//! use kubeedge_dmi::topic::{DeviceAction, TwinTopic, device_topic};
 //!
 //! let t = TwinTopic::classify("$hw/events/device/default/thermo-1/twin/update").unwrap();
 //! let Some(TwinTopic::Device { id, action }) = t else { panic!() };

@@ -1,7 +1,8 @@
-//! Build script for `kubeedge-twin`: generates the gRPC service code of the DMI v1beta1 API
+//! Build script for `kubeedge-dmi`: generates the gRPC service code of the DMI v1beta1 API
 //! (`DeviceManagerService`, served by edgecore, and `DeviceMapperService`, served by mappers).
 //!
-//! The schema is the one `kubeedge-proto` compiles its message types from; it is parsed with
+//! The schema (`proto/dmi/v1beta1/api.proto`, inside this crate so that it packages; the same
+//! file as `kubeedge-proto`'s, which compiles its message types from it) is parsed with
 //! `protox` (pure Rust, no system `protoc`), and every message type is mapped to
 //! `kubeedge_proto::dmi` so the two crates share one set of types.
 
@@ -11,7 +12,7 @@ const DMI_PROTO: &str = "dmi/v1beta1/api.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.join("../kubeedge-proto/proto");
+    let root = manifest_dir.join("proto");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", root.join(DMI_PROTO).display());
     let fds = protox::compile([DMI_PROTO], [&root])?;

@@ -675,7 +675,7 @@ pub fn mapper_info_to_json(info: &dmi::MapperInfo) -> Result<String> {
         state: info.state.clone(),
     };
     let bytes = kubeedge_proto::go_json::to_vec(&json)?;
-    String::from_utf8(bytes).map_err(|e| Error::Dmi(e.to_string()))
+    String::from_utf8(bytes).map_err(|e| Error::Encoding(e.to_string()))
 }
 
 /// Reads a stored mapper record (see [`mapper_info_to_json`]).
@@ -875,7 +875,7 @@ fn prefix(e: Error, context: &str) -> Error {
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
