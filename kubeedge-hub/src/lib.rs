@@ -78,25 +78,25 @@ pub mod bootstrap;
 mod cloudhub;
 mod connections;
 mod dedupe;
-mod delivery;
 mod edgehub;
 mod error;
 pub mod join;
 mod limit_log;
 mod link;
+mod reliable_cloud;
+mod reliable_edge;
 mod takeover;
 pub mod tls;
-mod upstream;
 
 pub use cloudhub::{CloudEvent, CloudHub, CloudHubConfig, CloudHubHandle, CloudHubStats};
-pub use delivery::{
-    DeliveryConfig, DeliveryEvent, ReliableCloud, ReliableCloudHandle, ToNode, is_ack_tracked,
-};
 pub use edgehub::{DEFAULT_PROJECT_ID, EdgeEvent, EdgeHub, EdgeHubConfig, EdgeHubHandle, ToCloud};
 pub use error::{Error, Result};
 pub use link::{LinkEnd, RateLimit};
+pub use reliable_cloud::{
+    DeliveryConfig, DeliveryEvent, ReliableCloud, ReliableCloudHandle, ToNode, is_ack_tracked,
+};
+pub use reliable_edge::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};
 pub use takeover::TakeoverLimit;
-pub use upstream::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};
 
 // bootstrap (node join over HTTPS)
 pub use bootstrap::{BootstrapConfig, BootstrapServer, CertPaths, EdgeBootstrap, EdgeCredentials};

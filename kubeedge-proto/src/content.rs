@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -116,7 +117,7 @@ impl Content {
         if text == b"null" {
             return Self::null();
         }
-        match crate::message::subslice_range(input, text) {
+        match subslice_range(input, text) {
             Some(range) => Self {
                 raw: input.slice(range),
             },
@@ -333,6 +334,13 @@ fn base64_std(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The range that `sub` occupies inside `whole`, if it is a subslice of it.
+pub(crate) fn subslice_range(whole: &[u8], sub: &[u8]) -> Option<Range<usize>> {
+    let start = sub.as_ptr().addr().checked_sub(whole.as_ptr().addr())?;
+    let end = start.checked_add(sub.len())?;
+    (end <= whole.len()).then_some(start..end)
 }
 
 #[cfg(test)]

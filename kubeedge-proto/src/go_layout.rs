@@ -14,8 +14,28 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::message::subslice_range;
-use crate::{Content, Message, MessageHeader, MessageRoute};
+use crate::content::subslice_range;
+use crate::{Content, Error, Message, MessageHeader, MessageRoute, Result};
+
+/// The decoder's entry point: Go's exact layout first, the general decoder otherwise.
+impl Message {
+    /// Decodes one JSON message from shared bytes. The content is not copied: it stays a slice of
+    /// `input`. Input longer than `max_len` is refused before it is parsed.
+    pub fn decode_json(input: Bytes, max_len: usize) -> Result<Self> {
+        if input.len() > max_len {
+            return Err(Error::TooLarge {
+                what: "message",
+                len: input.len(),
+                max: max_len,
+            });
+        }
+        // Nearly every message has the exact layout Go writes: read that directly.
+        if let Some(msg) = decode(&input) {
+            return Ok(msg);
+        }
+        Self::decode_json_general(input)
+    }
+}
 
 /// Decodes `input` if it has Go's layout; `None` means "use the general decoder".
 pub(crate) fn decode<'a>(input: &'a Bytes) -> Option<Message> {

@@ -1,7 +1,6 @@
 //! The beehive message: `{header, route, content}`, exactly as KubeEdge puts it on the wire.
 
 use std::fmt;
-use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes};
@@ -9,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::names::{Group, Operation, Source};
-use crate::{Content, Error, Result, go_json};
+use crate::{Content, Result, go_json};
 
 /// The default largest JSON message accepted by the decoders: 8 MiB.
 ///
@@ -300,23 +299,6 @@ impl Message {
         Self::decode_json(Bytes::copy_from_slice(input), DEFAULT_MAX_MESSAGE_LEN)
     }
 
-    /// Decodes one JSON message from shared bytes. The content is not copied: it stays a slice of
-    /// `input`. Input longer than `max_len` is refused before it is parsed.
-    pub fn decode_json(input: Bytes, max_len: usize) -> Result<Self> {
-        if input.len() > max_len {
-            return Err(Error::TooLarge {
-                what: "message",
-                len: input.len(),
-                max: max_len,
-            });
-        }
-        // Nearly every message has the exact layout Go writes: read that directly.
-        if let Some(msg) = crate::go_layout::decode(&input) {
-            return Ok(msg);
-        }
-        Self::decode_json_general(input)
-    }
-
     /// The general decoder behind [`decode_json`](Self::decode_json), without the fast path for
     /// Go's exact layout and without the size limit. Public only so that tests and fuzz targets
     /// can check that both decoders agree; use `decode_json`.
@@ -499,13 +481,6 @@ fn format_i64(value: i64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// The range that `sub` occupies inside `whole`, if it is a subslice of it.
-pub(crate) fn subslice_range(whole: &[u8], sub: &[u8]) -> Option<Range<usize>> {
-    let start = sub.as_ptr().addr().checked_sub(whole.as_ptr().addr())?;
-    let end = start.checked_add(sub.len())?;
-    (end <= whole.len()).then_some(start..end)
-}
-
 /// `None` for an absent or empty name (Go's zero value, omitted on the wire).
 fn non_empty<T: AsRef<str>>(name: Option<T>) -> Option<T> {
     name.filter(|n| !n.as_ref().is_empty())
@@ -626,7 +601,7 @@ mod tests {
         let err = Message::decode_json(Bytes::from(vec![b' '; 100]), 99).unwrap_err();
         assert!(matches!(
             err,
-            Error::TooLarge {
+            crate::Error::TooLarge {
                 len: 100,
                 max: 99,
                 ..
@@ -640,7 +615,7 @@ mod tests {
             br#"{"header":{"msg_id":"a","timestamp":1},"route":{},"content":{"x":1}}"#,
         );
         let msg = Message::decode_json(wire.clone(), 1024).unwrap();
-        let range = subslice_range(&wire, msg.content.as_json()).unwrap();
+        let range = crate::content::subslice_range(&wire, msg.content.as_json()).unwrap();
         assert_eq!(&wire[range], br#"{"x":1}"#);
     }
 

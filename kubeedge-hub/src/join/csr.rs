@@ -11,7 +11,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME;
 use x509_parser::prelude::FromDer;
 
-use super::ca::{go_string, sec1_from_key_pair};
+use super::go_der::{go_string, sec1_from_key_pair};
 use super::{MAX_CSR_LEN, NODE_ORGANIZATION, check_len, node_common_name, pem_encode};
 
 /// The longest `ExtKeyUsages` header value read.

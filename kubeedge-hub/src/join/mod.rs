@@ -42,6 +42,7 @@
 
 mod ca;
 mod csr;
+mod go_der;
 mod token;
 
 use std::time::{SystemTime, UNIX_EPOCH};
