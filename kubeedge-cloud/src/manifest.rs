@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -1015,33 +1015,10 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 // Status files
 // ---------------------------------------------------------------------------------------------
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
-/// the folder.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("object");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    // Makes the rename durable; not every platform can open a folder, which is fine.
-    if let Ok(dir) = fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
 fn run_file_ops(ops: Vec<FileOp>) -> std::result::Result<(), String> {
     for op in ops {
         match op {
-            FileOp::Write(path, bytes) => write_atomic(&path, &bytes)
+            FileOp::Write(path, bytes) => kubeedge_fs::write_atomically(&path, &bytes, 0o644)
                 .map_err(|e| format!("writing {}: {e}", path.display()))?,
             FileOp::Remove(path) => match fs::remove_file(&path) {
                 Ok(()) => {}

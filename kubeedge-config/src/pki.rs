@@ -1,13 +1,10 @@
-//! The cluster CA's files and the one way this crate writes a file.
-//!
-//! [`write_atomically`] writes through a temporary file in the same folder with an explicit
-//! mode, syncs it, renames it over the target and syncs the folder, so a crash leaves either the
-//! old file or the new one, never a torn key. [`load_or_create_ca`] loads the CA's certificate
+//! The cluster CA's files, written with `kubeedge_fs::write_atomically` (a temporary file with
+//! an explicit mode, synced, renamed, the folder synced: a crash leaves the old file or the new
+//! one, never a torn key). [`load_or_create_ca`] loads the CA's certificate
 //! and key, or makes a new CA when neither file exists (the key, mode 0600, first; the
 //! certificate, which readers wait for, last); when only one of them exists it refuses, so a
 //! lost certificate never makes a second CA that no joined node trusts.
 
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use kubeedge_hub::join::CertificateAuthority;
@@ -17,52 +14,19 @@ use crate::{Error, Result};
 /// The largest PEM file read (a certificate or a key).
 pub const MAX_PEM_BYTES: u64 = 1 << 20;
 
-/// Writes `data` to `path` atomically with permissions `mode` (creating the folder): a
-/// temporary file beside it, synced, renamed over `path`, and the folder synced.
-pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::file(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::file(dir, e))
+/// `kubeedge_fs::write_atomically`, with this crate's error.
+pub(crate) fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    kubeedge_fs::write_atomically(path, data, mode).map_err(file_error)
 }
 
-/// The contents of `path`, refused when longer than `limit` bytes.
-pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::file(path, e))?;
-    if bytes.len() as u64 > limit {
-        return Err(Error::file(
-            path,
-            format!("larger than {limit} bytes, refused"),
-        ));
-    }
-    Ok(bytes)
+/// `kubeedge_fs::read_bounded`, with this crate's error.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    kubeedge_fs::read_bounded(path, limit).map_err(file_error)
+}
+
+/// A `kubeedge_fs` error (which names its path) as this crate's.
+fn file_error(e: std::io::Error) -> Error {
+    Error::Invalid(e.to_string())
 }
 
 /// The cluster CA in `cert_path` and `key_path` (PEM): loaded when both exist, generated and

@@ -85,6 +85,7 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 
+use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -369,7 +370,9 @@ impl Value {
                 _ => Err(bad("not a boolean (true/false, 1/0, t/f)")),
             },
             PropertyType::String => Ok(Value::String(text.to_owned())),
-            PropertyType::Bytes => base64_decode(text)
+            PropertyType::Bytes => BASE64
+                .decode(text)
+                .ok()
                 .map(Value::Bytes)
                 .ok_or_else(|| bad("not standard base64")),
             PropertyType::Stream => Err(Error::Unsupported(
@@ -394,7 +397,7 @@ impl fmt::Display for Value {
             Self::Double(v) => write_float(f, *v, v),
             Self::String(v) => f.write_str(v),
             Self::Boolean(v) => write!(f, "{v}"),
-            Self::Bytes(v) => f.write_str(&base64_encode(v)),
+            Self::Bytes(v) => f.write_str(&BASE64.encode(v)),
         }
     }
 }
@@ -468,54 +471,9 @@ impl From<Vec<u8>> for Value {
     }
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding (Go's `base64.StdEncoding`, what `encoding/json` writes for
 /// `[]byte`).
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(BASE64[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes standard base64 with padding; `None` for anything else.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let sextet = |c: u8| BASE64.iter().position(|&b| b == c).map(|p| p as u32);
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    let quads = bytes.len() / 4;
-    for (q, quad) in bytes.chunks(4).enumerate() {
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && q + 1 != quads) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &quad[..4 - pad] {
-            n = n << 6 | sextet(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&decoded[..3 - pad]);
-    }
-    Some(out)
-}
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[cfg(test)]
 mod tests {
@@ -672,12 +630,18 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_the_standard_alphabet_for_every_byte() {
+    fn bytes_values_round_trip_through_their_twin_string() {
         let all: Vec<u8> = (0..=255).collect();
-        for len in 0..all.len() {
-            let text = base64_encode(&all[..len]);
-            assert_eq!(base64_decode(&text).as_deref(), Some(&all[..len]));
+        for len in [0, 1, 2, 3, 4, 255, 256] {
+            let value = Value::Bytes(all[..len].to_vec());
+            let text = value.to_twin_string();
+            assert_eq!(Value::parse(PropertyType::Bytes, &text).unwrap(), value);
         }
+        assert_eq!(Value::Bytes(b"hello".to_vec()).to_twin_string(), "aGVsbG8=");
+        assert!(
+            Value::parse(PropertyType::Bytes, "aGVsbG8").is_err(),
+            "padding is required"
+        );
     }
 
     #[test]

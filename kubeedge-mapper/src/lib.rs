@@ -226,7 +226,7 @@
 //!
 //! | feature | default | what it adds | dependencies it brings |
 //! |---|---|---|---|
-//! | (none) | | [`DeviceDriver`], [`Value`], [`PropertyType`], [`PropertySpec`], [`VisitorConfig`], [`Error`]: all a driver author needs | `serde`, `serde_json`, `thiserror` |
+//! | (none) | | [`DeviceDriver`], [`Value`], [`PropertyType`], [`PropertySpec`], [`VisitorConfig`], [`Error`]: all a driver author needs | `serde`, `serde_json`, `thiserror`, `base64` |
 //! | `modbus` | yes | `modbus`: Modbus TCP/RTU driver, the simulated thermostat | `rmodbus`, `tokio-serial`, `tokio`, `tokio-util`, `tracing` |
 //! | `mqtt` | yes | `mqtt_device`: devices that publish on MQTT | `rumqttc`, `bytes`, `tokio`, `tokio-util`, `tracing` |
 //! | `serial` | yes | `serial_line`: text sensors on a serial port | `tokio-serial`, `regex`, `tokio`, `tracing` |
@@ -240,6 +240,8 @@
 //!
 //! - `serde`, `serde_json`: Device `configData` maps, visitor parsing, JSON payloads.
 //! - `thiserror`: the [`Error`] type.
+//! - `base64`: `BYTES` values in their twin string form (standard, padded, as Go writes
+//!   `[]byte`).
 //! - `rmodbus`: builds Modbus request frames and extracts response data (after this crate has
 //!   checked each response completely), and answers requests in the simulated thermostat.
 //! - `rumqttc` (default features off: plain TCP, no TLS): the MQTT 3.1.1 client of the MQTT

@@ -183,6 +183,10 @@ fn a_driver_crate_needs_only_the_trait() {
     assert!(packages.contains("kubeedge-mapper"));
     assert!(packages.contains("serde"));
     assert!(packages.contains("thiserror"));
+    assert!(
+        packages.contains("base64"),
+        "BYTES values are base64 in the twin"
+    );
     check(&root, &dir.path().join("target"));
 }
 

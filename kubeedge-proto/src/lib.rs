@@ -41,6 +41,7 @@
 //!   without building a tree.
 //! - `bytes`: messages decoded from a shared buffer keep their content as a zero-copy slice.
 //! - `uuid`: message ids are UUID v4, as KubeEdge's `google/uuid`.
+//! - `base64`: binary content as Go's `encoding/json` writes `[]byte` (standard, padded).
 //! - `thiserror`: the crate's one error enum.
 //! - `prost` (optional): the protobuf payload of viaduct frames and the DMI types.
 //! - `tokio-util` (optional): the `Decoder`/`Encoder` traits that tokio transports frame with.

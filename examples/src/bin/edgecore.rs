@@ -149,21 +149,8 @@ async fn join_node(join: Join) -> Result<(), String> {
     if let Some(dir) = join.config.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let tmp = join.config.with_extension("tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        out.write_all(join.file.to_yaml()?.as_bytes())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, &join.config).map_err(|e| format!("{}: {e}", join.config.display()))?;
+    kubeedge_fs::write_atomically(&join.config, join.file.to_yaml()?.as_bytes(), 0o600)
+        .map_err(|e| e.to_string())?;
     println!(
         "joined as {node}: certificate in {}, config in {}\nstart the node with: edgecore --config {}",
         join.file.modules.edge_hub.tls_cert_file.display(),

@@ -143,11 +143,7 @@ fn read_json(path: &Path) -> Option<Value> {
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    Ok(kubeedge_config::pki::write_atomically(
-        path,
-        text.as_bytes(),
-        0o644,
-    )?)
+    kubeedge_fs::write_atomically(path, text.as_bytes(), 0o644).map_err(|e| e.to_string())
 }
 
 struct Quickstart {

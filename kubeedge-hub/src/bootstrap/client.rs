@@ -1,10 +1,8 @@
 //! The edge side: getting, keeping and renewing the node's certificate (edgecore's
 //! `CertManager`).
 
-use std::ffi::OsString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -680,64 +678,18 @@ async fn sleep_until_system(due: SystemTime, shutdown: &CancellationToken) -> bo
 
 /// The contents of `path`, `None` if it does not exist; at most [`MAX_CERT_LEN`] bytes.
 fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let mut contents = Vec::new();
-    file.take(MAX_CERT_LEN as u64 + 1)
-        .read_to_end(&mut contents)?;
-    if contents.len() > MAX_CERT_LEN {
-        return Err(Error::Certificate(format!(
-            "{} is larger than {MAX_CERT_LEN} bytes",
-            path.display()
-        )));
+    match kubeedge_fs::read_bounded(path, MAX_CERT_LEN as u64) {
+        Ok(contents) => Ok(Some(contents)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(Error::Certificate(e.to_string())),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(contents))
 }
 
-/// Replaces `path` with `contents` atomically: a temporary file beside it, flushed to disk,
-/// renamed over it. `private` files are created with mode 0600 (on Unix), others 0644.
+/// Replaces `path` with `contents` with `kubeedge_fs::write_atomically`: `private` files
+/// (keys) get mode 0600, others 0644.
 fn write_atomic(path: &Path, contents: &[u8], private: bool) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut temp_name = OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".tmp-{:016x}", random_u64()));
-    let temp = dir.join(temp_name);
-    let written = (|| {
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(if private { 0o600 } else { 0o644 });
-        }
-        #[cfg(not(unix))]
-        let _ = private;
-        let mut file = options.open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written?;
-    #[cfg(unix)]
-    if let Ok(dir) = File::open(dir) {
-        // Make the rename itself durable.
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    kubeedge_fs::write_atomically(path, contents, if private { 0o600 } else { 0o644 })
 }
 
 /// The server from `https://<host>[:<port>]`.
@@ -1008,6 +960,7 @@ mod tests {
 
     #[test]
     fn atomic_writes_replace_and_protect() {
+        use std::fs;
         let dir = std::env::temp_dir().join(format!("kubeedge-hub-atomic-{:x}", random_u64()));
         let path = dir.join("certs").join("server.key");
         write_atomic(&path, b"one", true).unwrap();
