@@ -25,6 +25,7 @@
 //! the cycles must be JSON integers (their CRD type). A field that is absent or `null` is not
 //! checked: the mapper's default applies.
 
+use kubeedge_proto::object_name::is_dns_subdomain;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -467,21 +468,6 @@ fn event_name(object: &Object) -> String {
         name.push_str("device");
     }
     format!("{name}.{hash:016x}")
-}
-
-/// Whether `name` is a DNS-1123 subdomain: at most 253 bytes of dot-separated labels of
-/// lowercase letters, digits and `-`, each starting and ending with a letter or digit.
-pub fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
 }
 
 /// `value[field]` unless it is absent or `null`.

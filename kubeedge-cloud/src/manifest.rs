@@ -31,8 +31,10 @@ use uuid::Uuid;
 
 // Names become file names: nothing but a DNS-1123 subdomain (what Kubernetes accepts as the
 // name of these kinds) is accepted.
-use crate::device_check::is_dns_subdomain as valid_name;
 use crate::{ApiError, ClusterWriter, Error, Kind, Object, ObjectEvent, ObjectKey, Result};
+use kubeedge_proto::object_name::{
+    is_dns_label as valid_namespace, is_dns_subdomain as valid_name,
+};
 
 /// Where manifest mode reads manifests and writes status, and how often it looks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,11 +172,6 @@ const SERVER_SET: [&str; 6] = [
     "managedFields",
     "selfLink",
 ];
-
-/// A DNS-1123 label: what Kubernetes accepts as a namespace.
-fn valid_namespace(namespace: &str) -> bool {
-    namespace.len() <= 63 && !namespace.contains('.') && valid_name(namespace)
-}
 
 /// `status_dir/<plural>/<namespace>_<name>.json`, or `<name>.json` without a namespace. Only
 /// called with validated names.

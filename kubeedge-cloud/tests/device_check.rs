@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use kubeedge_cloud::device_check::{
     DeviceLimits, MAX_EVENT_MESSAGE, MAX_LISTED, Problems, Rejection, check, check_device,
-    check_device_model, is_dns_subdomain, rejection_event,
+    check_device_model, rejection_event,
 };
 use kubeedge_cloud::{Downstream, Kind, Object, ObjectEvent, ObjectKey, Outgoing};
+use kubeedge_proto::object_name::is_dns_subdomain;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
