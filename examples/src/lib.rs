@@ -11,3 +11,4 @@
 
 pub mod common;
 pub mod edgecore;
+pub mod mapper_main;

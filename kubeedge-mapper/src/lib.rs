@@ -16,9 +16,10 @@
 //! | [`runtime`] | [`MapperRuntime`](runtime::MapperRuntime): devices from Device/DeviceModel YAML or DMI, a task per device polling at `collectCycle`, reports at `reportCycle` to the twin over MQTT or DMI, `online`/`unhealthy`/`offline` states, failed reads retried with backoff (never given up), desired values written back; [`MapperOptions`](runtime::MapperOptions), the mapper command line |
 //! | [`Error`] | one error type; [`Error::is_retryable`] says whether trying again can help |
 //!
-//! Runnable mappers: the `modbus-mapper` binary of the workspace's examples package
-//! (`cargo run -p kubeedge-examples --bin modbus-mapper -- --help`: Modbus, YAML or DMI, MQTT
-//! or DMI reports) and `examples/custom_mapper.rs` (Linux sysfs/procfs attributes: the driver
+//! Runnable mappers: the `modbus-mapper`, `mqtt-mapper` and `serial-mapper` binaries of the
+//! workspace's examples package (`cargo run -p kubeedge-examples --bin modbus-mapper --
+//! --help`: devices from YAML or DMI, MQTT or DMI reports; each is its protocol name and its
+//! driver factory over one shared `main`) and `examples/custom_mapper.rs` (Linux sysfs/procfs attributes: the driver
 //! is 98 lines).
 //!
 //! ## Writing a mapper for a new kind of device

@@ -10,9 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_serial::SerialStream;
 
-use common::{PtyPair, PyModbus, holding, known_values, visitor};
+use common::{PyModbus, holding, known_values, visitor};
 use kubeedge_mapper::modbus::{ExceptionCode, ModbusConfig, ModbusDriver, SerialConfig};
 use kubeedge_mapper::{DeviceDriver, Error, PropertyType, Value};
+use kubeedge_testkit::PtyPair;
 use kubeedge_testkit::within;
 
 fn serial(path: &Path) -> SerialConfig {

@@ -14,9 +14,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_serial::SerialStream;
 
-use common::PtyPair;
 use kubeedge_mapper::serial_line::{SerialLineConfig, SerialLineDriver, SerialLineVisitor};
 use kubeedge_mapper::{DeviceDriver, Error, PropertySpec, PropertyType, Value};
+use kubeedge_testkit::PtyPair;
 use kubeedge_testkit::{debian_python, within};
 
 /// tests/line_sensor.py on a serial device, killed when dropped.

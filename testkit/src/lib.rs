@@ -20,6 +20,8 @@
 
 mod mosquitto;
 pub mod peers;
+mod pty;
+pub use pty::PtyPair;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
