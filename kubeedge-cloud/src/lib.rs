@@ -129,3 +129,8 @@ pub use refs::references;
 pub use upstream::{
     Action, Decision, decide, merge_twins, object_reply, twin_confirm, write_reply,
 };
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

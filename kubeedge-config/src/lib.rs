@@ -22,3 +22,8 @@ pub mod pki;
 
 pub use error::{Error, Result};
 pub use flags::Flags;
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

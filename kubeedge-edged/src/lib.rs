@@ -103,3 +103,8 @@ pub use runtime::PodRuntime;
 
 #[cfg(feature = "cri")]
 pub use cri::CriRuntime;
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

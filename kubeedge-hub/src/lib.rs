@@ -100,3 +100,8 @@ pub use takeover::TakeoverLimit;
 
 // bootstrap (node join over HTTPS)
 pub use bootstrap::{BootstrapConfig, BootstrapServer, CertPaths, EdgeBootstrap, EdgeCredentials};
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

@@ -284,3 +284,8 @@ mod serial_port;
 
 pub use driver::{DeviceDriver, PropertySpec, PropertyType, Value, VisitorConfig};
 pub use error::{Error, Result};
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

@@ -85,3 +85,8 @@ pub use resource::{
     CloudResource, DeviceEvent, DeviceId, MAX_RESOURCE_LEN, MAX_TOPIC_LEN, Namespace, ObjectRef,
     Resource,
 };
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

@@ -64,3 +64,8 @@ pub use metamanager::{
 pub use outbox::{FullPolicy, Outbox, Pending, Pushed, Staged};
 pub use schema::SCHEMA_VERSION;
 pub use store::{Durability, Store, StoreConfig};
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;

@@ -100,3 +100,8 @@ pub use dmi::{DmiConfig, DmiServer, MapperRegistry};
 pub use engine::{Effects, TwinConfig, TwinEngine};
 pub use error::{Error, Result};
 pub use ingress::{Ingress, IngressConfig, IngressReceiver, Publication};
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctest;
