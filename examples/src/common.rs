@@ -140,55 +140,70 @@ pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
 }
 
 /// Serves `GET /metrics` (the text `render` returns, Prometheus format) and `GET /healthz`
-/// (`ok`) until `shutdown`. Requests are read up to 4 KiB and 5 s; anything else is a 404.
+/// (`ok`) over HTTP/1.1 (hyper) until `shutdown`; anything else is a 404. Each connection
+/// answers one request and closes; its headers must arrive within 5 s and fit in 8 KiB, and at
+/// most [`MAX_METRICS_CONNECTIONS`] are served at once (more wait in the listen backlog).
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     render: impl Fn() -> String + Send + Sync + 'static,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
     let render = std::sync::Arc::new(render);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
-        let (mut stream, _) = tokio::select! {
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let stream = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, _)) => stream,
                 Err(_) => continue,
             },
         };
         let render = std::sync::Arc::clone(&render);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while len < buf.len() {
-                    match stream.read(&mut buf[len..]).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => len += n,
-                    }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if !matches!(read, Ok(true)) {
-                return;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let render = std::sync::Arc::clone(&render);
+            async move {
+                let (status, body) = match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => (StatusCode::OK, render()),
+                    (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
+                    _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+                };
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                *response.status_mut() = status;
+                let headers = response.headers_mut();
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                Ok::<_, std::convert::Infallible>(response)
             }
-            let line = String::from_utf8_lossy(&buf[..len]);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match (line.starts_with("GET "), path) {
-                (true, "/metrics") => ("200 OK", render()),
-                (true, "/healthz") => ("200 OK", "ok\n".to_owned()),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+        });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(8 * 1024)
+                .keep_alive(false);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                () = shutdown.cancelled() => {}
+            }
         });
     }
 }
+
+/// The most metrics connections served at once.
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
