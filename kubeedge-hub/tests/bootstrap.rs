@@ -1324,12 +1324,15 @@ async fn two_thousand_silent_connections_do_not_keep_honest_joins_out() {
             .await
             .unwrap();
     }
-    // Room was made by closing silent connections (the server holds at most 1,024).
-    assert!(
-        closed_by_server.load(Ordering::Relaxed) >= SILENT - 1024,
-        "{} silent connections closed",
-        closed_by_server.load(Ordering::Relaxed)
-    );
+    // Room is made by closing silent connections (the server holds at most 1,024). A connect
+    // that overflowed the listen backlog only reaches the server when the kernel retries it,
+    // so the closures may still be coming when the honest joins are done.
+    within("the server to close silent connections", async {
+        while closed_by_server.load(Ordering::Relaxed) < SILENT - 1024 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     stop.cancel();
     while attackers.join_next().await.is_some() {}
     cloud.stop().await;

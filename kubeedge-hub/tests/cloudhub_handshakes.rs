@@ -144,12 +144,15 @@ async fn two_thousand_silent_connections_do_not_keep_nodes_out() {
             started.elapsed()
         );
     }
-    // Room was made by closing silent connections (the hub holds at most 1,024 handshakes).
-    assert!(
-        closed_by_hub.load(Ordering::Relaxed) >= SILENT - 1024,
-        "{} silent connections closed",
-        closed_by_hub.load(Ordering::Relaxed)
-    );
+    // Room is made by closing silent connections (the hub holds at most 1,024 handshakes). A
+    // connect that overflowed the listen backlog only reaches the hub when the kernel retries
+    // it, so the closures may still be coming when the honest nodes are in.
+    within("the hub to close silent connections", async {
+        while closed_by_hub.load(Ordering::Relaxed) < SILENT - 1024 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     stop.cancel();
     while attackers.join_next().await.is_some() {}
     stop_hub.cancel();
