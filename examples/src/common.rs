@@ -1,9 +1,7 @@
-//! What the example binaries share: flag parsing, process figures read from `/proc`, the
-//! open-file limit, percentiles, the cluster CA in a PKI directory.
+//! What the example binaries share: their `main`, logs, signals, process figures read from
+//! `/proc`, the open-file limit, percentiles.
 
 use std::time::Duration;
-
-pub use kubeedge_config::Flags;
 
 /// A `kB` field of `/proc/self/status` (`VmRSS`, `RssAnon`, ...), in KiB; 0 if unreadable.
 pub fn status_kib(field: &str) -> u64 {
@@ -72,25 +70,13 @@ pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The `main` of both binaries: parse the flags (exit 2 with the usage on a bad flag), run
-/// `run` on a multi-threaded tokio runtime, and turn its error into exit status 1.
-pub fn main_with<A, F>(
-    name: &str,
-    usage: &str,
-    parse: impl FnOnce() -> Result<A, String>,
-    run: impl FnOnce(A) -> F,
-) -> std::process::ExitCode
+/// The `main` of the binaries: run `run(args)` (the command line clap parsed) on a
+/// multi-threaded tokio runtime and turn its error into exit status 1.
+pub fn main_with<A, F>(name: &str, args: A, run: impl FnOnce(A) -> F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = Result<(), String>>,
 {
     use std::process::ExitCode;
-    let args = match parse() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("{name}: {e}\n{usage}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,72 +124,3 @@ pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     tracing::info!("signal received: stopping");
     token.cancel();
 }
-
-/// Serves `GET /metrics` (the text `render` returns, Prometheus format) and `GET /healthz`
-/// (`ok`) over HTTP/1.1 (hyper) until `shutdown`; anything else is a 404. Each connection
-/// answers one request and closes; its headers must arrive within 5 s and fit in 8 KiB, and at
-/// most [`MAX_METRICS_CONNECTIONS`] are served at once (more wait in the listen backlog).
-pub async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    render: impl Fn() -> String + Send + Sync + 'static,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    use http_body_util::Full;
-    use hyper::body::{Bytes, Incoming};
-    use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-    use hyper::{Method, Request, Response, StatusCode};
-    use hyper_util::rt::{TokioIo, TokioTimer};
-
-    let render = std::sync::Arc::new(render);
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
-    loop {
-        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        let render = std::sync::Arc::clone(&render);
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let render = std::sync::Arc::clone(&render);
-            async move {
-                let (status, body) = match (req.method(), req.uri().path()) {
-                    (&Method::GET, "/metrics") => (StatusCode::OK, render()),
-                    (&Method::GET, "/healthz") => (StatusCode::OK, "ok\n".to_owned()),
-                    _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-                };
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                *response.status_mut() = status;
-                let headers = response.headers_mut();
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                headers.insert(CONNECTION, HeaderValue::from_static("close"));
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        });
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .max_buf_size(8 * 1024)
-                .keep_alive(false);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-}
-
-/// The most metrics connections served at once.
-pub const MAX_METRICS_CONNECTIONS: usize = 64;

@@ -1,14 +1,13 @@
 //! # kubeedge-examples
 //!
-//! The parts the example binaries (`cloudcore`, `edgecore`, the mappers, `quickstart`,
-//! `edge-swarm`, `hub-server`, `kubeedge-frame`) are assembled from, kept in a library so that
-//! the end-to-end tests drive exactly the code the binaries run.
+//! The example binaries (`cloudcore`, `edgecore`, the mappers, `quickstart`, `edge-swarm`,
+//! `hub-server`, `kubeedge-frame`) and what they share. `cloudcore` and `edgecore` are wiring
+//! over the `kubeedge` facade crate; the end-to-end tests run them as processes.
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`common`] | flags, logs, signals, the metrics endpoint, the CA in a directory, `/proc` figures |
-//! | [`edgecore`] | the edge node: EdgeHub, MetaManager, edged, the twin, the EventBus and the DMI server wired together |
+//! | [`common`] | the binaries' `main`, logs, signals, `/proc` figures, the open-file limit |
+//! | [`mapper_main`] | the `main` every mapper binary shares |
 
 pub mod common;
-pub mod edgecore;
 pub mod mapper_main;

@@ -203,7 +203,9 @@ fn a_bad_value_is_refused_naming_the_key() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // A bad command line is a usage error (2, from clap); a bad file is a failure (1), as
+    // KubeEdge's cloudcore exits when its config does not validate.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("modules.cloudHub.websocket.port: 99999 is not a port"),
         "{stderr}"

@@ -8,8 +8,48 @@
 use std::future::Future;
 
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use crate::ApiError;
+use crate::{ApiError, ObjectEvent};
+
+/// Where the controllers' objects come from: a source lists and watches Pods, ConfigMaps,
+/// Secrets, Devices and the rest, and sends what it sees as [`ObjectEvent`]s (a `Listed` per
+/// kind once it has the whole list, then `Applied` and `Deleted`).
+///
+/// `KubeSource` (feature `kube`) watches an API server, `ManifestSource` (feature `manifest`) a
+/// folder of YAML; a vendor's own (a database, another control plane) implements this.
+pub trait ClusterSource: Send + 'static {
+    /// Sends events until `shutdown` is cancelled (then `Ok`) or `events`' receiver is
+    /// dropped (then [`Error::Stopped`](crate::Error::Stopped)).
+    fn run(
+        self,
+        events: mpsc::Sender<ObjectEvent>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = crate::Result<()>> + Send;
+}
+
+#[cfg(feature = "kube")]
+impl ClusterSource for crate::KubeSource {
+    fn run(
+        self,
+        events: mpsc::Sender<ObjectEvent>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = crate::Result<()>> + Send {
+        crate::KubeSource::run(self, events, shutdown)
+    }
+}
+
+#[cfg(feature = "manifest")]
+impl ClusterSource for crate::ManifestSource {
+    fn run(
+        self,
+        events: mpsc::Sender<ObjectEvent>,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = crate::Result<()>> + Send {
+        crate::ManifestSource::run(self, events, shutdown)
+    }
+}
 
 /// A new DeviceStatus for the Device `namespace/name` (uid `device_uid`), owned by it as
 /// KubeEdge's devicecontroller creates it, with an empty `spec` and the given `status`. Every

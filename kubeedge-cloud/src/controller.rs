@@ -196,6 +196,12 @@ impl<W: ClusterWriter> CloudController<W> {
         }
     }
 
+    /// Counts into `metrics` (made before the controller, to be read from its start).
+    pub fn with_metrics(mut self, metrics: CloudMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// The controller's counters.
     pub fn metrics(&self) -> CloudMetrics {
         self.metrics.clone()

@@ -107,7 +107,7 @@ mod record;
 mod refs;
 mod upstream;
 
-pub use cluster::ClusterWriter;
+pub use cluster::{ClusterSource, ClusterWriter};
 pub use controller::{CloudConfig, CloudController, CloudMetrics};
 pub use device_check::DeviceLimits;
 pub use downstream::{Downstream, Outgoing};

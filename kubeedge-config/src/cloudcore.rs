@@ -81,7 +81,7 @@ use serde::Deserialize;
 
 pub use crate::pki::MAX_PEM_BYTES;
 use crate::pki::{self, read_bounded};
-use crate::{Error, Flags, Result};
+use crate::{Error, Result};
 
 /// The largest config file read: 1 MiB.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -97,22 +97,74 @@ pub const API_VERSIONS: [&str; 2] = [
 pub const KIND: &str = "CloudCore";
 
 /// The flags of `cloudcore` (without `--`), all taking a value; see [`Settings::apply_flags`].
-pub const FLAGS: &[&str] = &[
-    "config",
-    "pki-dir",
-    "listen",
-    "https-listen",
-    "advertise-address",
-    "metrics-listen",
-    "kubeconfig",
-    "install-crds",
-    "manifests",
-    "status-dir",
-    "scan-interval-ms",
-    "inventory-grace-ms",
-    "sent-records",
-    "node-limit",
-];
+/// cloudcore's command-line flags (each overrides its key of the `--config` file). With the
+/// `cli` feature they parse with clap (`#[command(flatten)]`); they can also be set in code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct CloudCoreFlags {
+    /// KubeEdge's cloudcore.yaml (unknown keys are ignored).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub config: Option<PathBuf>,
+    /// The cluster CA's directory (`ca.pem`, `ca-key.pem`; made on first start).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
+    pub pki_dir: Option<PathBuf>,
+    /// The CloudHub's address (`modules.cloudHub.websocket`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
+    pub listen: Option<SocketAddr>,
+    /// The join server's address (`modules.cloudHub.https`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
+    pub https_listen: Option<SocketAddr>,
+    /// The server certificate's IP addresses, comma-separated (`advertiseAddress`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "IP,...", value_delimiter = ','))]
+    pub advertise_address: Vec<IpAddr>,
+    /// Serve `/metrics` and `/healthz` here (`commonConfig.monitorServer.bindAddress`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The cluster's kubeconfig (`kubeAPIConfig.kubeConfig`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub kubeconfig: Option<PathBuf>,
+    /// Apply the device CRDs at start (`kubeedgeRs.installCRDs`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL"))]
+    pub install_crds: Option<bool>,
+    /// Objects from this folder of YAML instead of a cluster (`kubeedgeRs.manifests.dir`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
+    pub manifests: Option<PathBuf>,
+    /// Where manifest mode writes what nodes report (default `DIR/../status`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
+    pub status_dir: Option<PathBuf>,
+    /// How often manifest mode rescans the folder, in ms.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "MS"))]
+    pub scan_interval_ms: Option<u64>,
+    /// How long the cloud waits for a connecting node's inventory, in ms.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "MS"))]
+    pub inventory_grace_ms: Option<u64>,
+    /// Keep a record of what was sent to each node (`kubeedgeRs.sentRecords`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BOOL"))]
+    pub sent_records: Option<bool>,
+    /// The most nodes this replica holds (`modules.cloudHub.nodeLimit`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
+    pub node_limit: Option<usize>,
+}
+
+/// What `cloudcore --minconfig` prints: the keys an operator usually sets, at their defaults
+/// (KubeEdge's `--minconfig` is likewise the short form). Read back, it gives
+/// [`Settings::default`].
+pub const MIN_CONFIG: &str = r#"# cloudcore (kubeedge-rs): the keys usually set. `cloudcore --defaultconfig` lists them all.
+apiVersion: cloudcore.config.kubeedge.io/v1alpha1
+kind: CloudCore
+kubeAPIConfig:
+  kubeConfig: ""
+modules:
+  cloudHub:
+    advertiseAddress:
+    - 127.0.0.1
+    websocket:
+      address: 0.0.0.0
+      port: 10000
+    https:
+      address: 0.0.0.0
+      port: 10002
+"#;
 
 /// What `cloudcore --defaultconfig` prints: a commented config file with every key cloudcore
 /// reads at its default. Read back, it gives [`Settings::default`].
@@ -566,14 +618,14 @@ impl Default for Settings {
 
 impl Settings {
     /// The defaults, then the file of `--config` if given, then the other flags.
-    pub fn from_flags(flags: &Flags) -> Result<Self> {
+    pub fn from_flags(flags: &CloudCoreFlags) -> Result<Self> {
         let mut settings = Self::default();
-        if let Some(path) = flags.get("config") {
-            let file = CloudCoreConfig::load(Path::new(path))?;
+        if let Some(path) = &flags.config {
+            let file = CloudCoreConfig::load(path)?;
             settings
                 .apply_file(&file)
-                .map_err(|e| format!("{path}: {e}"))?;
-            tracing::info!(file = path, "config read");
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            tracing::info!(file = %path.display(), "config read");
         }
         settings.apply_flags(flags)?;
         Ok(settings)
@@ -792,47 +844,45 @@ impl Settings {
         Ok(())
     }
 
-    /// Takes the flags given (each overrides the file's value); see [`FLAGS`]. `--config` is
+    /// Takes the flags given (each overrides the file's value); see [`CloudCoreFlags`]. `--config` is
     /// read by [`Settings::from_flags`], not here.
-    pub fn apply_flags(&mut self, flags: &Flags) -> Result<()> {
-        if let Some(dir) = flags.get("pki-dir") {
-            self.ca = CaSource::Dir(PathBuf::from(dir));
+    pub fn apply_flags(&mut self, flags: &CloudCoreFlags) -> Result<()> {
+        if let Some(dir) = &flags.pki_dir {
+            self.ca = CaSource::Dir(dir.clone());
         }
-        self.listen = flags.parsed("listen", self.listen)?;
-        if flags.get("https-listen").is_some() {
-            self.https_listen = Some(flags.required("https-listen")?);
+        self.listen = flags.listen.unwrap_or(self.listen);
+        if flags.https_listen.is_some() {
+            self.https_listen = flags.https_listen;
         }
-        if let Some(list) = flags.get("advertise-address") {
-            self.advertise = list
-                .split(',')
-                .map(|ip| {
-                    ip.trim()
-                        .parse()
-                        .map_err(|e| format!("--advertise-address {ip:?}: {e}"))
-                })
-                .collect::<Result<_, _>>()?;
+        if !flags.advertise_address.is_empty() {
+            self.advertise = flags.advertise_address.clone();
         }
-        if flags.get("metrics-listen").is_some() {
-            self.metrics_listen = Some(flags.required("metrics-listen")?);
+        if flags.metrics_listen.is_some() {
+            self.metrics_listen = flags.metrics_listen;
         }
-        if let Some(path) = flags.get("kubeconfig") {
-            self.kubeconfig = Some(PathBuf::from(path));
+        if let Some(path) = &flags.kubeconfig {
+            self.kubeconfig = Some(path.clone());
         }
-        self.install_crds = flags.parsed("install-crds", self.install_crds)?;
-        if let Some(dir) = flags.get("manifests") {
-            self.manifests = Some(PathBuf::from(dir));
+        self.install_crds = flags.install_crds.unwrap_or(self.install_crds);
+        if let Some(dir) = &flags.manifests {
+            self.manifests = Some(dir.clone());
         }
-        if let Some(dir) = flags.get("status-dir") {
-            self.status_dir = Some(PathBuf::from(dir));
+        if let Some(dir) = &flags.status_dir {
+            self.status_dir = Some(dir.clone());
         }
-        if flags.get("scan-interval-ms").is_some() {
-            self.scan_interval = Duration::from_millis(flags.required("scan-interval-ms")?);
+        if let Some(ms) = flags.scan_interval_ms {
+            self.scan_interval = Duration::from_millis(ms);
         }
-        if flags.get("inventory-grace-ms").is_some() {
-            self.inventory_grace = Duration::from_millis(flags.required("inventory-grace-ms")?);
+        if let Some(ms) = flags.inventory_grace_ms {
+            self.inventory_grace = Duration::from_millis(ms);
         }
-        self.sent_records = flags.parsed("sent-records", self.sent_records)?;
-        self.node_limit = flags.parsed("node-limit", self.node_limit)?;
+        self.sent_records = flags.sent_records.unwrap_or(self.sent_records);
+        if let Some(n) = flags.node_limit {
+            if n == 0 {
+                return Err("--node-limit: must be at least 1".into());
+            }
+            self.node_limit = n;
+        }
         Ok(())
     }
 
@@ -968,8 +1018,17 @@ mod tests {
     /// A KubeEdge `cloudcore --defaultconfig`, as KubeEdge writes it.
     const KUBEEDGE: &str = include_str!("../tests/fixtures/kubeedge-cloudcore.yaml");
 
-    fn flags(args: &[&str]) -> Flags {
-        Flags::parse(args.iter().map(|a| (*a).to_owned()), FLAGS).unwrap()
+    #[cfg(feature = "cli")]
+    fn flags(args: &[&str]) -> CloudCoreFlags {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: CloudCoreFlags,
+        }
+        Cli::try_parse_from(std::iter::once("cloudcore").chain(args.iter().copied()))
+            .unwrap()
+            .flags
     }
 
     fn settings(yaml: &str) -> Result<Settings, String> {
@@ -1041,8 +1100,10 @@ featureGates:
     #[test]
     fn default_config_reads_back_as_the_defaults() {
         assert_eq!(settings(DEFAULT_CONFIG).unwrap(), Settings::default());
+        assert_eq!(settings(MIN_CONFIG).unwrap(), Settings::default());
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn no_file_and_no_flags_is_today() {
         assert_eq!(
@@ -1169,6 +1230,7 @@ kubeedgeRs:
         assert_eq!(s.https_listen, Some("127.0.0.1:10002".parse().unwrap()));
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1384,6 +1446,7 @@ kubeedgeRs:
         CloudCoreConfig::load(&path).unwrap();
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn load_names_the_file() {
         let dir = tempfile::tempdir().unwrap();

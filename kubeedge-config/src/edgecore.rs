@@ -311,7 +311,115 @@ pub fn host_name() -> std::io::Result<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase())
 }
 
+/// `edgecore join`'s flags: where the cloud is, the token, and what the written config file
+/// should say. With the `cli` feature they parse with clap; they can also be set in code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct JoinFlags {
+    /// The CloudHub, HOST:PORT.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "HOST:PORT"))]
+    pub cloudcore: String,
+    /// A token from `cloudcore gettoken`.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub token: String,
+    /// The node's name [default: the host name].
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub node: Option<String>,
+    /// Keep the config and all state under DIR (else KubeEdge's places).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
+    pub root: Option<PathBuf>,
+    /// Where to write the config file [default: see [`EdgeCoreFile::path`]].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub config: Option<PathBuf>,
+    /// The join server's port on the cloudcore host [default: 10002].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PORT"))]
+    pub https_port: Option<u16>,
+    /// The container runtime's CRI endpoint (`containerRuntimeEndpoint`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "unix:///PATH"))]
+    pub cri_endpoint: Option<String>,
+    /// The embedded MQTT broker's address (`mqttServerInternal`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "tcp://IP:PORT"))]
+    pub mqtt_internal: Option<String>,
+    /// Serve /metrics and /healthz here (`metricsAddress`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl JoinFlags {
+    /// The config file these flags describe, checked.
+    pub fn file(&self) -> Result<EdgeCoreFile> {
+        let node = match &self.node {
+            Some(node) => node.clone(),
+            None => host_name().map_err(|e| format!("host name: {e} (give --node)"))?,
+        };
+        let (host, _) = self
+            .cloudcore
+            .rsplit_once(':')
+            .ok_or_else(|| format!("--cloudcore {:?}: expected HOST:PORT", self.cloudcore))?;
+        let https = format!("https://{host}:{}", self.https_port.unwrap_or(10002));
+        let root = self.root.as_deref();
+        let mut file = EdgeCoreFile::for_join(&node, &self.cloudcore, &https, &self.token, root);
+        if let Some(endpoint) = &self.cri_endpoint {
+            let kubelet = &mut file.modules.edged.tailored_kubelet_config;
+            kubelet.container_runtime_endpoint = endpoint.clone();
+        }
+        if let Some(internal) = &self.mqtt_internal {
+            file.modules.event_bus.mqtt_server_internal = internal.clone();
+        }
+        if let Some(addr) = self.metrics_listen {
+            file.metrics_address = addr.to_string();
+        }
+        file.check()?;
+        Ok(file)
+    }
+
+    /// Where the config file goes.
+    pub fn config_path(&self) -> PathBuf {
+        EdgeCoreFile::path(self.config.as_deref(), self.root.as_deref())
+    }
+}
+
+/// What `edgecore --minconfig` prints: the keys a node usually sets (KubeEdge's
+/// `--minconfig` is likewise the short form); the rest keep their defaults.
+pub const MIN_CONFIG: &str = r#"# edgecore (kubeedge-rs): the keys usually set. `edgecore --defaultconfig` lists them all.
+apiVersion: edgecore.config.kubeedge.io/v1alpha2
+kind: EdgeCore
+database:
+  dataSource: /var/lib/kubeedge/edgecore.db
+modules:
+  edgeHub:
+    httpServer: https://<cloudcore>:10002
+    token: ''
+    websocket:
+      server: <cloudcore>:10000
+  edged:
+    hostnameOverride: ''
+    tailoredKubeletConfig:
+      containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+  eventBus:
+    mqttMode: 0
+"#;
+
 impl EdgeCoreFile {
+    /// The config file's path: `config` if given, else `root/config/edgecore.yaml`, else
+    /// KubeEdge's `/etc/kubeedge/config/edgecore.yaml`.
+    pub fn path(config: Option<&Path>, root: Option<&Path>) -> PathBuf {
+        match (config, root) {
+            (Some(config), _) => config.to_owned(),
+            (None, Some(root)) => root.join("config").join("edgecore.yaml"),
+            (None, None) => PathBuf::from("/etc/kubeedge/config/edgecore.yaml"),
+        }
+    }
+
+    /// What `edgecore --defaultconfig` prints: every key at its default, the cloud's address
+    /// left as `<cloudcore>`.
+    pub fn default_yaml() -> Result<String> {
+        let mut file = Self::default();
+        file.modules.edge_hub.websocket.server = "<cloudcore>:10000".into();
+        file.modules.edge_hub.http_server = "https://<cloudcore>:10002".into();
+        file.to_yaml()
+    }
+
     /// Reads and checks `path` (at most [`MAX_CONFIG_LEN`] bytes).
     pub fn load(path: &Path) -> Result<Self> {
         use std::io::Read;
@@ -558,6 +666,15 @@ impl EdgeCoreFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_config_is_the_default_with_the_cloud_named() {
+        let min = EdgeCoreFile::parse(MIN_CONFIG).unwrap();
+        let mut expected = EdgeCoreFile::default();
+        expected.modules.edge_hub.websocket.server = "<cloudcore>:10000".into();
+        expected.modules.edge_hub.http_server = "https://<cloudcore>:10002".into();
+        assert_eq!(min, expected);
+    }
 
     /// What `keadm join` writes for KubeEdge v1.22 (abridged, keys we ignore included).
     const KUBEEDGE_FILE: &str = r#"

@@ -52,26 +52,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use kubeedge_examples::common::{self, Flags, cpu_time, raise_nofile_limit, rss_kib};
-
-const USAGE: &str = "usage: edge-swarm --pki-dir DIR --nodes N [--server 127.0.0.1:10000]
-  [--source-ips 127.0.0.2,127.0.0.3] [--ramp-per-sec 1000] [--duration-secs 300]
-  [--keepalive-secs 15] [--first-node 0] [--name-prefix swarm] [--report-every-secs 5]
-  [--ack-log FILE]";
-
-const FLAGS: &[&str] = &[
-    "server",
-    "pki-dir",
-    "nodes",
-    "source-ips",
-    "ramp-per-sec",
-    "duration-secs",
-    "keepalive-secs",
-    "first-node",
-    "name-prefix",
-    "report-every-secs",
-    "ack-log",
-];
+use kubeedge_examples::common::{self, cpu_time, raise_nofile_limit, rss_kib};
 
 /// A connection attempt (TCP, TLS, upgrade) must finish within this (edgecore: 30 s).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,59 +63,55 @@ const PKI_WAIT: Duration = Duration::from_secs(60);
 /// How long the nodes get to close their connections at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
+/// Many edge nodes on one machine: each joins the CloudHub with its own certificate, keeps
+/// its session alive and acknowledges what it gets.
+#[derive(clap::Parser)]
+#[command(name = "edge-swarm")]
 struct Args {
+    #[arg(long, default_value = "127.0.0.1:10000")]
     server: SocketAddr,
+    #[arg(long)]
     pki_dir: PathBuf,
+    #[arg(long)]
     nodes: usize,
+    /// Source addresses to spread the connections over (comma-separated).
+    #[arg(long, value_delimiter = ',')]
     source_ips: Vec<IpAddr>,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     ramp_per_sec: u64,
+    #[arg(long = "duration-secs", default_value = "300", value_parser = secs)]
     duration: Duration,
+    /// Fractions are accepted, to compress hours of keepalives into minutes.
+    #[arg(long = "keepalive-secs", default_value = "15", value_parser = keepalive)]
     keepalive: Duration,
+    #[arg(long, default_value_t = 0)]
     first_node: usize,
+    #[arg(long = "name-prefix", default_value = "swarm")]
     prefix: String,
+    #[arg(long = "report-every-secs", default_value = "5", value_parser = secs_at_least_1)]
     report_every: Duration,
+    #[arg(long)]
     ack_log: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let flags = Flags::parse(std::env::args().skip(1), FLAGS)?;
-    let source_ips = match flags.get("source-ips") {
-        None | Some("") => Vec::new(),
-        Some(list) => list
-            .split(',')
-            .map(|ip| {
-                ip.trim()
-                    .parse()
-                    .map_err(|e| format!("--source-ips {ip:?}: {e}"))
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let ramp_per_sec: u64 = flags.parsed("ramp-per-sec", 1000)?;
-    if ramp_per_sec == 0 {
-        return Err("--ramp-per-sec must be positive".to_owned());
+fn secs(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_secs)
+}
+
+fn secs_at_least_1(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse::<u64>().map(|n| Duration::from_secs(n.max(1)))
+}
+
+fn keepalive(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.001..=3600.0).contains(&secs) {
+        return Err("must be between 0.001 and 3600".to_owned());
     }
-    // Fractions are accepted, to compress hours of keepalives into minutes.
-    let keepalive: f64 = flags.parsed("keepalive-secs", 15.0)?;
-    if !(0.001..=3600.0).contains(&keepalive) {
-        return Err("--keepalive-secs must be between 0.001 and 3600".to_owned());
-    }
-    Ok(Args {
-        server: flags.parsed("server", SocketAddr::from(([127, 0, 0, 1], 10_000)))?,
-        pki_dir: flags.required("pki-dir")?,
-        nodes: flags.required("nodes")?,
-        source_ips,
-        ramp_per_sec,
-        duration: Duration::from_secs(flags.parsed("duration-secs", 300)?),
-        keepalive: Duration::from_secs_f64(keepalive),
-        first_node: flags.parsed("first-node", 0)?,
-        prefix: flags.parsed("name-prefix", "swarm".to_owned())?,
-        report_every: Duration::from_secs(flags.parsed::<u64>("report-every-secs", 5)?.max(1)),
-        ack_log: flags.get("ack-log").map(PathBuf::from),
-    })
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> ExitCode {
-    common::main_with("edge-swarm", USAGE, parse_args, run)
+    common::main_with("edge-swarm", <Args as clap::Parser>::parse(), run)
 }
 
 /// Counters shared by every node task.

@@ -37,64 +37,47 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use kubeedge_examples::common::{
-    self, Flags, cpu_time, ms, percentile, raise_nofile_limit, rss_kib, status_kib,
+    self, cpu_time, ms, percentile, raise_nofile_limit, rss_kib, status_kib,
 };
-
-const USAGE: &str = "usage: hub-server --pki-dir DIR --nodes-expected N [--listen 127.0.0.1:10000]
-  [--fanout-rounds 5] [--window 16] [--connect-timeout-secs 120] [--settle-secs 5]
-  [--idle-secs 0] [--round-timeout-secs 120] [--retry-secs 5] [--events-len 4096]";
-
-const FLAGS: &[&str] = &[
-    "listen",
-    "pki-dir",
-    "nodes-expected",
-    "fanout-rounds",
-    "window",
-    "connect-timeout-secs",
-    "settle-secs",
-    "idle-secs",
-    "round-timeout-secs",
-    "retry-secs",
-    "events-len",
-];
 
 /// How often progress is printed while waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// The CloudHub under load: waits for `--nodes-expected` nodes (edge-swarm), then fans out
+/// rounds of messages and reports latency, memory and CPU.
+#[derive(clap::Parser)]
+#[command(name = "hub-server")]
 struct Args {
+    #[arg(long, default_value = "127.0.0.1:10000")]
     listen: SocketAddr,
+    #[arg(long)]
     pki_dir: PathBuf,
+    #[arg(long = "nodes-expected")]
     nodes: usize,
+    #[arg(long = "fanout-rounds", default_value_t = 5)]
     rounds: usize,
+    #[arg(long, default_value_t = 16)]
     window: usize,
+    #[arg(long = "connect-timeout-secs", default_value = "120", value_parser = secs)]
     connect_timeout: Duration,
+    #[arg(long = "settle-secs", default_value = "5", value_parser = secs)]
     settle: Duration,
+    #[arg(long = "idle-secs", default_value = "0", value_parser = secs)]
     idle: Duration,
+    #[arg(long = "round-timeout-secs", default_value = "120", value_parser = secs)]
     round_timeout: Duration,
+    #[arg(long = "retry-secs", default_value = "5", value_parser = secs)]
     retry: Duration,
+    #[arg(long, default_value_t = 4096)]
     events_len: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let flags = Flags::parse(std::env::args().skip(1), FLAGS)?;
-    let secs = |name: &str, default: u64| flags.parsed(name, default).map(Duration::from_secs);
-    Ok(Args {
-        listen: flags.parsed("listen", SocketAddr::from(([127, 0, 0, 1], 10_000)))?,
-        pki_dir: flags.required("pki-dir")?,
-        nodes: flags.required("nodes-expected")?,
-        rounds: flags.parsed("fanout-rounds", 5)?,
-        window: flags.parsed("window", 16)?,
-        connect_timeout: secs("connect-timeout-secs", 120)?,
-        settle: secs("settle-secs", 5)?,
-        idle: secs("idle-secs", 0)?,
-        round_timeout: secs("round-timeout-secs", 120)?,
-        retry: secs("retry-secs", 5)?,
-        events_len: flags.parsed("events-len", 4096)?,
-    })
+fn secs(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_secs)
 }
 
 fn main() -> ExitCode {
-    common::main_with("hub-server", USAGE, parse_args, run)
+    common::main_with("hub-server", <Args as clap::Parser>::parse(), run)
 }
 
 /// Loads the CA from `dir` or creates it there, and issues the server certificate for `ip`.

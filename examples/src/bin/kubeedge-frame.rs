@@ -17,15 +17,24 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use kubeedge_proto::{ContentKind, DEFAULT_MAX_MESSAGE_LEN, Message, Resource};
 
-const USAGE: &str = "usage: kubeedge-frame <reencode|show|check> [--max-len BYTES]
-  reencode  read one JSON message per line on stdin, write each re-encoded on one line
-  show      pretty-print each message with its typed operation and resource path
-  check     exit non-zero at the first invalid line, naming the line and the reason";
+/// Reads KubeEdge messages, one JSON message per line on stdin.
+#[derive(clap::Parser)]
+#[command(name = "kubeedge-frame")]
+struct Cli {
+    #[arg(value_enum)]
+    command: Command,
+    /// The longest message accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_LEN)]
+    max_len: usize,
+}
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Command {
+    /// Write each message re-encoded on one line.
     Reencode,
+    /// Pretty-print each message with its typed operation and resource path.
     Show,
+    /// Exit non-zero at the first invalid line, naming the line and the reason.
     Check,
 }
 
@@ -36,13 +45,7 @@ struct Invalid {
 }
 
 fn main() -> ExitCode {
-    let (command, max_len) = match parse_args(std::env::args().skip(1)) {
-        Ok(parsed) => parsed,
-        Err(msg) => {
-            eprintln!("kubeedge-frame: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let Cli { command, max_len } = clap::Parser::parse();
     let stdin = io::stdin().lock();
     let stdout = BufWriter::new(io::stdout().lock());
     match run(command, max_len, stdin, stdout) {
@@ -71,29 +74,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(Command, usize), String> {
-    let command = match args.next().as_deref() {
-        Some("reencode") => Command::Reencode,
-        Some("show") => Command::Show,
-        Some("check") => Command::Check,
-        Some("-h" | "--help") | None => return Err("a command is required".to_owned()),
-        Some(other) => return Err(format!("unknown command {other:?}")),
-    };
-    let mut max_len = DEFAULT_MAX_MESSAGE_LEN;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--max-len" => {
-                let value = args.next().ok_or("--max-len needs a value")?;
-                max_len = value
-                    .parse()
-                    .map_err(|_| format!("bad --max-len {value:?}"))?;
-            }
-            other => return Err(format!("unknown option {other:?}")),
-        }
-    }
-    Ok((command, max_len))
 }
 
 struct Summary {

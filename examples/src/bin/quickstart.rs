@@ -20,18 +20,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kubeedge_config::edgecore::EdgeCoreFile;
-use kubeedge_examples::common::{self, Flags};
+use kubeedge_examples::common;
 use kubeedge_mapper::modbus::simulated_thermostat::{SETPOINT_REGISTER, SimulatedThermostat};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-
-const USAGE: &str =
-    "usage: quickstart [--dir DIR] [--cri-endpoint unix:///PATH] [--exit-when-done true]
-
-Runs cloudcore, an edgecore joined to it, a simulated Modbus thermostat and the Modbus mapper on
-this machine, all on 127.0.0.1, and shows each step. Files and logs go to DIR (default
-/tmp/kubeedge-quickstart, emptied first).";
 
 const NODE: &str = "edge-1";
 /// The most a step may take before the quickstart gives up on it.
@@ -60,29 +53,24 @@ spec:
     configMap: {name: hello-config}
 "#;
 
+/// Runs cloudcore, an edgecore joined to it, a simulated Modbus thermostat and the Modbus
+/// mapper on this machine, all on 127.0.0.1, and shows each step.
+#[derive(clap::Parser)]
+#[command(name = "quickstart")]
 struct Args {
+    /// Files and logs go here (emptied first).
+    #[arg(long, default_value = "/tmp/kubeedge-quickstart")]
     dir: PathBuf,
+    /// The container runtime's CRI endpoint (none or "": no pods).
+    #[arg(long = "cri-endpoint")]
     cri: Option<String>,
+    /// Exit once every step is shown, instead of waiting for Ctrl-C.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     exit_when_done: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let flags = Flags::parse(
-        std::env::args().skip(1),
-        &["dir", "cri-endpoint", "exit-when-done"],
-    )?;
-    Ok(Args {
-        dir: flags.parsed("dir", PathBuf::from("/tmp/kubeedge-quickstart"))?,
-        cri: flags
-            .get("cri-endpoint")
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned),
-        exit_when_done: flags.parsed("exit-when-done", false)?,
-    })
-}
-
 fn main() -> std::process::ExitCode {
-    common::main_with("quickstart", USAGE, parse_args, run)
+    common::main_with("quickstart", <Args as clap::Parser>::parse(), run)
 }
 
 fn free_addr() -> Result<SocketAddr, String> {
@@ -243,7 +231,7 @@ async fn run(args: Args) -> Result<(), String> {
         format!("--mqtt-internal=tcp://{mqtt}"),
         format!("--metrics-listen={edge_metrics}"),
     ];
-    let pods = match &args.cri {
+    let pods = match args.cri.as_ref().filter(|cri| !cri.is_empty()) {
         Some(cri) => match tokio::net::UnixStream::connect(cri.trim_start_matches("unix://")).await
         {
             Ok(_) => {
