@@ -115,7 +115,10 @@ pub struct CloudCoreFlags {
     #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
     pub https_listen: Option<SocketAddr>,
     /// The server certificate's IP addresses, comma-separated (`advertiseAddress`).
-    #[cfg_attr(feature = "cli", arg(long, value_name = "IP,...", value_delimiter = ','))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "IP,...", value_delimiter = ',')
+    )]
     pub advertise_address: Vec<IpAddr>,
     /// Serve `/metrics` and `/healthz` here (`commonConfig.monitorServer.bindAddress`).
     #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]

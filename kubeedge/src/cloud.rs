@@ -64,8 +64,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use kubeedge_cloud::{ClusterSource, ClusterWriter};
 
-use crate::metrics::{MetricsServer, Reading, Readings};
 pub use crate::FromConfig;
+use crate::metrics::{MetricsServer, Reading, Readings};
 use crate::{Error, Result};
 
 /// The objects and the writer of a cloud: [`FromConfig`] (the API server of the settings, or
@@ -147,7 +147,8 @@ impl ClusterChoice for FromConfig {
                 .unwrap_or_else(|| dir.with_file_name("status"));
             let mut manifest = kubeedge_cloud::ManifestConfig::new(dir, &status);
             manifest.scan_interval = settings.scan_interval;
-            let (source, writer) = kubeedge_cloud::ManifestSource::open(manifest).map_err(|e| Error::start("manifests", e))?;
+            let (source, writer) = kubeedge_cloud::ManifestSource::open(manifest)
+                .map_err(|e| Error::start("manifests", e))?;
             tracing::info!(manifests = %dir.display(), status = %status.display(), "manifest mode");
             return controller.run(source, writer, shutdown).await;
         }
@@ -254,12 +255,10 @@ impl<C: ClusterChoice> CloudCoreBuilder<C> {
         hub_config.keepalive_timeout = settings.keepalive;
         hub_config.takeover_limit = settings.takeover_limit;
         let (hub, raw, raw_events) =
-            CloudHub::bind(hub_config)
-                .await
-                .map_err(|e| Error::Start {
-                    part: "cloudhub",
-                    reason: format!("on {}: {e}", settings.listen),
-                })?;
+            CloudHub::bind(hub_config).await.map_err(|e| Error::Start {
+                part: "cloudhub",
+                reason: format!("on {}: {e}", settings.listen),
+            })?;
         let local_addr = hub.local_addr().unwrap_or(settings.listen);
         let join = match settings.https_listen {
             Some(listen) => {

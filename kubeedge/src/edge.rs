@@ -96,8 +96,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Reading, Readings};
 pub use crate::FromConfig;
+use crate::metrics::{Reading, Readings};
 use crate::{Error, Result};
 
 /// Where edged's [`PodRuntime`] comes from: [`FromConfig`] connects to containerd's CRI at
@@ -172,20 +172,28 @@ pub trait MqttChoice: Send + 'static {
 impl MqttChoice for FromConfig {
     type Out = MqttHandle;
 
-    async fn start(self, file: &EdgeCoreFile, context: MqttContext) -> Result<MqttStarted<MqttHandle>> {
+    async fn start(
+        self,
+        file: &EdgeCoreFile,
+        context: MqttContext,
+    ) -> Result<MqttStarted<MqttHandle>> {
         let bus_file = &file.modules.event_bus;
-        let mode = MqttMode::from_kubeedge(bus_file.mqtt_mode).map_err(|e| {
-            Error::Config(format!("modules.eventBus.mqttMode: {e}").into())
-        })?;
+        let mode = MqttMode::from_kubeedge(bus_file.mqtt_mode)
+            .map_err(|e| Error::Config(format!("modules.eventBus.mqttMode: {e}").into()))?;
         let mut mqtt = MqttConfig::new(
             mode,
             bus_file.mqtt_server_external.clone(),
             file.internal_broker()?,
         );
         mqtt.broker = file.broker_config()?;
-        let bus = MqttBus::start(mqtt, context.subscriptions, context.ingress, context.shutdown)
-            .await
-            .map_err(|e| Error::start("eventbus", e))?;
+        let bus = MqttBus::start(
+            mqtt,
+            context.subscriptions,
+            context.ingress,
+            context.shutdown,
+        )
+        .await
+        .map_err(|e| Error::start("eventbus", e))?;
         if let Some(addr) = bus.broker_addr() {
             tracing::info!(%addr, "embedded MQTT broker listening");
         }
@@ -541,7 +549,10 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCore<R, M> {
         }
 
         let store = Store::open(StoreConfig::new(&file.database.data_source)).map_err(|e| {
-            Error::start("store", format!("{}: {e}", file.database.data_source.display()))
+            Error::start(
+                "store",
+                format!("{}: {e}", file.database.data_source.display()),
+            )
         })?;
         let meta = MetaManager::new(store.clone(), MetaManagerConfig::new(&node));
 
@@ -559,9 +570,8 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCore<R, M> {
                 Ok::<(), String>(())
             });
         }
-        let server_name = ServerName::try_from(file.cloud_host()?).map_err(|e| {
-            Error::Config(format!("modules.edgeHub.websocket.server: {e}").into())
-        })?;
+        let server_name = ServerName::try_from(file.cloud_host()?)
+            .map_err(|e| Error::Config(format!("modules.edgeHub.websocket.server: {e}").into()))?;
         let mut hub_config =
             EdgeHubConfig::new(hub_file.websocket.server.clone(), server_name, tls, &node);
         hub_config.project_id = hub_file.project_id.clone();
@@ -620,7 +630,9 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCore<R, M> {
         };
 
         let twin = if file.modules.device_twin.enable && file.modules.event_bus.enable {
-            let twin = start_twin(&file, &node, mqtt, &store, &meta, &handle, &mut tasks, &stop);
+            let twin = start_twin(
+                &file, &node, mqtt, &store, &meta, &handle, &mut tasks, &stop,
+            );
             let (twin, broker) = twin.await?;
             if let Some(broker) = broker {
                 let _ = state.broker.set(broker);
@@ -680,7 +692,9 @@ async fn start_edged<R: PodRuntimeChoice>(
     stop: &CancellationToken,
 ) -> Result<EdgedHandle> {
     let edged_file = &file.modules.edged;
-    let endpoint = &edged_file.tailored_kubelet_config.container_runtime_endpoint;
+    let endpoint = &edged_file
+        .tailored_kubelet_config
+        .container_runtime_endpoint;
     let runtime = runtime.into_runtime(endpoint).await?;
     let root = &edged_file.root_directory;
     std::fs::create_dir_all(root)
@@ -763,8 +777,8 @@ async fn start_twin<M: MqttChoice>(
     tracing::info!(socket = %socket.display(), mappers = known, "DMI server listening");
     let (cloud_tx, cloud_rx) = mpsc::channel(256);
     let MqttStarted { out, broker, bus } = started;
-    let eventbus = EventBus::new(engine, store.clone(), out, HubCloud(handle.clone()))
-        .with_mappers(mappers);
+    let eventbus =
+        EventBus::new(engine, store.clone(), out, HubCloud(handle.clone())).with_mappers(mappers);
     let stop = stop.clone();
     spawn(tasks, "eventbus", async move {
         let result = eventbus.run(ingress_rx, cloud_rx, stop).await;

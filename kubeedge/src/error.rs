@@ -9,6 +9,10 @@ pub enum Error {
     /// The config file (or the config built in code) cannot be used.
     #[error(transparent)]
     Config(#[from] kubeedge_config::Error),
+    /// The cloud's controllers or cluster failed.
+    #[cfg(any(feature = "kube", feature = "manifest"))]
+    #[error(transparent)]
+    Controllers(#[from] kubeedge_cloud::Error),
     /// A listening socket could not be bound.
     #[error("{what} on {addr}: {source}")]
     Bind {

@@ -62,6 +62,11 @@ pub use kubeedge_store as store;
 #[cfg(feature = "twin")]
 pub use kubeedge_twin as twin;
 
+/// The README's example, compiled as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(all(doctest, feature = "edge", feature = "cloud"))]
+pub struct ReadmeDoctest;
+
 /// The default of a part: what the config file (or settings) describes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FromConfig;

@@ -40,7 +40,8 @@ use crate::Error;
 pub const MAX_METRICS_CONNECTIONS: usize = 64;
 
 /// The content type of [`render`]'s text.
-pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Whether a reading only grows or goes up and down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,7 +240,11 @@ fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>>
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE_OPENMETRICS, render(registry)),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -57,7 +57,14 @@ struct GetToken {
 
 async fn run(cli: Cli) -> Result<(), String> {
     if cli.defaultconfig || cli.minconfig {
-        print!("{}", if cli.defaultconfig { DEFAULT_CONFIG } else { MIN_CONFIG });
+        print!(
+            "{}",
+            if cli.defaultconfig {
+                DEFAULT_CONFIG
+            } else {
+                MIN_CONFIG
+            }
+        );
         return Ok(());
     }
     if let Some(Command::Gettoken(get)) = cli.command {
@@ -79,7 +86,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     let settings = Settings::from_flags(&cli.flags)?;
     common::raise_nofile_limit();
-    let core = CloudCore::builder(settings).build().await.map_err(|e| e.to_string())?;
+    let core = CloudCore::builder(settings)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(common::cancel_on_signal(shutdown.clone()));
     core.run(shutdown).await.map_err(|e| e.to_string())

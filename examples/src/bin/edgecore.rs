@@ -53,7 +53,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     if let Some(Command::Join(join)) = cli.command {
         let (file, config) = (join.file()?, join.config_path());
-        let node = edge::join_and_save(&file, &config).await.map_err(|e| e.to_string())?;
+        let node = edge::join_and_save(&file, &config)
+            .await
+            .map_err(|e| e.to_string())?;
         let cert = file.modules.edge_hub.tls_cert_file.display();
         let config = config.display();
         println!("joined as {node}: certificate in {cert}, config in {config}");
