@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::device_check::{DeviceLimits, MAX_EVENT_MESSAGE, Rejection, rejection_event};
 use crate::downstream::{Downstream, Outgoing};
 use crate::lifecycle::lapsed_nodes;
+use crate::node_queue::{NodeQueue, Pushed};
 use crate::record::SentRecord;
 use crate::upstream::{Action, Decision, decide, merge_twins, write_reply};
 use crate::{ApiError, ClusterWriter, Kind, NODE_LEASE_NAMESPACE, ObjectEvent, ObjectKey, Result};
@@ -27,9 +28,16 @@ const SEND_BATCH: usize = 256;
 /// dropped (with a WARN per burst).
 const EVENT_QUEUE: usize = 256;
 
-/// The sender of one node: its queue.
+/// The sender of one node: its queue (closed when the sender is dropped, which ends the
+/// sender task once the queue is empty).
 struct NodeSender {
-    tx: mpsc::UnboundedSender<Message>,
+    queue: Arc<NodeQueue>,
+}
+
+impl Drop for NodeSender {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 /// The controller's per-node tasks and records.
@@ -409,9 +417,10 @@ impl<W: ClusterWriter> CloudController<W> {
         for Outgoing { node, message } in out {
             self.metrics.0.downstream.fetch_add(1, Ordering::Relaxed);
             let message = match links.senders.get(&node) {
-                Some(sender) => match sender.tx.send(message) {
-                    Ok(()) => continue,
-                    Err(mpsc::error::SendError(message)) => message,
+                Some(sender) => match sender.queue.push(&node, message) {
+                    Pushed::Queued | Pushed::Replaced | Pushed::Dropped => continue,
+                    // The sender ended (the transport stopped): start another.
+                    Pushed::Closed(message) => *message,
                 },
                 None => message,
             };
@@ -427,7 +436,7 @@ impl<W: ClusterWriter> CloudController<W> {
                 }
             });
             let sender = spawn_sender(self.cloud.clone(), node.clone(), record);
-            let _ = sender.tx.send(message);
+            sender.queue.push(&node, message);
             links.senders.insert(node, sender);
         }
     }
@@ -539,24 +548,18 @@ impl<W: ClusterWriter> RecordKeeper<W> {
 }
 
 /// A task that hands one node's messages to the reliable layer in order, waiting for room in
-/// the node's queue. With a record, each batch that gives the node a new object is recorded
+/// the node's hub queue; meanwhile newer versions of waiting objects replace older ones (see
+/// [`NodeQueue`]). With a record, each batch that gives the node a new object is recorded
 /// first, and deletes after.
 fn spawn_sender<W: ClusterWriter>(
     cloud: ReliableCloudHandle,
     node: String,
     mut record: Option<RecordKeeper<W>>,
 ) -> NodeSender {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let queue = Arc::new(NodeQueue::default());
+    let taken = Arc::clone(&queue);
     tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < SEND_BATCH {
-                match rx.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
-                }
-            }
+        while let Some(mut batch) = taken.pop_batch(SEND_BATCH).await {
             let mut removed = false;
             if let Some(keeper) = &mut record {
                 let mut added = false;
@@ -583,7 +586,7 @@ fn spawn_sender<W: ClusterWriter>(
             }
         }
     });
-    NodeSender { tx }
+    NodeSender { queue }
 }
 
 /// Performs an authorised write.

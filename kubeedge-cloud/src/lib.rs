@@ -102,6 +102,7 @@ mod kube_cluster;
 mod lifecycle;
 #[cfg(feature = "manifest")]
 mod manifest;
+mod node_queue;
 mod object;
 mod record;
 mod refs;

@@ -94,6 +94,7 @@ pub use error::{Error, Result};
 pub use link::{LinkEnd, RateLimit};
 pub use reliable_cloud::{
     DeliveryConfig, DeliveryEvent, ReliableCloud, ReliableCloudHandle, ToNode, is_ack_tracked,
+    object_key,
 };
 pub use reliable_edge::{ReliableEdge, ReliableEdgeHandle, UpstreamConfig, UpstreamEvent};
 pub use takeover::TakeoverLimit;

@@ -101,7 +101,9 @@ pub fn is_ack_tracked(msg: &Message) -> bool {
 }
 
 /// The object a message is about: `content.metadata.uid`, as KubeEdge keys its per-node store.
-fn object_key(msg: &Message) -> Option<String> {
+/// A node's queue keeps only the newest unsent message per key; a queue in front of this one
+/// (a controller's) should coalesce by the same key.
+pub fn object_key(msg: &Message) -> Option<String> {
     msg.content
         .object_meta()
         .map(|meta| meta.uid)
