@@ -22,7 +22,7 @@ where
     let options = match MapperOptions::parse(protocol, std::env::args().skip(1)) {
         Ok(options) => options,
         Err(e) => {
-            eprintln!("{e}\n\n{}", MapperOptions::usage(program, protocol));
+            eprintln!("{program}: {e}");
             return ExitCode::from(2);
         }
     };

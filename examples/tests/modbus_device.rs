@@ -783,7 +783,8 @@ fn the_modbus_mapper_binary_prints_its_usage() {
         .unwrap();
     assert!(out.status.success());
     let usage = String::from_utf8(out.stdout).unwrap();
-    assert!(usage.starts_with("usage: modbus-mapper "), "{usage}");
+    assert!(usage.contains("Usage: modbus-mapper "), "{usage}");
+    assert!(usage.contains("--devices <PATH>"), "{usage}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_modbus-mapper"))
         .output()
         .unwrap();

@@ -83,7 +83,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::str::FromStr;
 
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
@@ -197,102 +196,7 @@ impl VisitorConfig {
     }
 }
 
-/// A DeviceModel property type (`spec.properties[].type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "&'static str")]
-pub enum PropertyType {
-    /// `INT`: a 64-bit signed integer.
-    Int,
-    /// `FLOAT`: a 32-bit IEEE 754 number.
-    Float,
-    /// `DOUBLE`: a 64-bit IEEE 754 number.
-    Double,
-    /// `STRING`: text.
-    String,
-    /// `BOOLEAN`: true or false.
-    Boolean,
-    /// `BYTES`: raw bytes (base64 in the twin, as Go encodes `[]byte` in JSON).
-    Bytes,
-    /// `STREAM`: a media stream; no [`Value`] carries it and the built-in drivers refuse it.
-    Stream,
-}
-
-impl PropertyType {
-    /// All types, in the DeviceModel CRD's order.
-    pub const ALL: [PropertyType; 7] = [
-        Self::Int,
-        Self::Float,
-        Self::Double,
-        Self::String,
-        Self::Boolean,
-        Self::Bytes,
-        Self::Stream,
-    ];
-
-    /// The DeviceModel spelling: `INT`, `FLOAT`...
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Int => "INT",
-            Self::Float => "FLOAT",
-            Self::Double => "DOUBLE",
-            Self::String => "STRING",
-            Self::Boolean => "BOOLEAN",
-            Self::Bytes => "BYTES",
-            Self::Stream => "STREAM",
-        }
-    }
-
-    /// The lower-case spelling KubeEdge mappers put in twin metadata (`"type": "int"`).
-    pub const fn metadata_type(self) -> &'static str {
-        match self {
-            Self::Int => "int",
-            Self::Float => "float",
-            Self::Double => "double",
-            Self::String => "string",
-            Self::Boolean => "boolean",
-            Self::Bytes => "bytes",
-            Self::Stream => "stream",
-        }
-    }
-}
-
-impl fmt::Display for PropertyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PropertyType {
-    type Err = Error;
-
-    /// Parses `INT`, `int`, `Int`... (KubeEdge compares case-insensitively: DeviceModels say
-    /// `INT`, twin metadata says `int`).
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "unknown property type {s:?} (expected one of INT, FLOAT, DOUBLE, STRING, \
-                     BOOLEAN, BYTES, STREAM)"
-                ))
-            })
-    }
-}
-
-impl TryFrom<String> for PropertyType {
-    type Error = Error;
-
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<PropertyType> for &'static str {
-    fn from(t: PropertyType) -> Self {
-        t.as_str()
-    }
-}
+pub use crate::property_type::{PropertyType, UnknownPropertyType};
 
 /// A typed property value.
 #[derive(Debug, Clone, PartialEq)]
@@ -486,7 +390,7 @@ mod tests {
             assert_eq!(t.metadata_type().parse::<PropertyType>().unwrap(), t);
             assert_eq!(t.to_string(), t.as_str());
         }
-        let err = "INTEGER".parse::<PropertyType>().unwrap_err();
+        let err = Error::from("INTEGER".parse::<PropertyType>().unwrap_err());
         assert!(matches!(err, Error::Config(_)), "{err}");
         assert!(!err.is_retryable());
         let t: PropertyType = serde_json::from_str("\"double\"").unwrap();

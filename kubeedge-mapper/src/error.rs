@@ -15,12 +15,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::driver::PropertyType;
 #[cfg(feature = "modbus")]
-use crate::modbus::ExceptionCode;
+use crate::modbus::exception_code::ExceptionCode;
+use crate::property_type::{PropertyType, UnknownPropertyType};
 
 /// A `Result` whose error defaults to this crate's [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<UnknownPropertyType> for Error {
+    fn from(e: UnknownPropertyType) -> Self {
+        Self::Config(e.to_string())
+    }
+}
 
 /// Everything a device driver can fail with. Each variant says what failed;
 /// [`Error::is_retryable`] says whether trying the same request again can help.

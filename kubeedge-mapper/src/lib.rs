@@ -231,7 +231,7 @@
 //! | `modbus` | yes | `modbus`: Modbus TCP/RTU driver, the simulated thermostat | `rmodbus`, `tokio-serial`, `tokio`, `tokio-util`, `tracing` |
 //! | `mqtt` | yes | `mqtt_device`: devices that publish on MQTT | `rumqttc`, `bytes`, `tokio`, `tokio-util`, `tracing` |
 //! | `serial` | yes | `serial_line`: text sensors on a serial port | `tokio-serial`, `regex`, `tokio`, `tracing` |
-//! | `runtime` | yes | `runtime`: the mapper runtime (YAML or DMI devices, polling, MQTT or DMI reports) | `kubeedge-dmi`, `kubeedge-twin` without its store or broker (no SQLite), `kubeedge-proto`, `tonic`, `tokio-stream`, `serde_yaml_ng`, `bytes` |
+//! | `runtime` | yes | `runtime`: the mapper runtime (YAML or DMI devices, polling, MQTT or DMI reports) | `kubeedge-dmi`, `kubeedge-twin` without its store or broker (no SQLite), `kubeedge-proto`, `tonic`, `tokio-stream`, `serde_yaml_ng`, `bytes`, `clap` |
 //!
 //! A crate that only implements [`DeviceDriver`] for its device depends on
 //! `kubeedge-mapper = { version = "0.1", default-features = false }`; the binary that runs it
@@ -266,6 +266,7 @@
 //! - `tonic`, `tokio-stream`: the mapper's own DMI server (`DeviceMapperService`) on a unix
 //!   socket.
 //! - `serde_yaml_ng`: Device and DeviceModel YAML files.
+//! - `clap` (feature `runtime`): the mapper command line, [`MapperOptions`](runtime::MapperOptions).
 
 #[cfg(any(feature = "modbus", feature = "mqtt", feature = "serial"))]
 mod config_data;
@@ -275,6 +276,7 @@ mod error;
 pub mod modbus;
 #[cfg(feature = "mqtt")]
 pub mod mqtt_device;
+mod property_type;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "serial")]

@@ -55,6 +55,7 @@
 
 mod codec;
 mod config;
+pub(crate) mod exception_code;
 mod pdu;
 mod rtu;
 pub mod simulated_thermostat;
@@ -74,7 +75,7 @@ pub use config::{
     DEFAULT_BYTE_TIMEOUT, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, DEFAULT_TIMEOUT, ModbusConfig,
     ModbusVisitor, RegisterType, SerialConfig, Transport,
 };
-pub use pdu::ExceptionCode;
+pub use exception_code::ExceptionCode;
 
 use pdu::{Request, Response};
 use rtu::RtuLink;

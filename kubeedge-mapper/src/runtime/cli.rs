@@ -35,6 +35,60 @@ pub struct MapperOptions {
     pub help: bool,
 }
 
+/// Where reports go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Report {
+    /// twin/update over MQTT.
+    Mqtt,
+    /// DMI ReportDeviceStatus.
+    Dmi,
+}
+
+/// The flags, as clap parses them.
+#[derive(Debug, clap::Args)]
+struct MapperArgs {
+    /// Device/DeviceModel YAML file or directory (repeatable).
+    #[arg(short = 'd', long, value_name = "PATH")]
+    devices: Vec<PathBuf>,
+    /// Serve DMI and register with edgecore, which sends the devices.
+    #[arg(long)]
+    dmi: bool,
+    /// This mapper's DMI socket [default: /etc/kubeedge/<name>.sock]; implies --dmi.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// edgecore's DMI socket [default: /etc/kubeedge/dmi.sock].
+    #[arg(long, value_name = "PATH")]
+    edgecore_socket: Option<PathBuf>,
+    /// Where reports go: twin/update over MQTT, or DMI ReportDeviceStatus.
+    #[arg(long, value_enum, default_value = "mqtt")]
+    report: Report,
+    /// The MQTT broker.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_BROKER)]
+    broker: String,
+    /// The mapper's name [default: <protocol>-mapper].
+    #[arg(long)]
+    name: Option<String>,
+    /// Limit of each device operation and report, in ms [default: 10000].
+    #[arg(long, value_name = "MS")]
+    timeout: Option<u64>,
+    /// Longest pause between probes of an unreachable device, in ms [default: 30000].
+    #[arg(long, value_name = "MS")]
+    backoff_max: Option<u64>,
+    /// Longest pause before a property whose reads fail is read again, in ms
+    /// [default: 60000].
+    #[arg(long, value_name = "MS")]
+    property_backoff_max: Option<u64>,
+}
+
+/// The clap command of a mapper for `protocol`, named `program`.
+fn command(program: &str, protocol: &str) -> clap::Command {
+    use clap::Args;
+    MapperArgs::augment_args(clap::Command::new(program.to_owned()).about(format!(
+        "A KubeEdge {protocol} mapper: polls each device property at its collectCycle, reports \
+         at its reportCycle to the device twin, writes desired values to the devices."
+    )))
+}
+
 impl MapperOptions {
     /// Parses the arguments (without the program name) of a mapper for `protocol`.
     pub fn parse<I, S>(protocol: &str, args: I) -> Result<Self>
@@ -42,119 +96,63 @@ impl MapperOptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut config = MapperConfig::new(format!("{protocol}-mapper"), protocol);
-        let mut devices = Vec::new();
-        let mut dmi = false;
-        let mut socket = None;
-        let mut report_dmi = false;
-        let mut broker = DEFAULT_BROKER.to_owned();
-        let mut help = false;
-        let mut args = args.into_iter().map(Into::into);
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |what: &str| {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| Error::config(format!("{flag} needs {what}")))
-            };
-            match flag.as_str() {
-                "-h" | "--help" => help = true,
-                "--name" => config.name = value("a name")?,
-                "--devices" | "-d" => devices.push(PathBuf::from(value("a file or directory")?)),
-                "--dmi" => dmi = true,
-                "--socket" => {
-                    socket = Some(PathBuf::from(value("a socket path")?));
-                    dmi = true;
-                }
-                "--edgecore-socket" => {
-                    config.edgecore_socket = PathBuf::from(value("a socket path")?);
-                }
-                "--broker" => broker = value("an address")?,
-                "--report" => {
-                    report_dmi = match value("mqtt or dmi")?.as_str() {
-                        "mqtt" => false,
-                        "dmi" => true,
-                        other => {
-                            return Err(Error::config(format!(
-                                "--report {other:?}: expected mqtt or dmi"
-                            )));
-                        }
-                    }
-                }
-                "--timeout" | "--backoff-max" | "--property-backoff-max" => {
-                    let ms: u64 = value("milliseconds")?
-                        .parse()
-                        .map_err(|_| Error::config(format!("{flag}: expected milliseconds")))?;
-                    let ms = Duration::from_millis(ms.max(1));
-                    match flag.as_str() {
-                        "--timeout" => config.operation_timeout = ms,
-                        "--backoff-max" => config.backoff_max = ms,
-                        _ => config.property_backoff_max = ms,
-                    }
-                }
-                other => {
-                    return Err(Error::config(format!(
-                        "unknown argument {other:?} (see --help)"
-                    )));
-                }
+        use clap::FromArgMatches;
+        let program = format!("{protocol}-mapper");
+        let argv = std::iter::once(program.clone()).chain(args.into_iter().map(Into::into));
+        let matches = match command(&program, protocol).try_get_matches_from(argv) {
+            Ok(matches) => matches,
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+                return Ok(Self {
+                    config: MapperConfig::new(program, protocol),
+                    devices: Vec::new(),
+                    help: true,
+                });
             }
+            Err(e) => return Err(Error::config(e.render().to_string().trim_end())),
+        };
+        let args =
+            MapperArgs::from_arg_matches(&matches).map_err(|e| Error::config(e.to_string()))?;
+        let mut config = MapperConfig::new(args.name.unwrap_or(program), protocol);
+        let ms = |v: u64| Duration::from_millis(v.max(1));
+        if let Some(v) = args.timeout {
+            config.operation_timeout = ms(v);
         }
+        if let Some(v) = args.backoff_max {
+            config.backoff_max = ms(v);
+        }
+        if let Some(v) = args.property_backoff_max {
+            config.property_backoff_max = ms(v);
+        }
+        if let Some(socket) = args.edgecore_socket {
+            config.edgecore_socket = socket;
+        }
+        let dmi = args.dmi || args.socket.is_some();
         if dmi {
+            let socket = args.socket;
             config.mapper_socket =
                 Some(socket.unwrap_or_else(|| {
                     PathBuf::from(format!("/etc/kubeedge/{}.sock", config.name))
                 }));
         }
-        config.report = if report_dmi {
-            ReportTarget::Dmi
-        } else {
-            ReportTarget::Mqtt(MqttTarget::new(broker))
+        config.report = match args.report {
+            Report::Dmi => ReportTarget::Dmi,
+            Report::Mqtt => ReportTarget::Mqtt(MqttTarget::new(args.broker)),
         };
-        if !help && devices.is_empty() && !dmi {
+        if args.devices.is_empty() && !dmi {
             return Err(Error::config(
                 "no devices: give --devices PATH, or --dmi to get them from edgecore",
             ));
         }
         Ok(Self {
             config,
-            devices,
-            help,
+            devices: args.devices,
+            help: false,
         })
     }
 
     /// The help text for `program`.
     pub fn usage(program: &str, protocol: &str) -> String {
-        format!(
-            "usage: {program} [--devices PATH]... [--dmi] [options]
-
-A KubeEdge {protocol} mapper: polls each device property at its collectCycle, reports at its
-reportCycle to the device twin, writes desired values to the devices.
-
-devices:
-  -d, --devices PATH        Device/DeviceModel YAML file or directory (repeatable)
-      --dmi                 serve DMI and register with edgecore, which sends the devices
-      --socket PATH         this mapper's DMI socket (default /etc/kubeedge/<name>.sock;
-                            implies --dmi)
-      --edgecore-socket PATH
-                            edgecore's DMI socket (default /etc/kubeedge/dmi.sock)
-reports:
-      --report mqtt|dmi     twin/update over MQTT (default) or DMI ReportDeviceStatus
-      --broker URL          MQTT broker (default {DEFAULT_BROKER})
-other:
-      --name NAME           mapper name (default {protocol}-mapper)
-      --timeout MS          limit of each device operation and report (default 10000)
-      --backoff-max MS      longest pause between probes of an unreachable device
-                            (default 30000)
-      --property-backoff-max MS
-                            longest pause before a property whose reads fail is read
-                            again (default 60000)
-  -h, --help                this text
-"
-        )
+        command(program, protocol).render_help().to_string()
     }
 
     /// A runtime with these options, `factory` making each device's driver, and the YAML

@@ -353,7 +353,7 @@ fn typed_property(
     }
     let property_type: PropertyType = type_name
         .parse()
-        .map_err(|e: Error| format!("property {name}: {}", strip_config(&e)))?;
+        .map_err(|e: crate::driver::UnknownPropertyType| format!("property {name}: {e}"))?;
     let access_mode = AccessMode::parse(access).map_err(|e| format!("property {name}: {e}"))?;
     let cycle = |ms: i64, what: &str, default: Duration| {
         if ms < 0 {
@@ -372,14 +372,6 @@ fn typed_property(
         report_to_cloud,
         desired: desired.filter(|d| !d.is_empty()).map(str::to_owned),
     })
-}
-
-/// The reason of a configuration error, without the `invalid configuration: ` prefix.
-fn strip_config(e: &Error) -> String {
-    match e {
-        Error::Config(reason) => reason.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Reads the merged Device JSON (model defaults applied) against its model JSON.
