@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use kubeedge_edged::runtime::{ContainerState, LABEL_POD_UID, PodRuntime};
 use kubeedge_edged::{CriRuntime, Edged, EdgedConfig};
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::{MetaManager, MetaManagerConfig, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -92,12 +92,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         store_config.readers = 1;
     }
     let store = Store::open(store_config)?;
-    let meta = MetaManager::new(store, MetaManagerConfig::new(NODE));
+    let meta = MetaManager::new(store, MetaManagerConfig::new(NodeName::new(NODE).unwrap()));
     let runtime = Arc::new(CriRuntime::connect(&endpoint).await?);
     let (edged, handle) = Edged::new(
         Arc::clone(&runtime),
         meta.clone(),
-        EdgedConfig::new(NODE, "127.0.0.1", dir.path().join("edged")),
+        EdgedConfig::new(
+            NodeName::new(NODE).unwrap(),
+            "127.0.0.1",
+            dir.path().join("edged"),
+        ),
     );
     let stop = CancellationToken::new();
     let task = tokio::spawn(edged.run(stop.clone()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::tokens::{IssuedToken, TOKEN_TYPE, TokenSpec};
 use kubeedge_store::{MetaManager, meta};
 use tokio::sync::{mpsc, watch};
@@ -30,7 +30,7 @@ use crate::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct EdgedConfig {
     /// This node's name; only pods with this `spec.nodeName` run.
-    pub node_name: String,
+    pub node_name: NodeName,
     /// The host's IP, reported as `hostIP` (and as the IP of host-network pods).
     pub host_ip: String,
     /// Edged's directory: pod volumes under `pods/`, container logs under `logs/`.
@@ -49,12 +49,12 @@ pub struct EdgedConfig {
 impl EdgedConfig {
     /// Defaults: sync every second.
     pub fn new(
-        node_name: impl Into<String>,
+        node_name: NodeName,
         host_ip: impl Into<String>,
         root_dir: impl Into<PathBuf>,
     ) -> Self {
         Self {
-            node_name: node_name.into(),
+            node_name,
             host_ip: host_ip.into(),
             root_dir: root_dir.into(),
             sync_interval: Duration::from_secs(1),
@@ -133,7 +133,7 @@ impl<R: PodRuntime> Edged<R> {
         let (tx, rx) = mpsc::channel(1);
         let resend = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let worker_config = Arc::new(WorkerConfig {
-            node_name: config.node_name.clone(),
+            node_name: config.node_name.to_string(),
             host_ip: config.host_ip.clone(),
             log_root: config.root_dir.join("logs"),
         });

@@ -224,7 +224,7 @@ impl<R: PodRuntime> NodeReporter<R> {
     /// The kubelet's lease: `known`'s metadata (its resourceVersion) with a fresh spec, owned
     /// by the Node once its uid is known.
     async fn lease(&self, known: Option<&Value>) -> Value {
-        let name = &self.config.node.name;
+        let name = self.config.node.name.as_str();
         let renew = now().0.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let mut metadata = json!({"name": name, "namespace": LEASE_NAMESPACE});
         if let Some(known) = known {

@@ -39,6 +39,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kubeedge_proto::NodeName;
 
 use crate::Result;
 
@@ -281,7 +282,7 @@ fn host_ipv4() -> Option<Ipv4Addr> {
 pub struct NodeConfig {
     /// Node name (edgecore's `hostnameOverride`); also the `kubernetes.io/hostname` label and
     /// the `Hostname` address, as KubeEdge passes it to the kubelet as its hostname.
-    pub name: String,
+    pub name: NodeName,
     /// `containerRuntimeVersion`, from the runtime: `containerd://1.6.20`.
     pub container_runtime_version: String,
     /// `kubeletVersion` (default [`KUBELET_VERSION`]).
@@ -305,9 +306,9 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// A config with the defaults for node `name` on a runtime reporting
     /// `container_runtime_version` (`<runtime>://<version>`).
-    pub fn new(name: impl Into<String>, container_runtime_version: impl Into<String>) -> Self {
+    pub fn new(name: NodeName, container_runtime_version: impl Into<String>) -> Self {
         Self {
-            name: name.into(),
+            name,
             container_runtime_version: container_runtime_version.into(),
             kubelet_version: KUBELET_VERSION.to_owned(),
             max_pods: DEFAULT_MAX_PODS,
@@ -371,7 +372,7 @@ fn hugepage_resource(page_bytes: u64) -> String {
 /// `config.labels`.
 pub fn node_labels(config: &NodeConfig, host: &HostInfo) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
-        ("kubernetes.io/hostname".to_owned(), config.name.clone()),
+        ("kubernetes.io/hostname".to_owned(), config.name.to_string()),
         ("kubernetes.io/os".to_owned(), host.operating_system.clone()),
         ("kubernetes.io/arch".to_owned(), host.architecture.clone()),
         (
@@ -402,7 +403,7 @@ pub fn node_object(config: &NodeConfig, host: &HostInfo, health: &NodeHealth, no
     });
     Node {
         metadata: ObjectMeta {
-            name: Some(config.name.clone()),
+            name: Some(config.name.to_string()),
             labels: Some(node_labels(config, host)),
             ..Default::default()
         },
@@ -496,7 +497,7 @@ pub fn node_status(
     }
     addresses.push(NodeAddress {
         type_: "Hostname".into(),
-        address: config.name.clone(),
+        address: config.name.to_string(),
     });
 
     let not_ready = health.not_ready.as_deref();
@@ -699,7 +700,10 @@ mod tests {
 
     #[test]
     fn node_object_has_the_kubeedge_shape() {
-        let config = NodeConfig::new("ke-edge-test", "containerd://1.6.20");
+        let config = NodeConfig::new(
+            NodeName::new("ke-edge-test").unwrap(),
+            "containerd://1.6.20",
+        );
         let node = node_object(&config, &host(), &NodeHealth::default(), at(NOW));
         let got = serde_json::to_value(&node).unwrap();
         assert_eq!(
@@ -720,7 +724,7 @@ mod tests {
 
     #[test]
     fn patch_content_is_a_status_patch_string() {
-        let config = NodeConfig::new("n1", "containerd://1.6.20");
+        let config = NodeConfig::new(NodeName::new("n1").unwrap(), "containerd://1.6.20");
         let status = node_status(&config, &host(), &NodeHealth::default(), None, at(NOW));
         let patch = node_status_patch(&status).unwrap();
         let v: Value = serde_json::from_str(&patch).unwrap();
@@ -745,7 +749,7 @@ mod tests {
 
     #[test]
     fn transitions_keep_their_time_and_not_ready_says_why() {
-        let config = NodeConfig::new("n1", "containerd://1.6.20");
+        let config = NodeConfig::new(NodeName::new("n1").unwrap(), "containerd://1.6.20");
         let first = node_status(&config, &host(), &NodeHealth::default(), None, at(NOW));
         let later = node_status(
             &config,
@@ -781,7 +785,7 @@ mod tests {
 
     #[test]
     fn config_overrides() {
-        let mut config = NodeConfig::new("n1", "containerd://1.7.0");
+        let mut config = NodeConfig::new(NodeName::new("n1").unwrap(), "containerd://1.7.0");
         config.node_ip = Some("198.51.100.7".parse().unwrap());
         config.max_pods = 20;
         config.register_schedulable = false;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kubeedge_edged::node_status::NodeConfig;
 use kubeedge_edged::{CriRuntime, NodeReporter, NodeReporterConfig};
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::{MetaManager, MetaManagerConfig, Store, StoreConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +32,15 @@ async fn the_node_registers_reports_status_and_keeps_its_lease_as_the_cloud_answ
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path().join("edgecore.db"))).unwrap();
-    let meta = MetaManager::new(store, MetaManagerConfig::new("edge-n1"));
+    let meta = MetaManager::new(
+        store,
+        MetaManagerConfig::new(NodeName::new("edge-n1").unwrap()),
+    );
     let runtime = Arc::new(CriRuntime::connect(&endpoint).await.unwrap());
-    let mut config = NodeReporterConfig::new(NodeConfig::new("edge-n1", ""), dir.path());
+    let mut config = NodeReporterConfig::new(
+        NodeConfig::new(NodeName::new("edge-n1").unwrap(), ""),
+        dir.path(),
+    );
     config.status_interval = Duration::from_millis(100);
     config.report_interval = Duration::from_secs(3600);
     config.lease_interval = Duration::from_millis(100);
@@ -175,9 +181,15 @@ async fn status_and_lease_wait_coalesced_while_the_cloud_is_away() {
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path().join("edgecore.db"))).unwrap();
-    let meta = MetaManager::new(store, MetaManagerConfig::new("edge-n2"));
+    let meta = MetaManager::new(
+        store,
+        MetaManagerConfig::new(NodeName::new("edge-n2").unwrap()),
+    );
     let runtime = Arc::new(CriRuntime::connect(&endpoint).await.unwrap());
-    let mut config = NodeReporterConfig::new(NodeConfig::new("edge-n2", ""), dir.path());
+    let mut config = NodeReporterConfig::new(
+        NodeConfig::new(NodeName::new("edge-n2").unwrap(), ""),
+        dir.path(),
+    );
     config.status_interval = Duration::from_millis(50);
     config.report_interval = Duration::from_millis(100);
     config.lease_interval = Duration::from_millis(50);

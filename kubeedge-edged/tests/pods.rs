@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kubeedge_edged::runtime::{ContainerState, LABEL_POD_UID, PodRuntime};
 use kubeedge_edged::{CriRuntime, Edged, EdgedConfig, EdgedHandle};
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::{MetaManager, MetaManagerConfig, Store, StoreConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -42,10 +42,11 @@ impl Node {
     /// Edged for node `name` (each test has its own node: the runtime is shared by tests
     /// running in parallel, and an edged removes sandboxes of its own node only).
     async fn start(endpoint: &str, dir: &std::path::Path, name: &str) -> Self {
+        let node_name = NodeName::new(name).unwrap();
         let store = Store::open(StoreConfig::new(dir.join("edgecore.db"))).unwrap();
-        let meta = MetaManager::new(store, MetaManagerConfig::new(name));
+        let meta = MetaManager::new(store, MetaManagerConfig::new(node_name.clone()));
         let runtime = Arc::new(CriRuntime::connect(endpoint).await.unwrap());
-        let mut config = EdgedConfig::new(name, "127.0.0.1", dir.join("edged"));
+        let mut config = EdgedConfig::new(node_name, "127.0.0.1", dir.join("edged"));
         config.sync_interval = Duration::from_millis(500);
         let (edged, handle) = Edged::new(Arc::clone(&runtime), meta.clone(), config);
         let stop = CancellationToken::new();
@@ -508,7 +509,7 @@ async fn after_sigkill_without_the_cloud_edged_restores_pods_from_the_store() {
         // The "cloud" side writes into the same store file (as the MetaManager would); there is
         // no hub at all, so the cloud is away the whole time.
         let store = Store::open(StoreConfig::new(dir.path().join("edgecore.db"))).unwrap();
-        let meta = MetaManager::new(store, MetaManagerConfig::new(&node_name));
+        let meta = MetaManager::new(store, MetaManagerConfig::new(NodeName::new(node_name.as_str()).unwrap()));
         let runtime = CriRuntime::connect(&endpoint).await.unwrap();
         let (keeps, dies) = (uid("keep"), uid("dies"));
         let spec = json!({"nodeName": node_name, "hostNetwork": true, "terminationGracePeriodSeconds": 1,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubeedge_proto::extensions::{EXTENSIONS_HEADER, Extensions};
-use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message};
+use kubeedge_proto::{DEFAULT_MAX_MESSAGE_LEN, Message, NodeName};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -33,7 +33,7 @@ pub struct EdgeHubConfig {
     /// TLS: the cluster CA and this node's certificate (see [`crate::tls::client_config`]).
     pub tls: Arc<rustls::ClientConfig>,
     /// This node's name (`node_id`).
-    pub node_id: String,
+    pub node_id: NodeName,
     /// `project_id`.
     pub project_id: String,
     /// How often a keepalive is sent (KubeEdge: 15 s).
@@ -67,13 +67,13 @@ impl EdgeHubConfig {
         server: impl Into<String>,
         server_name: ServerName<'static>,
         tls: Arc<rustls::ClientConfig>,
-        node_id: impl Into<String>,
+        node_id: NodeName,
     ) -> Self {
         Self {
             server: server.into(),
             server_name,
             tls,
-            node_id: node_id.into(),
+            node_id,
             project_id: DEFAULT_PROJECT_ID.to_owned(),
             heartbeat: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(30),

@@ -261,7 +261,12 @@ fn assert_status(result: Result<EdgeCredentials, Error>, expected: u16) -> Strin
 async fn join_writes_the_files_and_the_certificate_authenticates_the_node() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     assert!(edge.load().unwrap().is_none());
 
     let credentials = within("join", edge.bootstrap()).await.unwrap();
@@ -366,7 +371,12 @@ async fn join_writes_the_files_and_the_certificate_authenticates_the_node() {
 async fn a_restarted_edge_reuses_its_files_without_a_token() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let first = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path());
+    let first = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     let joined = within("join", first.bootstrap()).await.unwrap();
     // The cloud is gone and the token is garbage: the files alone must do.
     cloud.stop().await;
@@ -374,14 +384,19 @@ async fn a_restarted_edge_reuses_its_files_without_a_token() {
     let restarted = EdgeBootstrap::new(
         "https://127.0.0.1:9",
         "not.a.valid.token",
-        "edge-1",
+        NodeName::new("edge-1").unwrap(),
         dir.path(),
     );
     let reused = within("restart", restarted.bootstrap()).await.unwrap();
     assert_eq!(reused, joined);
 
     // Files for another node are not reused, and not replaced either: the config is wrong.
-    let other = EdgeBootstrap::new("https://127.0.0.1:9", "", "edge-2", dir.path());
+    let other = EdgeBootstrap::new(
+        "https://127.0.0.1:9",
+        "",
+        NodeName::new("edge-2").unwrap(),
+        dir.path(),
+    );
     assert!(matches!(
         other.load(),
         Err(Error::IdentityMismatch { certificate, configured, .. })
@@ -407,7 +422,12 @@ fn files_of(dir: &TempDir) -> (Vec<u8>, Vec<u8>) {
 async fn a_node_keeps_its_identity_whatever_its_config_says() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     within("join", edge.bootstrap()).await.unwrap();
     let joined = files_of(&dir);
     assert_eq!(
@@ -417,7 +437,12 @@ async fn a_node_keeps_its_identity_whatever_its_config_says() {
 
     // A config naming another node (a truncated file fell back to the host name), with a
     // valid token: edgecore stops with the reason; the key and certificate stay.
-    let misnamed = EdgeBootstrap::new(cloud.url(), cloud.token(), "vm", dir.path());
+    let misnamed = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("vm").unwrap(),
+        dir.path(),
+    );
     let e = within("misnamed", misnamed.bootstrap()).await.unwrap_err();
     assert!(
         matches!(&e, Error::IdentityMismatch { certificate, configured, .. }
@@ -456,7 +481,12 @@ async fn a_node_keeps_its_identity_whatever_its_config_says() {
 async fn an_expired_certificate_of_the_same_node_is_replaced_with_the_token() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     within("join", edge.bootstrap()).await.unwrap();
     let old = cloud.credentials_at("edge-1", SystemTime::now() - 400 * DAY);
     std::fs::write(dir.file("certs/server.crt"), old.cert_pem()).unwrap();
@@ -536,7 +566,12 @@ async fn a_token_for_another_ca_is_refused_before_any_csr_is_sent() {
     let (addr, ca_requests, other_requests) = fake_ca_server(&ca).await;
     let dir = TempDir::new();
     let token = Token::issue(&other_ca, DAY, SystemTime::now());
-    let edge = EdgeBootstrap::new(format!("https://{addr}"), token, "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        format!("https://{addr}"),
+        token,
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
 
     let result = within("join", edge.bootstrap()).await;
     match result {
@@ -552,7 +587,12 @@ async fn a_token_for_another_ca_is_refused_before_any_csr_is_sent() {
     assert!(!dir.file("certs/server.crt").exists());
 
     // A malformed token does not even reach the network.
-    let edge = EdgeBootstrap::new(format!("https://{addr}"), "abc.def", "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        format!("https://{addr}"),
+        "abc.def",
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     assert!(matches!(
         within("join", edge.join()).await,
         Err(Error::TokenMalformed(_))
@@ -565,7 +605,12 @@ async fn an_expired_token_gets_401() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
     let expired = Token::issue(&cloud.ca, DAY, SystemTime::now() - 2 * DAY);
-    let edge = EdgeBootstrap::new(cloud.url(), expired, "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        expired,
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     let body = assert_status(within("join", edge.bootstrap()).await, 401);
     assert!(body.contains("expired"), "{body}");
     assert!(!dir.file("certs/server.crt").exists());
@@ -603,7 +648,12 @@ async fn a_certificate_from_another_ca_gets_401() {
     let other_ca = CertificateAuthority::generate().unwrap();
     // The right CA to verify the cloud with, but a node certificate from another CA.
     let foreign = credentials_from(&other_ca, cloud.ca.cert_der(), "edge-1", SystemTime::now());
-    let edge = EdgeBootstrap::new(cloud.url(), "", "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        "",
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     let body = assert_status(within("renew", edge.renew(&foreign)).await, 401);
     assert!(body.contains("certificate"), "{body}");
     assert!(!dir.file("certs/server.crt").exists());
@@ -626,7 +676,12 @@ async fn a_certificate_for_another_node_gets_401() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
     let edge_a = cloud.credentials_at("edge-a", SystemTime::now());
-    let edge = EdgeBootstrap::new(cloud.url(), "", "edge-b", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        "",
+        NodeName::new("edge-b").unwrap(),
+        dir.path(),
+    );
     assert_status(within("renew", edge.renew(&edge_a)).await, 401);
 
     // Nor may edge-a's certificate ask for a certificate for edge-b while naming itself.
@@ -648,12 +703,23 @@ async fn renewal_over_mutual_tls_needs_no_token_and_changes_the_key() {
     let dir = TempDir::new();
     let joined = within(
         "join",
-        EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path()).bootstrap(),
+        EdgeBootstrap::new(
+            cloud.url(),
+            cloud.token(),
+            NodeName::new("edge-1").unwrap(),
+            dir.path(),
+        )
+        .bootstrap(),
     )
     .await
     .unwrap();
 
-    let edge = EdgeBootstrap::new(cloud.url(), "", "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        "",
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     let renewed = within("renew", edge.renew(&joined)).await.unwrap();
     assert_ne!(renewed.key_pem(), joined.key_pem());
     assert_ne!(renewed.cert_der(), joined.cert_der());
@@ -693,7 +759,12 @@ async fn rotation_renews_a_certificate_that_is_due() {
     let old = cloud.credentials_at("edge-1", SystemTime::now() - 360 * DAY);
     assert!(old.renew_at(1.0) < SystemTime::now());
     let (credentials, mut updates) = tokio::sync::watch::channel(old.clone());
-    let edge = EdgeBootstrap::new(cloud.url(), "", "edge-1", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        "",
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     let shutdown = CancellationToken::new();
     let rotation = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -864,7 +935,12 @@ async fn ca_and_node_routes() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
     // The edge's own CA download.
-    let edge = EdgeBootstrap::new(cloud.url(), "", "edge-1", "/nonexistent");
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        "",
+        NodeName::new("edge-1").unwrap(),
+        "/nonexistent",
+    );
     assert_eq!(
         within("fetch_ca", edge.fetch_ca()).await.unwrap(),
         cloud.ca.cert_der()
@@ -964,7 +1040,13 @@ async fn slow_and_broken_clients_are_cut_off_without_affecting_others() {
     let dir = TempDir::new();
     within(
         "join after abuse",
-        EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-1", dir.path()).bootstrap(),
+        EdgeBootstrap::new(
+            cloud.url(),
+            cloud.token(),
+            NodeName::new("edge-1").unwrap(),
+            dir.path(),
+        )
+        .bootstrap(),
     )
     .await
     .unwrap();
@@ -1130,7 +1212,12 @@ async fn a_token_buys_only_the_certificate_of_the_node_it_names() {
     };
     // An honest node joins while the hostile requests go on.
     let dir = TempDir::new();
-    let honest = EdgeBootstrap::new(cloud.url(), cloud.token(), "edge-3", dir.path());
+    let honest = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("edge-3").unwrap(),
+        dir.path(),
+    );
     let ((), joined) = within("joins", async { tokio::join!(hostile, honest.join()) }).await;
     let joined = joined.unwrap();
     assert_eq!(
@@ -1159,7 +1246,7 @@ async fn node_scoped_and_single_use_tokens() {
     };
     let join = |token: &str, node: &str| {
         let dir = TempDir::new();
-        let edge = EdgeBootstrap::new(cloud.url(), token, node, dir.path());
+        let edge = EdgeBootstrap::new(cloud.url(), token, NodeName::new(node).unwrap(), dir.path());
         async move { within("join", edge.join()).await }
     };
 
@@ -1198,7 +1285,12 @@ async fn node_scoped_and_single_use_tokens() {
     })
     .await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(again.url(), once.as_str(), "edge-4", dir.path());
+    let edge = EdgeBootstrap::new(
+        again.url(),
+        once.as_str(),
+        NodeName::new("edge-4").unwrap(),
+        dir.path(),
+    );
     let body = assert_status(within("join", edge.join()).await, 401);
     assert!(body.contains("used before"), "{body}");
     again.stop().await;
@@ -1208,15 +1300,25 @@ async fn node_scoped_and_single_use_tokens() {
     let plain = Cloud::start().await;
     let once = scoped_token(&plain, None, true);
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(plain.url(), once, "edge-7", dir.path());
+    let edge = EdgeBootstrap::new(
+        plain.url(),
+        once,
+        NodeName::new("edge-7").unwrap(),
+        dir.path(),
+    );
     let body = assert_status(within("join", edge.join()).await, 401);
     assert!(body.contains("no single-use tokens"), "{body}");
     // And a plain token still joins any node, as KubeEdge's.
     let dir = TempDir::new();
-    EdgeBootstrap::new(plain.url(), plain.token(), "edge-8", dir.path())
-        .join()
-        .await
-        .unwrap();
+    EdgeBootstrap::new(
+        plain.url(),
+        plain.token(),
+        NodeName::new("edge-8").unwrap(),
+        dir.path(),
+    )
+    .join()
+    .await
+    .unwrap();
     plain.stop().await;
 }
 
@@ -1319,7 +1421,12 @@ async fn two_thousand_silent_connections_do_not_keep_honest_joins_out() {
         assert_eq!(ca, cloud.ca.cert_der());
         let dir = TempDir::new();
         let node = format!("honest-{n}");
-        let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), node.as_str(), dir.path());
+        let edge = EdgeBootstrap::new(
+            cloud.url(),
+            cloud.token(),
+            NodeName::new(node).unwrap(),
+            dir.path(),
+        );
         within("an honest join under attack", edge.join())
             .await
             .unwrap();
@@ -1363,7 +1470,12 @@ async fn one_source_address_holds_at_most_its_share_of_connections() {
     .await;
     // Another address joins; the address at its cap keeps its 64 connections.
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(cloud.url(), cloud.token(), "honest", dir.path());
+    let edge = EdgeBootstrap::new(
+        cloud.url(),
+        cloud.token(),
+        NodeName::new("honest").unwrap(),
+        dir.path(),
+    );
     within("an honest join", edge.join()).await.unwrap();
     assert_eq!(closed.load(Ordering::Relaxed), 16);
     waiting.abort_all();

@@ -11,7 +11,7 @@ use kubeedge_hub::{
     BootstrapConfig, BootstrapServer, CloudEvent, CloudHub, CloudHubConfig, EdgeBootstrap,
     EdgeEvent, EdgeHub, EdgeHubConfig, tls,
 };
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use rustls::pki_types::ServerName;
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +60,12 @@ async fn join_with_a_token_connect_exchange_rotate_reconnect() {
     // `keadm gettoken`, then the edge joins with it.
     let token = Token::issue(&ca, Duration::from_secs(24 * 3600), SystemTime::now());
     let dir = tempfile::tempdir().unwrap();
-    let edge_join = EdgeBootstrap::new(join_url, token, "edge-1", dir.path());
+    let edge_join = EdgeBootstrap::new(
+        join_url,
+        token,
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    );
     let creds = edge_join.bootstrap().await.unwrap();
 
     let connect = |tls: Arc<rustls::ClientConfig>| {
@@ -68,7 +73,7 @@ async fn join_with_a_token_connect_exchange_rotate_reconnect() {
             hub_addr.to_string(),
             ServerName::IpAddress(localhost.into()),
             tls,
-            "edge-1",
+            NodeName::new("edge-1").unwrap(),
         );
         config.rate_limit = None;
         let (edge, handle, events) = EdgeHub::new(config);
@@ -125,10 +130,15 @@ async fn join_with_a_token_connect_exchange_rotate_reconnect() {
     };
     assert_eq!(node, "edge-1");
     // And after a restart of the edge, the files on disk are reused without the token.
-    let again = EdgeBootstrap::new(format!("https://{}", hub_addr), "", "edge-1", dir.path())
-        .bootstrap()
-        .await
-        .unwrap();
+    let again = EdgeBootstrap::new(
+        format!("https://{}", hub_addr),
+        "",
+        NodeName::new("edge-1").unwrap(),
+        dir.path(),
+    )
+    .bootstrap()
+    .await
+    .unwrap();
     assert_eq!(again.cert_der(), renewed.cert_der());
     stop.cancel();
 }

@@ -99,6 +99,32 @@ impl AsRef<str> for NodeName {
     }
 }
 
+impl std::ops::Deref for NodeName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for NodeName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for NodeName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for NodeName {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
 impl std::str::FromStr for NodeName {
     type Err = Error;
 
@@ -138,5 +164,18 @@ mod tests {
         assert!(!is_dns_label("a.b"));
         assert!(!is_dns_label(&"a".repeat(64)));
         assert!(is_dns_label(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn compares_and_derefs_as_a_str() {
+        let node = NodeName::new("edge-1").unwrap();
+        assert_eq!(node, "edge-1");
+        assert_eq!(node, *"edge-1");
+        assert_eq!(node, "edge-1".to_owned());
+        assert_ne!(node, "edge-2");
+        assert_eq!(node.len(), 6);
+        assert!(node.starts_with("edge"));
+        let s: &str = &node;
+        assert_eq!(s, "edge-1");
     }
 }

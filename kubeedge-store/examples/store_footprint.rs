@@ -12,7 +12,7 @@
 //! Linux only (reads `/proc/self/status`). Run:
 //! `cargo run --release -p kubeedge-store --example store_footprint [pods]`
 
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::{LocalTarget, MetaManager, MetaManagerConfig, Store, StoreConfig, meta};
 
 /// `VmRSS`, `VmHWM`, `RssAnon` and `RssFile` from `/proc/self/status`, in KiB.
@@ -83,7 +83,10 @@ fn main() {
     let store = Store::open(config).expect("open");
     report("after Store::open", Some(baseline));
 
-    let manager = MetaManager::new(store.clone(), MetaManagerConfig::new("edge-node-1"));
+    let manager = MetaManager::new(
+        store.clone(),
+        MetaManagerConfig::new(NodeName::new("edge-node-1").unwrap()),
+    );
     let mut bytes = 0;
     runtime.block_on(async {
         for n in 0..pods {

@@ -20,12 +20,13 @@
 //! ## Using the store and the MetaManager on their own
 //!
 //! ```no_run
-//! use kubeedge_proto::Message;
+//! use kubeedge_proto::{Message, NodeName};
 //! use kubeedge_store::{MetaManager, MetaManagerConfig, Store, StoreConfig};
 //!
 //! # async fn demo(from_cloud: Message) -> kubeedge_store::Result<()> {
 //! let store = Store::open(StoreConfig::new("/var/lib/kubeedge-rs/edge.db"))?;
-//! let meta = MetaManager::new(store, MetaManagerConfig::new("edge-node-1"));
+//! let node = NodeName::new("edge-node-1")?;
+//! let meta = MetaManager::new(store, MetaManagerConfig::new(node));
 //!
 //! // A message from the cloud: stored first, then the ACK is handed back to send.
 //! let outcome = meta.from_cloud(from_cloud).await?;

@@ -11,7 +11,9 @@
 //! otherwise; writes meant for the cloud (status patches, node registration, leases) go through
 //! the durable [`Outbox`](crate::Outbox) first.
 
-use kubeedge_proto::{Content, Group, Message, Operation, Resource, ResourceType, Source};
+use kubeedge_proto::{
+    Content, Group, Message, NodeName, Operation, Resource, ResourceType, Source,
+};
 
 use rusqlite::OptionalExtension;
 use tokio::sync::broadcast;
@@ -28,7 +30,7 @@ const REPLIES_BUFFER: usize = 256;
 #[derive(Clone, Debug)]
 pub struct MetaManagerConfig {
     /// This node's name.
-    pub node_name: String,
+    pub node_name: NodeName,
     /// Resource types whose queries go to the cloud while connected (KubeEdge's list:
     /// configmap, secret, persistentvolume, persistentvolumeclaim, volumeattachment,
     /// serviceaccounttoken, lease, certificatesigningrequest). Others are answered locally.
@@ -43,9 +45,9 @@ pub struct MetaManagerConfig {
 
 impl MetaManagerConfig {
     /// KubeEdge's defaults for `node_name`; an outbox of 10,000 messages that refuses more.
-    pub fn new(node_name: impl Into<String>) -> Self {
+    pub fn new(node_name: NodeName) -> Self {
         Self {
-            node_name: node_name.into(),
+            node_name,
             remote_query_types: vec![
                 ResourceType::ConfigMap,
                 ResourceType::Secret,

@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::{MetaManager, MetaManagerConfig, Pushed, Store, StoreConfig};
 
 /// Set (to the database path) in the child's environment.
@@ -65,7 +65,7 @@ fn crash_child() {
 
     // Opening may itself recover a WAL left by the previous kill: a kill may land here too.
     let store = Store::open(StoreConfig::new(&path)).expect("child: open the store");
-    let mut config = MetaManagerConfig::new("crash-node");
+    let mut config = MetaManagerConfig::new(NodeName::new("crash-node").unwrap());
     // Half of the pushes stay unconfirmed and accumulate over the rounds.
     config.outbox_capacity = 100_000_000;
     let manager = MetaManager::new(store, config);
@@ -519,7 +519,10 @@ async fn check(
 
     // The outbox: exactly what was pushed and not confirmed, give or take the one operation
     // each writer had in flight.
-    let manager = MetaManager::new(store.clone(), MetaManagerConfig::new("crash-check"));
+    let manager = MetaManager::new(
+        store.clone(),
+        MetaManagerConfig::new(NodeName::new("crash-check").unwrap()),
+    );
     let mut pending = Vec::new();
     loop {
         let after = pending.last().map_or(0, |(seq, _)| *seq);

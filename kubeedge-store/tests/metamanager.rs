@@ -3,7 +3,7 @@
 //! the store.
 
 use bytes::Bytes;
-use kubeedge_proto::{Content, DEFAULT_MAX_MESSAGE_LEN, Message, Operation, Source};
+use kubeedge_proto::{Content, DEFAULT_MAX_MESSAGE_LEN, Message, NodeName, Operation, Source};
 use kubeedge_store::{
     EdgeOutcome, LocalTarget, MetaManager, MetaManagerConfig, Store, StoreConfig, meta,
 };
@@ -34,7 +34,10 @@ fn capture() -> Vec<Captured> {
 
 fn open(dir: &tempfile::TempDir) -> MetaManager {
     let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
-    MetaManager::new(store, MetaManagerConfig::new("ke-edge-test"))
+    MetaManager::new(
+        store,
+        MetaManagerConfig::new(NodeName::new("ke-edge-test").unwrap()),
+    )
 }
 
 fn pod(name: &str, uid: &str, rv: u64) -> Message {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use kubeedge_proto::{Content, Message};
+use kubeedge_proto::{Content, Message, NodeName};
 use kubeedge_store::{
     Error, FullPolicy, MetaManager, MetaManagerConfig, Outbox, Pushed, SCHEMA_VERSION, Store,
     StoreConfig, meta,
@@ -88,7 +88,10 @@ async fn opens_an_edgecore_db_made_with_kubeedge_tables() {
         .unwrap();
     }
     let store = Store::open(StoreConfig::new(&path)).unwrap();
-    let mm = MetaManager::new(store.clone(), MetaManagerConfig::new("edge-1"));
+    let mm = MetaManager::new(
+        store.clone(),
+        MetaManagerConfig::new(NodeName::new("edge-1").unwrap()),
+    );
     let pods = store
         .read(|db| meta::list_by_type(db, "pod"))
         .await
@@ -183,7 +186,10 @@ async fn rejects_oversized_values() {
     let mut cfg = config(&dir);
     cfg.max_value_len = 1024;
     let store = Store::open(cfg).unwrap();
-    let mm = MetaManager::new(store.clone(), MetaManagerConfig::new("edge-1"));
+    let mm = MetaManager::new(
+        store.clone(),
+        MetaManagerConfig::new(NodeName::new("edge-1").unwrap()),
+    );
     let big = format!(
         r#"{{"metadata":{{"name":"c","namespace":"default","uid":"u","resourceVersion":"1"}},"data":{{"k":"{}"}}}}"#,
         "v".repeat(2048)

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kubeedge_proto::{Content, Group, Message, Operation, Source};
+use kubeedge_proto::{Content, Group, Message, NodeName, Operation, Source};
 use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
 use kubeedge_testkit::{Mosquitto, MosquittoOptions, StartError};
 use kubeedge_twin::eventbus::{CloudInput, CloudOut, EventBus};
@@ -455,9 +455,13 @@ async fn start_node(
     let store = Store::open(StoreConfig::new(dir.path().join("edge.db")))
         .map_err(|e| format!("opening the store: {e}"))?;
     let outbox = Outbox::new(store.clone(), OUTBOX_CAPACITY, FullPolicy::Reject);
-    let engine = TwinEngine::open(store.clone(), outbox.clone(), TwinConfig::new(NODE))
-        .await
-        .map_err(err("opening the twin"))?;
+    let engine = TwinEngine::open(
+        store.clone(),
+        outbox.clone(),
+        TwinConfig::new(NodeName::new(NODE).unwrap()),
+    )
+    .await
+    .map_err(err("opening the twin"))?;
     let (ingress, ingress_rx) = Ingress::new(IngressConfig::default());
     let stop = CancellationToken::new();
     let external = format!("127.0.0.1:{}", external_port.unwrap_or(1));

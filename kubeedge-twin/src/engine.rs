@@ -18,7 +18,7 @@ use kubeedge_proto::twin::{
     TwinMap, TwinVersion,
 };
 use kubeedge_proto::{
-    Content, DeviceEvent, DeviceId, Group, Message, Operation, Resource, Source, go_json,
+    Content, DeviceEvent, DeviceId, Group, Message, NodeName, Operation, Resource, Source, go_json,
     new_message_id, now_millis, rfc3339_utc,
 };
 use kubeedge_store::{Outbox, Store};
@@ -41,7 +41,7 @@ pub const REASON_NO_DEVICE: &str = "Update rejected due to the device is not exi
 #[derive(Clone, Debug)]
 pub struct TwinConfig {
     /// This node's name (the `$hw/events/node/<node>/...` topics, membership requests).
-    pub node_name: String,
+    pub node_name: NodeName,
     /// Also publish the error result of an unparsable `twin/update` on KubeEdge's topic
     /// `$hw/events/device//twin/update/result` (besides the device's own result topic, where a
     /// mapper actually listens).
@@ -50,9 +50,9 @@ pub struct TwinConfig {
 
 impl TwinConfig {
     /// Defaults for `node_name`: the legacy error topic on.
-    pub fn new(node_name: impl Into<String>) -> Self {
+    pub fn new(node_name: NodeName) -> Self {
         Self {
-            node_name: node_name.into(),
+            node_name,
             legacy_error_topic: true,
         }
     }
@@ -485,7 +485,7 @@ impl TwinEngine {
 
     fn membership_get(&self, node: &str, payload: &[u8]) -> Effects {
         let mut fx = Effects::default();
-        if node != self.config.node_name {
+        if self.config.node_name != node {
             tracing::debug!(node, "membership/get for another node ignored");
             return fx;
         }

@@ -28,7 +28,7 @@
 //! [`Effects::queued`]).
 //!
 //! ```
-//! use kubeedge_proto::{Content, Group, Message, Operation, Source};
+//! use kubeedge_proto::{Content, Group, Message, NodeName, Operation, Source};
 //! use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
 //! use kubeedge_twin::{TwinConfig, TwinEngine};
 //!
@@ -36,7 +36,8 @@
 //! # let dir = tempfile::tempdir().unwrap();
 //! let store = Store::open(StoreConfig::new(dir.path().join("edge.db")))?;
 //! let outbox = Outbox::new(store.clone(), 10_000, FullPolicy::Reject);
-//! let mut twin = TwinEngine::open(store, outbox.clone(), TwinConfig::new("gateway-1")).await?;
+//! let node = NodeName::new("gateway-1")?;
+//! let mut twin = TwinEngine::open(store, outbox.clone(), TwinConfig::new(node)).await?;
 //!
 //! // The cloud makes the device a member of this node (normally through the MetaManager).
 //! let membership = Message::new(Source::DeviceController, Group::Twin, Operation::Update,

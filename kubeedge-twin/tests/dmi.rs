@@ -15,7 +15,7 @@ use kubeedge_proto::device::{DeviceState, DeviceStateUpdate};
 use kubeedge_proto::dmi::google::protobuf::{FloatValue, StringValue};
 use kubeedge_proto::dmi::{self, google::protobuf::Any};
 use kubeedge_proto::twin::DeviceTwinUpdate;
-use kubeedge_proto::{Message, Operation};
+use kubeedge_proto::{Message, NodeName, Operation};
 use kubeedge_store::{MetaManager, MetaManagerConfig, Store, StoreConfig, meta};
 use kubeedge_twin::dmi::convert::any_to_json;
 use kubeedge_twin::dmi::grpc::device_manager_service_client::DeviceManagerServiceClient;
@@ -52,7 +52,10 @@ fn fixture(seq: u32) -> Message {
 /// MetaManager, plus the messages it forwarded to the twin.
 async fn store_with_vectors(dir: &Path) -> (Store, MetaManager, Vec<Message>) {
     let store = Store::open(StoreConfig::new(dir.join("edge.db"))).expect("store opens");
-    let metamanager = MetaManager::new(store.clone(), MetaManagerConfig::new(NODE));
+    let metamanager = MetaManager::new(
+        store.clone(),
+        MetaManagerConfig::new(NodeName::new(NODE).unwrap()),
+    );
     let mut forwarded = Vec::new();
     for seq in [37, 39] {
         forwarded.push(
@@ -88,7 +91,7 @@ fn start(
     ingress: IngressConfig,
 ) -> Harness {
     let socket = dir.join("run/kubeedge/dmi.sock");
-    let mut config = DmiConfig::new(NODE);
+    let mut config = DmiConfig::new(NodeName::new(NODE).unwrap());
     config.socket_path = socket.clone();
     tweak(&mut config);
     let (ingress, rx) = Ingress::new(ingress);
@@ -718,7 +721,7 @@ async fn socket_lifecycle() {
 
     // A second server on a live socket refuses to steal it.
     let (ingress, _rx) = Ingress::new(IngressConfig::default());
-    let mut config = DmiConfig::new(NODE);
+    let mut config = DmiConfig::new(NodeName::new(NODE).unwrap());
     config.socket_path = socket.clone();
     let second = DmiServer::new(
         config,
@@ -741,7 +744,7 @@ async fn socket_lifecycle() {
     // A path that is not a socket is left alone.
     std::fs::write(&socket, b"not a socket").unwrap();
     let (ingress, _rx) = Ingress::new(IngressConfig::default());
-    let mut config = DmiConfig::new(NODE);
+    let mut config = DmiConfig::new(NodeName::new(NODE).unwrap());
     config.socket_path = socket.clone();
     let third = DmiServer::new(config, store.clone(), ingress, MapperRegistry::new(store));
     let err = timeout(WAIT, third.serve(CancellationToken::new()))
@@ -758,7 +761,10 @@ async fn socket_lifecycle() {
 async fn a_device_that_arrives_before_its_model_is_registered_when_the_model_comes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
-    let metamanager = MetaManager::new(store.clone(), MetaManagerConfig::new(NODE));
+    let metamanager = MetaManager::new(
+        store.clone(),
+        MetaManagerConfig::new(NodeName::new(NODE).unwrap()),
+    );
     let h = start(dir.path(), store, |_| {}, IngressConfig::default());
     let mut client = dmi_client(&h.socket).await;
     let mapper_sock = dir.path().join("modbus-mapper.sock");

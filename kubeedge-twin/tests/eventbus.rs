@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubeedge_proto::{Content, Group, Message, Operation, Source};
+use kubeedge_proto::{Content, Group, Message, NodeName, Operation, Source};
 use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
 use kubeedge_testkit::{
     DEADLINE, Mosquitto, MosquittoSub, debian_python, free_port, mosquitto_pub,
@@ -67,9 +67,13 @@ async fn start_node_with(
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
     let outbox = Outbox::new(store.clone(), 10_000, FullPolicy::Reject);
-    let engine = TwinEngine::open(store.clone(), outbox.clone(), TwinConfig::new(NODE))
-        .await
-        .unwrap();
+    let engine = TwinEngine::open(
+        store.clone(),
+        outbox.clone(),
+        TwinConfig::new(NodeName::new(NODE).unwrap()),
+    )
+    .await
+    .unwrap();
     let (ingress, ingress_rx) = Ingress::new(ingress_config);
     let stop = CancellationToken::new();
     let internal_port = free_port();
@@ -91,7 +95,7 @@ async fn start_node_with(
     within("MQTT connected", handle.connected()).await.unwrap();
     let dmi_socket = dir.path().join("dmi.sock");
     let mappers = MapperRegistry::new(store.clone());
-    let mut dmi_config = DmiConfig::new(NODE);
+    let mut dmi_config = DmiConfig::new(NodeName::new(NODE).unwrap());
     dmi_config.socket_path = dmi_socket.clone();
     let dmi = DmiServer::new(dmi_config, store.clone(), ingress.clone(), mappers.clone());
     tokio::spawn(dmi.serve(stop.clone()));
@@ -496,7 +500,10 @@ async fn a_dmi_mapper_gets_its_devices_and_reports_twins() {
 
     // The cloud sends the model and the device; the MetaManager stores them and forwards them
     // to the twin side, which pushes them to the mapper.
-    let metamanager = MetaManager::new(node.store.clone(), MetaManagerConfig::new(NODE));
+    let metamanager = MetaManager::new(
+        node.store.clone(),
+        MetaManagerConfig::new(NodeName::new(NODE).unwrap()),
+    );
     for seq in [37, 39] {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join(format!("tests/fixtures/ws-v1.22.2-seq{seq}.json"));

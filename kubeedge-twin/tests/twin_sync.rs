@@ -7,7 +7,7 @@
 #![cfg(feature = "store")]
 
 use kubeedge_proto::twin::{DeviceTwinUpdate, TwinVersion};
-use kubeedge_proto::{Content, Group, Message, Operation, Source};
+use kubeedge_proto::{Content, Group, Message, NodeName, Operation, Source};
 use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
 use kubeedge_twin::{Effects, TwinConfig, TwinEngine};
 use serde_json::{Value, json};
@@ -24,9 +24,13 @@ async fn edge() -> Edge {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
     let outbox = Outbox::new(store.clone(), 100, FullPolicy::Reject);
-    let mut engine = TwinEngine::open(store, outbox.clone(), TwinConfig::new("n1"))
-        .await
-        .unwrap();
+    let mut engine = TwinEngine::open(
+        store,
+        outbox.clone(),
+        TwinConfig::new(NodeName::new("n1").unwrap()),
+    )
+    .await
+    .unwrap();
     let membership = Message::new(
         Source::DeviceController,
         Group::Twin,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use kubeedge_proto::{Message, Operation};
+use kubeedge_proto::{Message, NodeName, Operation};
 use kubeedge_store::{FullPolicy, Outbox, Store, StoreConfig};
 use kubeedge_twin::{Effects, TwinConfig, TwinEngine};
 use serde_json::Value;
@@ -148,9 +148,13 @@ impl Edge {
         let path = dir.path().join("edgecore.db");
         let store = Store::open(StoreConfig::new(&path)).unwrap();
         let outbox = Outbox::new(store.clone(), 1000, FullPolicy::Reject);
-        let engine = TwinEngine::open(store.clone(), outbox.clone(), TwinConfig::new(NODE))
-            .await
-            .unwrap();
+        let engine = TwinEngine::open(
+            store.clone(),
+            outbox.clone(),
+            TwinConfig::new(NodeName::new(NODE).unwrap()),
+        )
+        .await
+        .unwrap();
         Edge {
             _dir: dir,
             path,
@@ -280,9 +284,13 @@ async fn replays_the_kubeedge_capture() {
     drop(store);
     let reopened = Store::open(StoreConfig::new(&path)).unwrap();
     let outbox = Outbox::new(reopened.clone(), 1000, FullPolicy::Reject);
-    let mut engine = TwinEngine::open(reopened.clone(), outbox.clone(), TwinConfig::new(NODE))
-        .await
-        .unwrap();
+    let mut engine = TwinEngine::open(
+        reopened.clone(),
+        outbox.clone(),
+        TwinConfig::new(NodeName::new(NODE).unwrap()),
+    )
+    .await
+    .unwrap();
     let after: Vec<_> = engine.devices().cloned().collect();
     assert_eq!(before, after);
     let pending: Vec<String> = outbox

@@ -81,7 +81,7 @@ use kubeedge_hub::{
     EdgeHub, EdgeHubConfig, RateLimit, ReliableEdge, ReliableEdgeHandle, UpstreamConfig,
     UpstreamEvent,
 };
-use kubeedge_proto::Message;
+use kubeedge_proto::{Message, NodeName};
 use kubeedge_store::{LocalTarget, MetaManager, MetaManagerConfig, Outbox, Store, StoreConfig};
 use kubeedge_twin::eventbus::{CloudInput, CloudOut, EventBus, MqttOut, stored_subscriptions};
 use kubeedge_twin::mqtt::{
@@ -267,7 +267,7 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCoreBuilder<R, M> {
     /// Checks the config and the node's identity (a node certificate on disk names the node).
     pub fn build(self) -> Result<EdgeCore<R, M>> {
         self.file.check()?;
-        let node = self.file.node_identity()?;
+        let node = node_name(self.file.node_identity()?)?;
         Ok(EdgeCore {
             file: self.file,
             node,
@@ -282,7 +282,7 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCoreBuilder<R, M> {
 #[derive(Debug)]
 pub struct EdgeCore<R = FromConfig, M = FromConfig> {
     file: EdgeCoreFile,
-    node: String,
+    node: NodeName,
     runtime: R,
     mqtt: M,
     state: Arc<EdgeCoreState>,
@@ -463,17 +463,28 @@ fn spawn<E: std::fmt::Display>(
     tasks.spawn(async move { (name, fut.await.map_err(|e| e.to_string())) });
 }
 
+/// `name` (from the config or the node's certificate) as a [`NodeName`].
+fn node_name(name: String) -> Result<NodeName> {
+    NodeName::new(name.as_str())
+        .map_err(|e| Error::Config(format!("node name {name:?}: {e}").into()))
+}
+
 /// The join client of `file`: its certificate server, token and certificate paths.
-fn join_client(file: &EdgeCoreFile, node: &str) -> EdgeBootstrap {
+fn join_client(file: &EdgeCoreFile, node: &NodeName) -> EdgeBootstrap {
     let hub = &file.modules.edge_hub;
-    let mut join = EdgeBootstrap::new(hub.http_server.clone(), hub.token.clone(), node, "/");
+    let mut join = EdgeBootstrap::new(
+        hub.http_server.clone(),
+        hub.token.clone(),
+        node.clone(),
+        "/",
+    );
     join.paths = file.cert_paths();
     join
 }
 
 /// `edgecore join`: new credentials from the cloud with the token, replacing any on disk (the
 /// one way to give a node another identity or key).
-pub async fn join(file: &EdgeCoreFile, node: &str) -> Result<EdgeCredentials> {
+pub async fn join(file: &EdgeCoreFile, node: &NodeName) -> Result<EdgeCredentials> {
     join_client(file, node)
         .join()
         .await
@@ -482,8 +493,8 @@ pub async fn join(file: &EdgeCoreFile, node: &str) -> Result<EdgeCredentials> {
 
 /// `edgecore join` as a whole: new credentials for `file`'s node (see [`join`]), then `file`
 /// written to `config` (mode 0600: it holds the token). Returns the node's name.
-pub async fn join_and_save(file: &EdgeCoreFile, config: &std::path::Path) -> Result<String> {
-    let node = file.node_name()?;
+pub async fn join_and_save(file: &EdgeCoreFile, config: &std::path::Path) -> Result<NodeName> {
+    let node = node_name(file.node_name()?)?;
     join(file, &node).await?;
     if let Some(dir) = config.parent() {
         std::fs::create_dir_all(dir)
@@ -496,7 +507,7 @@ pub async fn join_and_save(file: &EdgeCoreFile, config: &std::path::Path) -> Res
 
 /// The node's credentials: those on disk, or new ones from the cloud with the token if there
 /// are none (files that exist are never replaced here: see [`EdgeBootstrap::bootstrap`]).
-pub async fn credentials(file: &EdgeCoreFile, node: &str) -> Result<EdgeCredentials> {
+pub async fn credentials(file: &EdgeCoreFile, node: &NodeName) -> Result<EdgeCredentials> {
     let join = join_client(file, node);
     if file.modules.edge_hub.http_server.is_empty() {
         return join
@@ -554,7 +565,7 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCore<R, M> {
                 format!("{}: {e}", file.database.data_source.display()),
             )
         })?;
-        let meta = MetaManager::new(store.clone(), MetaManagerConfig::new(&node));
+        let meta = MetaManager::new(store.clone(), MetaManagerConfig::new(node.clone()));
 
         // The link: EdgeHub (mutual TLS WebSocket) under ReliableEdge (ACKs, dedupe, the outbox
         // as its journal). The certificate is renewed in the background
@@ -572,8 +583,12 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCore<R, M> {
         }
         let server_name = ServerName::try_from(file.cloud_host()?)
             .map_err(|e| Error::Config(format!("modules.edgeHub.websocket.server: {e}").into()))?;
-        let mut hub_config =
-            EdgeHubConfig::new(hub_file.websocket.server.clone(), server_name, tls, &node);
+        let mut hub_config = EdgeHubConfig::new(
+            hub_file.websocket.server.clone(),
+            server_name,
+            tls,
+            node.clone(),
+        );
         hub_config.project_id = hub_file.project_id.clone();
         hub_config.heartbeat = Duration::from_secs(hub_file.heartbeat);
         // KubeEdge waits two heartbeats before it reconnects; a session that lasted that long
@@ -685,7 +700,7 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCore<R, M> {
 
 async fn start_edged<R: PodRuntimeChoice>(
     file: &EdgeCoreFile,
-    node: &str,
+    node: &NodeName,
     runtime: R,
     meta: &MetaManager,
     tasks: &mut Tasks,
@@ -715,10 +730,10 @@ async fn start_edged<R: PodRuntimeChoice>(
     let (edged, handle) = Edged::new(
         Arc::clone(&runtime),
         meta.clone(),
-        EdgedConfig::new(node, host_ip.to_string(), root),
+        EdgedConfig::new(node.clone(), host_ip.to_string(), root),
     );
     spawn(tasks, "edged", edged.run(stop.clone()));
-    let mut node_config = NodeConfig::new(node, "");
+    let mut node_config = NodeConfig::new(node.clone(), "");
     node_config.node_ip = node_ip;
     node_config.labels = edged_file.labels.clone();
     node_config.register_schedulable = edged_file.register_schedulable;
@@ -736,7 +751,7 @@ async fn start_edged<R: PodRuntimeChoice>(
 #[allow(clippy::too_many_arguments)]
 async fn start_twin<M: MqttChoice>(
     file: &EdgeCoreFile,
-    node: &str,
+    node: &NodeName,
     mqtt: M,
     store: &Store,
     meta: &MetaManager,
@@ -744,9 +759,13 @@ async fn start_twin<M: MqttChoice>(
     tasks: &mut Tasks,
     stop: &CancellationToken,
 ) -> Result<(mpsc::Sender<CloudInput>, Option<BrokerStatsReader>)> {
-    let engine = TwinEngine::open(store.clone(), meta.outbox().clone(), TwinConfig::new(node))
-        .await
-        .map_err(|e| Error::start("twin", e))?;
+    let engine = TwinEngine::open(
+        store.clone(),
+        meta.outbox().clone(),
+        TwinConfig::new(node.clone()),
+    )
+    .await
+    .map_err(|e| Error::start("twin", e))?;
     let (ingress, ingress_rx) = Ingress::new(IngressConfig::default());
     let mut subscriptions: Vec<String> = DEFAULT_SUBSCRIPTIONS
         .iter()
@@ -770,7 +789,7 @@ async fn start_twin<M: MqttChoice>(
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::start("dmi server", format!("{}: {e}", dir.display())))?;
     }
-    let mut dmi = DmiConfig::new(node);
+    let mut dmi = DmiConfig::new(node.clone());
     dmi.socket_path = socket.clone();
     let server = DmiServer::new(dmi, store.clone(), ingress, mappers.clone());
     spawn(tasks, "dmi server", server.serve(stop.clone()));

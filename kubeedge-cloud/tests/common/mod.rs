@@ -16,7 +16,7 @@ use kubeedge_hub::{
     CloudHub, CloudHubConfig, DeliveryConfig, EdgeHub, EdgeHubConfig, ReliableCloud, ReliableEdge,
     ReliableEdgeHandle, UpstreamConfig, UpstreamEvent, tls,
 };
-use kubeedge_proto::Message;
+use kubeedge_proto::{Message, NodeName};
 use kubeedge_store::{MetaManager, MetaManagerConfig, Outbox, Store, StoreConfig};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
@@ -121,12 +121,12 @@ impl TestEdge {
     pub async fn start(pki: &Pki, cloud: SocketAddr, node: &str, db: &Path) -> Self {
         let stop = CancellationToken::new();
         let store = Store::open(StoreConfig::new(db)).unwrap();
-        let meta = MetaManager::new(store, MetaManagerConfig::new(node));
+        let meta = MetaManager::new(store, MetaManagerConfig::new(NodeName::new(node).unwrap()));
         let mut config = EdgeHubConfig::new(
             cloud.to_string(),
             ServerName::IpAddress(cloud.ip().into()),
             pki.edge_tls(node),
-            node,
+            NodeName::new(node).unwrap(),
         );
         config.min_backoff = Duration::from_millis(20);
         config.max_backoff = Duration::from_millis(300);

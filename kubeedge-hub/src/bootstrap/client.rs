@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use kubeedge_proto::NodeName;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -320,7 +321,9 @@ pub fn random_jitter() -> f64 {
 /// ```no_run
 /// # async fn f() -> kubeedge_hub::Result<()> {
 /// use kubeedge_hub::bootstrap::EdgeBootstrap;
-/// let join = EdgeBootstrap::new("https://192.0.2.1:10002", "<token>", "edge-1", "/etc/kubeedge");
+/// use kubeedge_proto::NodeName;
+/// let node = NodeName::new("edge-1")?;
+/// let join = EdgeBootstrap::new("https://192.0.2.1:10002", "<token>", node, "/etc/kubeedge");
 /// let credentials = join.bootstrap().await?;
 /// let tls = credentials.client_config()?; // for the EdgeHub
 /// # let _ = tls; Ok(()) }
@@ -334,7 +337,7 @@ pub struct EdgeBootstrap {
     /// only when no usable certificate is on disk.
     pub token: String,
     /// The node's name.
-    pub node_name: String,
+    pub node_name: NodeName,
     /// Where the certificates are kept.
     pub paths: CertPaths,
     /// The most one HTTPS request (connect, handshake, answer) may take (KubeEdge: 30 s).
@@ -367,13 +370,13 @@ impl EdgeBootstrap {
     pub fn new(
         server: impl Into<String>,
         token: impl Into<String>,
-        node_name: impl Into<String>,
+        node_name: NodeName,
         dir: impl AsRef<Path>,
     ) -> Self {
         Self {
             server: server.into(),
             token: token.into(),
-            node_name: node_name.into(),
+            node_name,
             paths: CertPaths::in_dir(dir),
             request_timeout: Duration::from_secs(30),
         }
@@ -447,10 +450,10 @@ impl EdgeBootstrap {
                 reason: e.to_string(),
             }
         })?;
-        if owner != self.node_name {
+        if self.node_name != owner {
             return Err(Error::IdentityMismatch {
                 certificate: owner,
-                configured: self.node_name.clone(),
+                configured: self.node_name.to_string(),
                 path: self.paths.cert.clone(),
             });
         }
@@ -506,7 +509,6 @@ impl EdgeBootstrap {
                 "a token has four dot-separated parts",
             ));
         }
-        check_node_name(&self.node_name)?;
         let target = Target::parse(&self.server)?;
         let ca_der = self.fetch_ca_from(&target).await?;
         let jwt = Token::split_for_edge(&self.token, &ca_der)?;
@@ -524,7 +526,6 @@ impl EdgeBootstrap {
     /// the `current` certificate over mutual TLS (no token), and rewrites the key and
     /// certificate files.
     pub async fn renew(&self, current: &EdgeCredentials) -> Result<EdgeCredentials, Error> {
-        check_node_name(&self.node_name)?;
         let target = Target::parse(&self.server)?;
         let csr = EdgeCsr::new(&self.node_name)?;
         let tls = verifying_client_config(current.ca_der(), Some(current))?;
@@ -615,7 +616,7 @@ impl EdgeBootstrap {
         csr: &EdgeCsr,
         jwt: Option<&str>,
     ) -> Result<Vec<u8>, Error> {
-        let mut headers = vec![(NODE_NAME_HEADER, self.node_name.clone())];
+        let mut headers = vec![(NODE_NAME_HEADER, self.node_name.to_string())];
         if let Some(jwt) = jwt {
             headers.push((header::AUTHORIZATION.as_str(), format!("Bearer {jwt}")));
         }
@@ -646,16 +647,6 @@ impl EdgeBootstrap {
         .map_err(|e| Error::Io(Arc::new(io::Error::other(e))))??;
         Ok(())
     }
-}
-
-fn check_node_name(node: &str) -> Result<(), Error> {
-    if node.is_empty() {
-        return Err(crate::Error::InvalidName {
-            name: String::new(),
-            reason: "the node name is empty".to_owned(),
-        });
-    }
-    Ok(())
 }
 
 /// Sleeps until the wall clock reaches `due` (rechecking it at least hourly, so that a clock

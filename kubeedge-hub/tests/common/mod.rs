@@ -10,6 +10,7 @@ use kubeedge_hub::{
     CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeHubConfig, ReliableCloud,
     ReliableCloudHandle, tls,
 };
+use kubeedge_proto::NodeName;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -113,7 +114,7 @@ impl Pki {
             cloud.to_string(),
             ServerName::IpAddress(cloud.ip().into()),
             self.client_tls(node),
-            node,
+            NodeName::new(node).unwrap(),
         );
         config.min_backoff = Duration::from_millis(20);
         config.max_backoff = Duration::from_millis(200);

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kubeedge_proto::{DeviceId, dmi, go_json, now_millis};
+use kubeedge_proto::{DeviceId, NodeName, dmi, go_json, now_millis};
 use kubeedge_store::{Store, meta};
 use serde_json::Value;
 use tokio::net::UnixListener;
@@ -56,7 +56,7 @@ pub struct DmiConfig {
     /// `/etc/kubeedge/dmi.sock`).
     pub socket_path: PathBuf,
     /// This node's name (for logs).
-    pub node_name: String,
+    pub node_name: NodeName,
     /// The request rate limit.
     pub rate: RateLimit,
     /// The largest request accepted, in bytes (4 MiB, gRPC's usual default).
@@ -65,10 +65,10 @@ pub struct DmiConfig {
 
 impl DmiConfig {
     /// KubeEdge's defaults for node `node_name`.
-    pub fn new(node_name: impl Into<String>) -> Self {
+    pub fn new(node_name: NodeName) -> Self {
         Self {
             socket_path: PathBuf::from(dmi::DEFAULT_EDGECORE_SOCKET),
-            node_name: node_name.into(),
+            node_name,
             rate: RateLimit::default(),
             max_message_size: 4 * 1024 * 1024,
         }
