@@ -12,7 +12,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kubeedge_proto::{DeviceId, Message};
+use kubeedge_proto::{DeviceId, Message, NodeName};
 use kubeedge_store::{FullPolicy, MetaManager, MetaManagerConfig, Outbox, Store, StoreConfig};
 use kubeedge_twin::eventbus::{CloudInput, CloudOut, EventBus};
 use kubeedge_twin::mqtt::{DEFAULT_SUBSCRIPTIONS, MqttBus, MqttConfig, MqttMode};
@@ -22,6 +22,10 @@ use kubeedge_twin::{
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+fn node_name() -> NodeName {
+    NodeName::new(NODE).unwrap()
+}
 
 use common::PyModbus;
 use kubeedge_mapper::Result;
@@ -63,7 +67,7 @@ async fn start_node(port: u16) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(StoreConfig::new(dir.path().join("edge.db"))).unwrap();
     let outbox = Outbox::new(store.clone(), 10_000, FullPolicy::Reject);
-    let engine = TwinEngine::open(store.clone(), outbox, TwinConfig::new(NODE))
+    let engine = TwinEngine::open(store.clone(), outbox, TwinConfig::new(node_name()))
         .await
         .unwrap();
     let (ingress, ingress_rx) = Ingress::new(IngressConfig::default());
@@ -91,7 +95,7 @@ async fn start_node(port: u16) -> Node {
         Duration::from_secs(2),
         Duration::from_secs(5),
     );
-    let mut dmi_config = DmiConfig::new(NODE);
+    let mut dmi_config = DmiConfig::new(node_name());
     dmi_config.socket_path = dmi_socket.clone();
     let dmi = DmiServer::new(dmi_config, store.clone(), ingress, mappers.clone());
     tokio::spawn(dmi.serve(stop.clone()));
@@ -190,7 +194,7 @@ async fn start_mapper(node: &Node, device: Value) -> (Running, tempfile::TempDir
         ))))
         .await
         .unwrap();
-    let metamanager = MetaManager::new(node.store.clone(), MetaManagerConfig::new(NODE));
+    let metamanager = MetaManager::new(node.store.clone(), MetaManagerConfig::new(node_name()));
     for msg in [fixture(37), device] {
         metamanager.from_cloud(message(&msg)).await.unwrap();
     }

@@ -110,11 +110,17 @@ impl ControllerParts {
             CloudController::new(self.config, writer, self.cloud, self.delivery, objects)
                 .with_metrics(self.metrics);
         let outcome = controller.run(shutdown.clone()).await;
+        // Asked to stop, the transport and the controller stop together; whichever the
+        // controller notices first, it is a clean stop.
+        let asked = shutdown.is_cancelled();
         shutdown.cancel();
-        outcome.map_err(|e| Error::Stopped {
-            part: "controller",
-            reason: e.to_string(),
-        })
+        match outcome {
+            Err(_) if asked => Ok(()),
+            outcome => outcome.map_err(|e| Error::Stopped {
+                part: "controller",
+                reason: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -484,6 +490,16 @@ impl CloudCoreHandle {
         registry.register_collector(Box::new(Readings::new(move || handle.readings())));
         registry
     }
+}
+
+/// `cloudcore gettoken`: a join token signed by the CA the settings name (created if there is
+/// none), valid twice `tokenRefreshDuration`; `scope` limits it to one node or one join.
+pub fn join_token(settings: &Settings, scope: &kubeedge_hub::join::TokenScope) -> Result<String> {
+    use kubeedge_hub::join::Token;
+    let ca = cloudcore_config::load_or_create_ca(&settings.ca)?;
+    let validity = Token::validity_for_refresh(settings.token_refresh);
+    Token::issue_with(&ca, validity, std::time::SystemTime::now(), scope)
+        .map_err(|e| Error::start("token", e))
 }
 
 /// The cloud's device limits with what `kubeedgeRs.deviceLimits` sets.

@@ -6,13 +6,12 @@
 //! else KubeEdge's (any node, any number of times). Logs go to stderr (`RUST_LOG` filters).
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use clap::{Args, Parser, Subcommand};
-use kubeedge::cloud::CloudCore;
-use kubeedge::config::cloudcore::{self as cloudcore_config, DEFAULT_CONFIG, MIN_CONFIG};
+use kubeedge::cloud::{self, CloudCore};
 use kubeedge::config::cloudcore::{CloudCoreFlags, Settings};
-use kubeedge::hub::join::{Token, TokenScope};
+use kubeedge::config::cloudcore::{DEFAULT_CONFIG, MIN_CONFIG};
+use kubeedge::hub::join::TokenScope;
 use kubeedge::proto::NodeName;
 use kubeedge_examples::common;
 use tokio_util::sync::CancellationToken;
@@ -57,14 +56,12 @@ struct GetToken {
 
 async fn run(cli: Cli) -> Result<(), String> {
     if cli.defaultconfig || cli.minconfig {
-        print!(
-            "{}",
-            if cli.defaultconfig {
-                DEFAULT_CONFIG
-            } else {
-                MIN_CONFIG
-            }
-        );
+        let text = if cli.defaultconfig {
+            DEFAULT_CONFIG
+        } else {
+            MIN_CONFIG
+        };
+        print!("{text}");
         return Ok(());
     }
     if let Some(Command::Gettoken(get)) = cli.command {
@@ -74,14 +71,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             ..CloudCoreFlags::default()
         };
         let settings = Settings::from_flags(&flags)?;
-        let ca = cloudcore_config::load_or_create_ca(&settings.ca)?;
-        let validity = Token::validity_for_refresh(settings.token_refresh);
         let scope = TokenScope {
             node: get.node,
             single_use: get.single_use,
         };
-        let token = Token::issue_with(&ca, validity, SystemTime::now(), &scope);
-        println!("{}", token.map_err(|e| format!("token: {e}"))?);
+        let token = cloud::join_token(&settings, &scope).map_err(|e| e.to_string())?;
+        println!("{token}");
         return Ok(());
     }
     let settings = Settings::from_flags(&cli.flags)?;
