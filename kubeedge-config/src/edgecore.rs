@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use kubeedge_twin::mqtt::{BrokerAuth, BrokerConfig};
 
+use kubeedge_proto::NodeName;
+
 use crate::{Error, Result};
 
 /// The longest configuration file read.
@@ -497,26 +499,17 @@ impl EdgeCoreFile {
     }
 
     /// The node name: `modules.edged.hostnameOverride`, else the host name.
-    pub fn node_name(&self) -> Result<String> {
+    pub fn node_name(&self) -> Result<NodeName> {
         let name = if self.modules.edged.hostname_override.is_empty() {
             host_name().unwrap_or_default()
         } else {
             self.modules.edged.hostname_override.clone()
         };
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && !name.starts_with(['-', '.'])
-            && !name.ends_with(['-', '.']);
-        if valid {
-            Ok(name)
-        } else {
-            Err(Error::Invalid(format!(
-                "modules.edged.hostnameOverride: {name:?} is not a valid node name (lower-case DNS name)"
-            )))
-        }
+        NodeName::new(name.as_str()).map_err(|e| {
+            Error::Invalid(format!(
+                "modules.edged.hostnameOverride: {name:?} is not a valid node name ({e})"
+            ))
+        })
     }
 
     /// The embedded broker's configuration: [`BrokerConfig::default`] with what
@@ -573,7 +566,7 @@ impl EdgeCoreFile {
     /// error ([`kubeedge_hub::Error::IdentityMismatch`]'s text), and a config without a name (a
     /// damaged file falls back to the host name) takes the certificate's. Without a
     /// certificate: [`node_name`](Self::node_name).
-    pub fn node_identity(&self) -> Result<String> {
+    pub fn node_identity(&self) -> Result<NodeName> {
         let paths = self.cert_paths();
         let Some(owner) = paths
             .certificate_node()
@@ -592,7 +585,8 @@ impl EdgeCoreFile {
                 .to_string(),
             ));
         }
-        Ok(owner)
+        NodeName::new(owner.as_str())
+            .map_err(|e| Error::Invalid(format!("{}: {e}", paths.cert.display())))
     }
 
     /// The host part of `websocket.server` (what the cloud's certificate must name).

@@ -267,7 +267,7 @@ impl<R: PodRuntimeChoice, M: MqttChoice> EdgeCoreBuilder<R, M> {
     /// Checks the config and the node's identity (a node certificate on disk names the node).
     pub fn build(self) -> Result<EdgeCore<R, M>> {
         self.file.check()?;
-        let node = node_name(self.file.node_identity()?)?;
+        let node = self.file.node_identity()?;
         Ok(EdgeCore {
             file: self.file,
             node,
@@ -464,11 +464,6 @@ fn spawn<E: std::fmt::Display>(
 }
 
 /// `name` (from the config or the node's certificate) as a [`NodeName`].
-fn node_name(name: String) -> Result<NodeName> {
-    NodeName::new(name.as_str())
-        .map_err(|e| Error::Config(format!("node name {name:?}: {e}").into()))
-}
-
 /// The join client of `file`: its certificate server, token and certificate paths.
 fn join_client(file: &EdgeCoreFile, node: &NodeName) -> EdgeBootstrap {
     let hub = &file.modules.edge_hub;
@@ -494,7 +489,7 @@ pub async fn join(file: &EdgeCoreFile, node: &NodeName) -> Result<EdgeCredential
 /// `edgecore join` as a whole: new credentials for `file`'s node (see [`join`]), then `file`
 /// written to `config` (mode 0600: it holds the token). Returns the node's name.
 pub async fn join_and_save(file: &EdgeCoreFile, config: &std::path::Path) -> Result<NodeName> {
-    let node = node_name(file.node_name()?)?;
+    let node = file.node_name()?;
     join(file, &node).await?;
     if let Some(dir) = config.parent() {
         std::fs::create_dir_all(dir)
