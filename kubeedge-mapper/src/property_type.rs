@@ -21,7 +21,7 @@ pub enum PropertyType {
     Boolean,
     /// `BYTES`: raw bytes (base64 in the twin, as Go encodes `[]byte` in JSON).
     Bytes,
-    /// `STREAM`: a media stream; no [`Value`] carries it and the built-in drivers refuse it.
+    /// `STREAM`: a media stream; no [`Value`](crate::Value) carries it and the built-in drivers refuse it.
     Stream,
 }
 
