@@ -463,7 +463,6 @@ fn spawn<E: std::fmt::Display>(
     tasks.spawn(async move { (name, fut.await.map_err(|e| e.to_string())) });
 }
 
-/// `name` (from the config or the node's certificate) as a [`NodeName`].
 /// The join client of `file`: its certificate server, token and certificate paths.
 fn join_client(file: &EdgeCoreFile, node: &NodeName) -> EdgeBootstrap {
     let hub = &file.modules.edge_hub;
