@@ -86,6 +86,13 @@ impl Cloud {
         }
     }
 
+    /// A join client for `node` with this cloud's address and token, keeping its files in
+    /// `dir`.
+    fn join_client(&self, node: &str, dir: impl AsRef<Path>) -> EdgeBootstrap {
+        let node = NodeName::new(node).unwrap();
+        EdgeBootstrap::new(self.url(), self.token(), node, dir.as_ref())
+    }
+
     fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
@@ -261,12 +268,7 @@ fn assert_status(result: Result<EdgeCredentials, Error>, expected: u16) -> Strin
 async fn join_writes_the_files_and_the_certificate_authenticates_the_node() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("edge-1").unwrap(),
-        dir.path(),
-    );
+    let edge = cloud.join_client("edge-1", dir.path());
     assert!(edge.load().unwrap().is_none());
 
     let credentials = within("join", edge.bootstrap()).await.unwrap();
@@ -371,12 +373,7 @@ async fn join_writes_the_files_and_the_certificate_authenticates_the_node() {
 async fn a_restarted_edge_reuses_its_files_without_a_token() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let first = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("edge-1").unwrap(),
-        dir.path(),
-    );
+    let first = cloud.join_client("edge-1", dir.path());
     let joined = within("join", first.bootstrap()).await.unwrap();
     // The cloud is gone and the token is garbage: the files alone must do.
     cloud.stop().await;
@@ -422,12 +419,7 @@ fn files_of(dir: &TempDir) -> (Vec<u8>, Vec<u8>) {
 async fn a_node_keeps_its_identity_whatever_its_config_says() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("edge-1").unwrap(),
-        dir.path(),
-    );
+    let edge = cloud.join_client("edge-1", dir.path());
     within("join", edge.bootstrap()).await.unwrap();
     let joined = files_of(&dir);
     assert_eq!(
@@ -437,12 +429,7 @@ async fn a_node_keeps_its_identity_whatever_its_config_says() {
 
     // A config naming another node (a truncated file fell back to the host name), with a
     // valid token: edgecore stops with the reason; the key and certificate stay.
-    let misnamed = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("vm").unwrap(),
-        dir.path(),
-    );
+    let misnamed = cloud.join_client("vm", dir.path());
     let e = within("misnamed", misnamed.bootstrap()).await.unwrap_err();
     assert!(
         matches!(&e, Error::IdentityMismatch { certificate, configured, .. }
@@ -481,12 +468,7 @@ async fn a_node_keeps_its_identity_whatever_its_config_says() {
 async fn an_expired_certificate_of_the_same_node_is_replaced_with_the_token() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("edge-1").unwrap(),
-        dir.path(),
-    );
+    let edge = cloud.join_client("edge-1", dir.path());
     within("join", edge.bootstrap()).await.unwrap();
     let old = cloud.credentials_at("edge-1", SystemTime::now() - 400 * DAY);
     std::fs::write(dir.file("certs/server.crt"), old.cert_pem()).unwrap();
@@ -701,18 +683,9 @@ async fn a_certificate_for_another_node_gets_401() {
 async fn renewal_over_mutual_tls_needs_no_token_and_changes_the_key() {
     let cloud = Cloud::start().await;
     let dir = TempDir::new();
-    let joined = within(
-        "join",
-        EdgeBootstrap::new(
-            cloud.url(),
-            cloud.token(),
-            NodeName::new("edge-1").unwrap(),
-            dir.path(),
-        )
-        .bootstrap(),
-    )
-    .await
-    .unwrap();
+    let joined = within("join", cloud.join_client("edge-1", dir.path()).bootstrap())
+        .await
+        .unwrap();
 
     let edge = EdgeBootstrap::new(
         cloud.url(),
@@ -1040,13 +1013,7 @@ async fn slow_and_broken_clients_are_cut_off_without_affecting_others() {
     let dir = TempDir::new();
     within(
         "join after abuse",
-        EdgeBootstrap::new(
-            cloud.url(),
-            cloud.token(),
-            NodeName::new("edge-1").unwrap(),
-            dir.path(),
-        )
-        .bootstrap(),
+        cloud.join_client("edge-1", dir.path()).bootstrap(),
     )
     .await
     .unwrap();
@@ -1212,12 +1179,7 @@ async fn a_token_buys_only_the_certificate_of_the_node_it_names() {
     };
     // An honest node joins while the hostile requests go on.
     let dir = TempDir::new();
-    let honest = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("edge-3").unwrap(),
-        dir.path(),
-    );
+    let honest = cloud.join_client("edge-3", dir.path());
     let ((), joined) = within("joins", async { tokio::join!(hostile, honest.join()) }).await;
     let joined = joined.unwrap();
     assert_eq!(
@@ -1470,12 +1432,7 @@ async fn one_source_address_holds_at_most_its_share_of_connections() {
     .await;
     // Another address joins; the address at its cap keeps its 64 connections.
     let dir = TempDir::new();
-    let edge = EdgeBootstrap::new(
-        cloud.url(),
-        cloud.token(),
-        NodeName::new("honest").unwrap(),
-        dir.path(),
-    );
+    let edge = cloud.join_client("honest", dir.path());
     within("an honest join", edge.join()).await.unwrap();
     assert_eq!(closed.load(Ordering::Relaxed), 16);
     waiting.abort_all();
