@@ -3,22 +3,7 @@
 
 use std::time::Duration;
 
-/// A `kB` field of `/proc/self/status` (`VmRSS`, `RssAnon`, ...), in KiB; 0 if unreadable.
-pub fn status_kib(field: &str) -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The resident set size of this process, in KiB.
-pub fn rss_kib() -> u64 {
-    status_kib("VmRSS")
-}
+pub use kubeedge::metrics::{resident_kib, status_kib};
 
 /// CPU time (user + system, all threads) this process has used so far.
 pub fn cpu_time() -> Duration {
@@ -123,4 +108,32 @@ pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     }
     tracing::info!("signal received: stopping");
     token.cancel();
+}
+
+/// KubeEdge's `--defaultconfig` and `--minconfig`, which cloudcore and edgecore share
+/// (`#[command(flatten)]`).
+#[derive(clap::Args)]
+pub struct PrintConfig {
+    /// Print the config file with every key at its default.
+    #[arg(long, exclusive = true)]
+    pub defaultconfig: bool,
+    /// Print the config file with the keys usually set.
+    #[arg(long, exclusive = true)]
+    pub minconfig: bool,
+}
+
+impl PrintConfig {
+    /// Prints the file asked for: `default()`'s text or `min`. Whether one was asked for.
+    pub fn print<E: ToString>(
+        &self,
+        default: impl FnOnce() -> Result<String, E>,
+        min: &str,
+    ) -> Result<bool, String> {
+        if self.defaultconfig {
+            print!("{}", default().map_err(|e| e.to_string())?);
+        } else if self.minconfig {
+            print!("{min}");
+        }
+        Ok(self.defaultconfig || self.minconfig)
+    }
 }

@@ -65,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 pub use kubeedge_cloud::{ClusterSource, ClusterWriter};
 
 pub use crate::FromConfig;
-use crate::metrics::{MetricsServer, Reading, Readings};
+use crate::metrics::{MetricsServer, Reading};
 use crate::{Error, Result};
 
 /// The objects and the writer of a cloud: [`FromConfig`] (the API server of the settings, or
@@ -485,10 +485,8 @@ impl CloudCoreHandle {
 
     /// A registry with the cloud's metrics (add the vendor's own beside them).
     pub fn registry(&self) -> Registry {
-        let mut registry = Registry::default();
         let handle = self.clone();
-        registry.register_collector(Box::new(Readings::new(move || handle.readings())));
-        registry
+        crate::metrics::registry_of(move || handle.readings())
     }
 }
 

@@ -97,7 +97,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::FromConfig;
-use crate::metrics::{Reading, Readings};
+use crate::metrics::Reading;
 use crate::{Error, Result};
 
 /// Where edged's [`PodRuntime`] comes from: [`FromConfig`] connects to containerd's CRI at
@@ -429,10 +429,8 @@ impl EdgeCoreHandle {
 
     /// A registry with this node's metrics (add the vendor's own beside them).
     pub fn registry(&self) -> Registry {
-        let mut registry = Registry::default();
         let handle = self.clone();
-        registry.register_collector(Box::new(Readings::new(move || handle.readings())));
-        registry
+        crate::metrics::registry_of(move || handle.readings())
     }
 }
 

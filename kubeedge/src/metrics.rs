@@ -6,13 +6,9 @@
 //! counted twice and a scrape costs only the encoding.
 //!
 //! ```
-//! use kubeedge::metrics::{Reading, Readings, render};
-//! use prometheus_client::registry::Registry;
+//! use kubeedge::metrics::{Reading, registry_of, render};
 //!
-//! let mut registry = Registry::default();
-//! registry.register_collector(Box::new(Readings::new(|| {
-//!     vec![Reading::counter("gadgets_made", "Gadgets made.", 3)]
-//! })));
+//! let registry = registry_of(|| vec![Reading::counter("gadgets_made", "Gadgets made.", 3)]);
 //! assert!(render(&registry).contains("gadgets_made_total 3\n"));
 //! ```
 
@@ -114,29 +110,33 @@ where
         for reading in (self.0)() {
             match reading.kind {
                 ReadingKind::Counter => {
-                    let counter = ConstCounter::new(reading.value);
-                    let metric = encoder.encode_descriptor(
-                        reading.name,
-                        reading.help,
-                        None,
-                        counter.metric_type(),
-                    )?;
-                    counter.encode(metric)?;
+                    encode_one(&mut encoder, &reading, ConstCounter::new(reading.value))?
                 }
                 ReadingKind::Gauge => {
-                    let gauge = ConstGauge::new(reading.value);
-                    let metric = encoder.encode_descriptor(
-                        reading.name,
-                        reading.help,
-                        None,
-                        gauge.metric_type(),
-                    )?;
-                    gauge.encode(metric)?;
+                    encode_one(&mut encoder, &reading, ConstGauge::new(reading.value))?
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Encodes `metric` under `reading`'s name and help.
+fn encode_one(
+    encoder: &mut DescriptorEncoder,
+    reading: &Reading,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let metric_encoder =
+        encoder.encode_descriptor(reading.name, reading.help, None, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+/// A registry with one collector: what `read` returns at each scrape.
+pub fn registry_of(read: impl Fn() -> Vec<Reading> + Send + Sync + 'static) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Readings::new(read)));
+    registry
 }
 
 /// The process's own figures: `process_resident_memory_bytes` (from `/proc/self/status`).
@@ -150,12 +150,18 @@ pub fn process_readings() -> Vec<Reading> {
 
 /// The resident set size of this process in KiB (`VmRSS`); 0 where `/proc` is not readable.
 pub fn resident_kib() -> u64 {
+    status_kib("VmRSS")
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`, `RssAnon`, `VmHWM`, ...) in KiB; 0 where it
+/// is not readable.
+pub fn status_kib(field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return 0;
     };
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

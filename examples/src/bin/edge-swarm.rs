@@ -52,7 +52,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use kubeedge_examples::common::{self, cpu_time, raise_nofile_limit, rss_kib};
+use kubeedge_examples::common::{self, cpu_time, raise_nofile_limit, resident_kib};
 
 /// A connection attempt (TCP, TLS, upgrade) must finish within this (edgecore: 30 s).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -194,7 +194,7 @@ impl Stats {
             self.received.load(Ordering::Relaxed),
             self.acks.load(Ordering::Relaxed),
             self.bad_frames.load(Ordering::Relaxed),
-            rss_kib(),
+            resident_kib(),
             cpu_share * 100.0,
         );
         if failures > 0 {
@@ -352,7 +352,7 @@ async fn run(args: Args) -> Result<(), String> {
         "certificates: {} node keys, CSRs and certificates in {:.2} s; RSS {} KiB",
         nodes.len(),
         t.elapsed().as_secs_f64(),
-        rss_kib()
+        resident_kib()
     );
 
     let start = Instant::now();

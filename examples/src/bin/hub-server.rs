@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use kubeedge_examples::common::{
-    self, cpu_time, ms, percentile, raise_nofile_limit, rss_kib, status_kib,
+    self, cpu_time, ms, percentile, raise_nofile_limit, resident_kib, status_kib,
 };
 
 /// How often progress is printed while waiting.
@@ -181,7 +181,7 @@ async fn drain_until(
                     tally.connects,
                     tally.disconnects.values().sum::<u64>(),
                     tally.from_nodes,
-                    rss_kib(),
+                    resident_kib(),
                     share * 100.0,
                 );
             }
@@ -330,7 +330,7 @@ async fn run(args: Args) -> Result<(), String> {
     // The empty figure is taken before the hub accepts anything: nodes that dial early wait in
     // the listen backlog meanwhile.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_empty = rss_kib();
+    let rss_empty = resident_kib();
     println!(
         "RSS empty: {rss_empty} KiB (RssAnon {} KiB), before accepting",
         status_kib("RssAnon")
@@ -370,7 +370,7 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .await;
     let held = tally.connected.len();
-    let rss_connected = rss_kib();
+    let rss_connected = resident_kib();
     let per_node = if held > 0 {
         rss_connected.saturating_sub(rss_empty) as f64 / held as f64
     } else {
@@ -389,7 +389,7 @@ async fn run(args: Args) -> Result<(), String> {
         let t0 = Instant::now();
         drain_until(&mut events, &mut tally, t0 + args.idle, "idle", |_| false).await;
         let cpu = (cpu_time() - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
-        let rss_idle = rss_kib();
+        let rss_idle = resident_kib();
         println!(
             "RSS after {} s more idle: {rss_idle} KiB with {} nodes; per node {:.2} KiB; \
              idle CPU {:.1} % of a core; messages from nodes {}",
@@ -423,7 +423,7 @@ async fn run(args: Args) -> Result<(), String> {
             ms(percentile(l, 0.90)),
             ms(percentile(l, 0.99)),
             ms(percentile(l, 1.0)),
-            rss_kib(),
+            resident_kib(),
         );
         // A short pause between rounds, still draining events.
         drain_until(
@@ -440,7 +440,7 @@ async fn run(args: Args) -> Result<(), String> {
         "summary: nodes expected {nodes}, held {held}, RSS empty {rss_empty} KiB, connected \
          {rss_connected} KiB, per node {per_node:.2} KiB, RSS now {} KiB, rounds {:?} messages/s, \
          disconnects: {}",
-        rss_kib(),
+        resident_kib(),
         rates.iter().map(|r| r.round() as u64).collect::<Vec<_>>(),
         tally.disconnect_summary()
     );
