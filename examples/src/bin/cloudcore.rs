@@ -24,12 +24,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     flags: CloudCoreFlags,
-    /// Print a commented config file with every key at its default.
-    #[arg(long, exclusive = true)]
-    defaultconfig: bool,
-    /// Print the config file with the keys usually set.
-    #[arg(long, exclusive = true)]
-    minconfig: bool,
+    #[command(flatten)]
+    print: common::PrintConfig,
 }
 
 #[derive(Subcommand)]
@@ -55,13 +51,8 @@ struct GetToken {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    if cli.defaultconfig || cli.minconfig {
-        let text = if cli.defaultconfig {
-            DEFAULT_CONFIG
-        } else {
-            MIN_CONFIG
-        };
-        print!("{text}");
+    let default = || Ok::<_, String>(DEFAULT_CONFIG.to_owned());
+    if cli.print.print(default, MIN_CONFIG)? {
         return Ok(());
     }
     if let Some(Command::Gettoken(get)) = cli.command {

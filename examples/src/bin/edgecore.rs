@@ -28,12 +28,8 @@ struct Cli {
     /// Serve /metrics and /healthz here (overrides metricsAddress).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// Print the config file with every key at its default.
-    #[arg(long, exclusive = true)]
-    defaultconfig: bool,
-    /// Print the config file with the keys usually set.
-    #[arg(long, exclusive = true)]
-    minconfig: bool,
+    #[command(flatten)]
+    print: common::PrintConfig,
 }
 
 #[derive(Subcommand)]
@@ -43,12 +39,7 @@ enum Command {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    if cli.defaultconfig {
-        print!("{}", EdgeCoreFile::default_yaml()?);
-        return Ok(());
-    }
-    if cli.minconfig {
-        print!("{MIN_CONFIG}");
+    if cli.print.print(EdgeCoreFile::default_yaml, MIN_CONFIG)? {
         return Ok(());
     }
     if let Some(Command::Join(join)) = cli.command {
