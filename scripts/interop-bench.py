@@ -7,13 +7,15 @@ v1.23.1: `real-cloudcore.sh`), NODES Node objects labelled as edge nodes, and `e
 simulated edge nodes in one process, each a real mutual-TLS WebSocket speaking KubeEdge's
 protocol with a certificate from the cloud's CA (ours: the pki dir; KubeEdge's: its Secret
 kubeedge/casecret), ACKing every tracked message and logging when. Once all are connected the
-cloud's RSS is read, then one pod per node is created through the API as fast as 8 keep-alive
+cloud's RSS is read, then PODS pods per node are created through the API as fast as 8 keep-alive
 connections go, and each pod's time from the API's 201 to its ACK leaving the simulated node is
-recorded. Prints p50/p90/p99/max, when the last pod arrived, and the cloud's RSS before and
-after. Everything runs on 127.0.0.0/8; every wait is bounded.
+recorded. Prints p50/p90/p99/max, when the last pod arrived, and the cloud's RSS before the
+nodes (once it serves), with the nodes connected, and after the pods, with the cost per node
+(its connection and its Node object) and per dispatched pod. Everything runs on 127.0.0.0/8;
+every wait is bounded.
 
-usage: scripts/interop-bench.py [--nodes 1000] [--clouds ours,kubeedge] [--bin-dir target/release]
-                                [--peers ../shared/peers]
+usage: scripts/interop-bench.py [--nodes 1000] [--pods 1] [--clouds ours,kubeedge]
+                                [--bin-dir target/release] [--peers ../shared/peers]
 """
 
 import argparse
@@ -122,6 +124,8 @@ def run_cloud(kind, args, peers_bin, crds, harness):
                 with open(os.path.join(pki, out), "wb") as f:
                     f.write(pem)
 
+        time.sleep(2)
+        empty = rss_kib(cloud_pid)
         # The Node objects, as edge nodes.
         conn = api.conn()
         for i in range(args.nodes):
@@ -155,14 +159,15 @@ def run_cloud(kind, args, peers_bin, crds, harness):
 
         created = {}
         lock = threading.Lock()
-        names = [f"bench-{i}" for i in range(args.nodes)]
+        total = args.nodes * args.pods
+        names = [f"bench-{i}" for i in range(total)]
 
         def create(chunk):
             c = api.conn()
             for i in chunk:
                 pod = {"apiVersion": "v1", "kind": "Pod",
                        "metadata": {"name": names[i], "namespace": "default"},
-                       "spec": {"nodeName": f"swarm-{i}",
+                       "spec": {"nodeName": f"swarm-{i % args.nodes}",
                                 "containers": [{"name": "c", "image": "edged.test/busybox:1"}]}}
                 status, body = api.request(c, "POST", "/api/v1/namespaces/default/pods", pod)
                 now = time.time()
@@ -172,7 +177,7 @@ def run_cloud(kind, args, peers_bin, crds, harness):
                 with lock:
                     created[f"default/pod/{names[i]}"] = now
         start = time.time()
-        threads = [threading.Thread(target=create, args=(range(k, args.nodes, 8),)) for k in range(8)]
+        threads = [threading.Thread(target=create, args=(range(k, total, 8),)) for k in range(8)]
         for t in threads:
             t.start()
         for t in threads:
@@ -188,7 +193,7 @@ def run_cloud(kind, args, peers_bin, crds, harness):
                     if len(parts) == 4 and parts[2] in ("insert", "update") and parts[3] in created:
                         acked.setdefault(parts[3], int(parts[0]) / 1e6)
             return len(acked) >= len(created)
-        wait("every pod at its node", all_acked, 600)
+        wait("every pod at its node", all_acked, 1800)
         lat = sorted((acked[k] - created[k]) * 1000 for k in created)
         last = max(acked.values()) - start
         time.sleep(5)
@@ -196,7 +201,9 @@ def run_cloud(kind, args, peers_bin, crds, harness):
         print(f"[{kind}] {len(created)} pods created in {burst:.2f} s; API 201 -> edge ACK "
               f"p50 {pct(lat, 50):.0f} ms, p90 {pct(lat, 90):.0f} ms, p99 {pct(lat, 99):.0f} ms, "
               f"max {lat[-1]:.0f} ms; all at their nodes {last:.2f} s after the first create; "
-              f"RSS {idle / 1024:.1f} MiB idle, {after / 1024:.1f} MiB after", flush=True)
+              f"RSS {empty / 1024:.1f} MiB without nodes, {idle / 1024:.1f} MiB with the nodes "
+              f"idle ({(idle - empty) / args.nodes:.1f} KiB per node), {after / 1024:.1f} MiB after "
+              f"({(after - idle) / max(len(created), 1):.1f} KiB per pod)", flush=True)
         return kind, pct(lat, 50), pct(lat, 99), lat[-1], last, idle, after
     finally:
         for p in procs:
@@ -212,6 +219,7 @@ def run_cloud(kind, args, peers_bin, crds, harness):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--pods", type=int, default=1, help="pods per node")
     ap.add_argument("--clouds", default="ours,kubeedge")
     ap.add_argument("--bin-dir", default="target/release")
     ap.add_argument("--peers", default="../shared/peers")

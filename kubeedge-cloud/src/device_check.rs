@@ -201,8 +201,8 @@ pub struct Rejection {
 /// ```
 pub fn check(object: &Object, limits: &DeviceLimits) -> Problems {
     match object.kind() {
-        Kind::Device => check_device(object.value(), limits),
-        Kind::DeviceModel => check_device_model(object.value(), limits),
+        Kind::Device => check_device(&object.to_value(), limits),
+        Kind::DeviceModel => check_device_model(&object.to_value(), limits),
         _ => Problems::default(),
     }
 }

@@ -22,7 +22,6 @@ use kubeedge_proto::{Content, Message, new_message_id, now_millis};
 use serde_json::json;
 
 use crate::device_check::{DeviceLimits, Rejection, check};
-use crate::refs::references;
 use crate::{Kind, Object, ObjectEvent, ObjectKey};
 
 /// Rejections held for [`Downstream::take_rejections`], at most.
@@ -354,7 +353,7 @@ impl Downstream {
         if let Some(old) = self.cache.get(&key) {
             if old.resource_version() == object.resource_version()
                 && old.uid() == object.uid()
-                && old.value() == object.value()
+                && old.content() == object.content()
             {
                 return;
             }
@@ -421,10 +420,10 @@ impl Downstream {
                         .entry(node.to_owned())
                         .or_default()
                         .insert(object.key().clone());
-                    for r in references(object) {
+                    for r in object.references() {
                         *self
                             .ref_nodes
-                            .entry(r)
+                            .entry(r.clone())
                             .or_default()
                             .entry(node.to_owned())
                             .or_default() += 1;
@@ -454,8 +453,8 @@ impl Downstream {
                             self.bound.remove(node);
                         }
                     }
-                    for r in references(object) {
-                        if let Some(nodes) = self.ref_nodes.get_mut(&r) {
+                    for r in object.references() {
+                        if let Some(nodes) = self.ref_nodes.get_mut(r) {
                             if let Some(count) = nodes.get_mut(node) {
                                 *count -= 1;
                                 if *count == 0 {
@@ -463,7 +462,7 @@ impl Downstream {
                                 }
                             }
                             if nodes.is_empty() {
-                                self.ref_nodes.remove(&r);
+                                self.ref_nodes.remove(r);
                             }
                         }
                     }
@@ -504,10 +503,10 @@ impl Downstream {
             // A refused Device (or one whose DeviceModel is refused) is not sent, and what
             // the node has of it and its model stays as it was.
             if key.kind == Kind::Device {
-                let refs = references(object);
+                let refs = object.references();
                 if self.invalid.contains(key) || refs.iter().any(|r| self.invalid.contains(r)) {
                     held.insert(key.clone());
-                    held.extend(refs);
+                    held.extend(refs.iter().cloned());
                     continue;
                 }
             }
@@ -515,16 +514,17 @@ impl Downstream {
             // model it does not know yet ("device model not found in cache") and never
             // takes it up again when the model follows.
             if key.kind == Kind::Device
-                && references(object)
+                && object
+                    .references()
                     .iter()
                     .any(|r| r.kind == Kind::DeviceModel && !self.cache.contains_key(r))
             {
                 continue;
             }
             out.insert((rank(key.kind), key.clone()), object.clone());
-            for r in references(object) {
-                if let Some(referenced) = self.cache.get(&r) {
-                    out.insert((rank(r.kind), r), referenced.clone());
+            for r in object.references() {
+                if let Some(referenced) = self.cache.get(r) {
+                    out.insert((rank(r.kind), r.clone()), referenced.clone());
                 }
             }
         }
@@ -626,12 +626,10 @@ impl Downstream {
                     object: Some(object.clone()),
                 },
             );
-            if let Some(message) = object_message(op, object) {
-                out.push(Outgoing {
-                    node: node.to_owned(),
-                    message,
-                });
-            }
+            out.push(Outgoing {
+                node: node.to_owned(),
+                message: object_message(op, object),
+            });
         }
     }
 }
@@ -670,32 +668,23 @@ pub(crate) fn parse_edge_key(s: &str) -> Option<ObjectKey> {
 }
 
 /// The insert/update message of an object, exactly as KubeEdge's controllers send it.
-pub(crate) fn object_message(op: &str, object: &Object) -> Option<Message> {
-    let content = match Content::json(object.value()) {
-        Ok(content) => content,
-        Err(err) => {
-            tracing::error!(object = %object.key(), %err, "cannot encode object");
-            return None;
-        }
-    };
-    Some(
-        Message::new(
-            source_of(object.kind()),
-            "resource",
-            op,
-            object.key().edge_resource(),
-            content,
-        )
-        .with_resource_version(object.resource_version()),
+pub(crate) fn object_message(op: &str, object: &Object) -> Message {
+    Message::new(
+        source_of(object.kind()),
+        "resource",
+        op,
+        object.key().edge_resource(),
+        object.content().clone(),
     )
+    .with_resource_version(object.resource_version())
 }
 
 fn delete_message(key: &ObjectKey, sent: &Sent, last: Option<&Object>) -> Option<Message> {
     let last = last.or(sent.object.as_ref().filter(|o| o.uid() == sent.uid));
     let rv = last.map_or_else(|| sent.rv.to_string(), |o| o.resource_version().to_owned());
-    let value = match last {
-        Some(object) => object.value().clone(),
-        _ => json!({
+    let content = match last {
+        Some(object) => object.content().clone(),
+        _ => Content::json(&json!({
             "kind": key.kind.kind(),
             "apiVersion": key.kind.api_version(),
             "metadata": {
@@ -704,9 +693,9 @@ fn delete_message(key: &ObjectKey, sent: &Sent, last: Option<&Object>) -> Option
                 "uid": sent.uid,
                 "resourceVersion": sent.rv.to_string(),
             },
-        }),
+        }))
+        .ok()?,
     };
-    let content = Content::json(&value).ok()?;
     Some(
         Message::new(
             source_of(key.kind),
@@ -721,9 +710,9 @@ fn delete_message(key: &ObjectKey, sent: &Sent, last: Option<&Object>) -> Option
 
 fn member(key: &ObjectKey, object: Option<&Object>) -> MemberDevice {
     let description = object
-        .and_then(|o| o.value()["metadata"]["labels"]["description"].as_str())
-        .unwrap_or("")
-        .to_owned();
+        .and_then(|o| o.pointer("/metadata/labels/description"))
+        .and_then(|d| d.as_str().map(str::to_owned))
+        .unwrap_or_default();
     MemberDevice {
         id: format!("{}/{}", key.namespace, key.name),
         name: key.name.clone(),

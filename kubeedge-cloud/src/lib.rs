@@ -122,8 +122,8 @@ pub use lifecycle::{ready_status, unreachable_patch};
 #[cfg(feature = "manifest")]
 pub use manifest::{ManifestConfig, ManifestSource, ManifestWriter};
 pub use object::{
-    DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectEvent,
-    ObjectKey,
+    DEVICES_API_VERSION, EDGE_NODE_LABEL, Kind, MAX_OBJECT_DEPTH, NODE_LEASE_NAMESPACE, Object,
+    ObjectEvent, ObjectKey,
 };
 pub use record::{MAX_RECORD_BYTES, Noted, SentRecord};
 pub use refs::references;

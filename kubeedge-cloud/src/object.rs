@@ -2,10 +2,11 @@
 //! folder) produce.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
+use kubeedge_proto::Content;
 use serde_json::Value;
 
+use crate::refs::references_in;
 use crate::{Error, Result};
 
 /// The kinds of object the controllers watch.
@@ -188,15 +189,25 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// A Kubernetes object as the controllers hold it: its JSON (shared, never copied), with the
-/// fields they key and compare by read once.
+/// How deeply an object's JSON may nest. serde_json reads at most 128 levels, so an object
+/// built in code or from YAML deeper than this could be written but not read back.
+pub const MAX_OBJECT_DEPTH: usize = 100;
+
+/// A Kubernetes object as the controllers hold it: its JSON encoding (shared bytes, Go's
+/// `json.Marshal` form, exactly what goes to the edge), with the few fields the controllers key,
+/// compare and route by read once. The parsed form is not kept: as `serde_json::Value` a Pod from
+/// a real API server takes three to four times its JSON's size, and every node's message shares
+/// these bytes instead of encoding its own copy.
 #[derive(Clone, Debug)]
 pub struct Object {
     key: ObjectKey,
     uid: String,
     resource_version: String,
     spec_hash: u64,
-    value: Arc<Value>,
+    node_name: Option<String>,
+    terminating: bool,
+    references: Box<[ObjectKey]>,
+    content: Content,
 }
 
 impl PartialEq for Object {
@@ -204,13 +215,14 @@ impl PartialEq for Object {
         self.key == other.key
             && self.uid == other.uid
             && self.resource_version == other.resource_version
-            && self.value == other.value
+            && self.content == other.content
     }
 }
 
 impl Object {
     /// An object of `kind`; `kind` and `apiVersion` are filled in when missing (watch events
-    /// of the Kubernetes API omit them) and must match `kind` when present.
+    /// of the Kubernetes API omit them) and must match `kind` when present. Objects nested more
+    /// than [`MAX_OBJECT_DEPTH`] levels are refused.
     ///
     /// ```
     /// use kubeedge_cloud::{Kind, Object};
@@ -220,7 +232,8 @@ impl Object {
     ///     "spec": {"nodeName": "edge-1"},
     /// })).unwrap();
     /// assert_eq!(pod.key().edge_resource(), "default/pod/nginx");
-    /// assert_eq!(pod.value()["kind"], "Pod");
+    /// assert_eq!(pod.to_value()["kind"], "Pod");
+    /// assert_eq!(pod.node_name(), Some("edge-1"));
     /// assert_eq!(pod.resource_version_u64(), Some(7));
     /// ```
     pub fn new(kind: Kind, mut value: Value) -> Result<Self> {
@@ -271,17 +284,39 @@ impl Object {
         };
         let uid = text("uid");
         let resource_version = text("resourceVersion");
-        let spec_hash = spec_hash(&value);
+        if depth(&value) > MAX_OBJECT_DEPTH {
+            return Err(Error::InvalidObject(format!(
+                "{} {name} nests deeper than {MAX_OBJECT_DEPTH} levels",
+                kind.kind()
+            )));
+        }
+        let key = ObjectKey {
+            kind,
+            namespace,
+            name,
+        };
+        let terminating = !value["metadata"]["deletionTimestamp"].is_null();
+        let node_name = value["spec"]["nodeName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
+        let references = references_in(&key, &value).into_boxed_slice();
+        let content = Content::json(&value).map_err(|err| {
+            Error::InvalidObject(format!(
+                "{} {}: cannot encode: {err}",
+                kind.kind(),
+                key.name
+            ))
+        })?;
         Ok(Self {
-            key: ObjectKey {
-                kind,
-                namespace,
-                name,
-            },
             uid,
             resource_version,
-            spec_hash,
-            value: Arc::new(value),
+            spec_hash: spec_hash(&value),
+            key,
+            node_name,
+            terminating,
+            references,
+            content,
         })
     }
 
@@ -339,26 +374,45 @@ impl Object {
         self.spec_hash
     }
 
-    /// The object's JSON.
-    pub fn value(&self) -> &Value {
-        &self.value
+    /// The object's JSON encoding (Go's form), shared: what goes into its messages.
+    pub fn content(&self) -> &Content {
+        &self.content
     }
 
-    /// The object's JSON, shared.
-    pub fn shared_value(&self) -> Arc<Value> {
-        Arc::clone(&self.value)
+    /// The object's JSON, parsed anew at each call: for reading fields the index does not hold.
+    pub fn to_value(&self) -> Value {
+        // The bytes are serde_json's own encoding of a value at most MAX_OBJECT_DEPTH deep
+        // (checked in `new`), which it always reads back.
+        serde_json::from_slice(self.content.as_json()).unwrap_or(Value::Null)
+    }
+
+    /// One field of the object's JSON by JSON pointer (`/metadata/labels`), parsed anew.
+    pub fn pointer(&self, pointer: &str) -> Option<Value> {
+        self.to_value().pointer_mut(pointer).map(Value::take)
     }
 
     /// `spec.nodeName` (Pods and Devices): the node the object is bound to.
     pub fn node_name(&self) -> Option<&str> {
-        self.value["spec"]["nodeName"]
-            .as_str()
-            .filter(|n| !n.is_empty())
+        self.node_name.as_deref()
     }
 
     /// Whether `metadata.deletionTimestamp` is set.
     pub fn is_terminating(&self) -> bool {
-        !self.value["metadata"]["deletionTimestamp"].is_null()
+        self.terminating
+    }
+
+    /// The objects this one needs on its node (see [`references`](crate::references)).
+    pub fn references(&self) -> &[ObjectKey] {
+        &self.references
+    }
+}
+
+/// How many levels `value` nests (a scalar is 1).
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 1,
     }
 }
 

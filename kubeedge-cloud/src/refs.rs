@@ -23,9 +23,15 @@ use crate::{Kind, Object, ObjectKey};
 /// assert!(refs.contains(&ObjectKey::new(Kind::Secret, "ns", "s")));
 /// ```
 pub fn references(object: &Object) -> Vec<ObjectKey> {
+    object.references().to_vec()
+}
+
+/// The references of the object `key` whose JSON is `value` (read once, when an [`Object`] is
+/// made).
+pub(crate) fn references_in(key: &ObjectKey, value: &Value) -> Vec<ObjectKey> {
     let mut out = Vec::new();
-    let ns = object.namespace();
-    let spec = &object.value()["spec"];
+    let ns = key.namespace.as_str();
+    let spec = &value["spec"];
     let mut push = |kind: Kind, name: &Value| {
         if let Some(name) = name.as_str().filter(|n| !n.is_empty()) {
             let key = ObjectKey::new(kind, ns, name);
@@ -34,7 +40,7 @@ pub fn references(object: &Object) -> Vec<ObjectKey> {
             }
         }
     };
-    match object.kind() {
+    match key.kind {
         Kind::Pod => {
             for volume in array(&spec["volumes"]) {
                 push(Kind::ConfigMap, &volume["configMap"]["name"]);

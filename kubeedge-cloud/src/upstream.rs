@@ -13,7 +13,7 @@ use kubeedge_proto::{
 use serde_json::{Map, Value, json};
 
 use crate::downstream::Downstream;
-use crate::{ApiError, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, ObjectKey};
+use crate::{ApiError, EDGE_NODE_LABEL, Kind, NODE_LEASE_NAMESPACE, Object, ObjectKey};
 
 /// A cluster write on behalf of a node, already authorised.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,9 +151,7 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                         );
                     }
                     match view.get(&ObjectKey::new(Kind::Node, "", name.as_str())) {
-                        Some(found) => {
-                            Decision::Reply(object_reply(msg, Ok(found.value().clone())))
-                        }
+                        Some(found) => Decision::Reply(object_reply(msg, Ok(found.to_value()))),
                         None => Decision::Reply(object_reply(
                             msg,
                             Err(ApiError::not_found("nodes", &name)),
@@ -218,7 +216,7 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                     Decision::Reply(object_reply(
                         msg,
                         view.get(&key)
-                            .map(|lease| lease.value().clone())
+                            .map(Object::to_value)
                             .ok_or_else(|| ApiError::not_found("leases", node)),
                     ))
                 }
@@ -272,7 +270,7 @@ pub fn decide(node: &str, msg: &Message, view: &Downstream) -> Decision {
                     }
                     match view.get(&key) {
                         Some(found) => Decision::Reply(
-                            response(msg, Content::json(found.value()))
+                            response(msg, Ok(found.content().clone()))
                                 .with_resource_version(found.resource_version()),
                         ),
                         None => Decision::Reply(object_reply(
@@ -383,7 +381,8 @@ fn token_request(node: &str, msg: &Message, view: &Downstream, ns: &str, sa: &st
             ApiError::forbidden(format!("pod {ns}/{pod_name} is not bound to node {node}")),
         );
     };
-    let spec = &pod.value()["spec"];
+    let pod_value = pod.to_value();
+    let spec = &pod_value["spec"];
     let pod_sa = spec["serviceAccountName"]
         .as_str()
         .or_else(|| spec["serviceAccount"].as_str())

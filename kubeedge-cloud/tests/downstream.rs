@@ -283,7 +283,7 @@ fn status_only_changes_are_not_sent() {
             .len(),
         2
     );
-    let mut running = pod("p", NODE, 3, "cm").value().clone();
+    let mut running = pod("p", NODE, 3, "cm").to_value();
     running["status"] = json!({"phase": "Running"});
     running["metadata"]["managedFields"] = json!([{"manager": "kubelet"}]);
     assert!(
@@ -292,7 +292,7 @@ fn status_only_changes_are_not_sent() {
         ))
         .is_empty()
     );
-    let mut labelled = pod("p", NODE, 4, "cm").value().clone();
+    let mut labelled = pod("p", NODE, 4, "cm").to_value();
     labelled["metadata"]["labels"] = json!({"x": "y"});
     let out = down.apply(ObjectEvent::Applied(
         Object::new(Kind::Pod, labelled).unwrap(),
@@ -491,4 +491,70 @@ fn a_device_waits_for_its_model() {
         ["membership", "default/devicemodel/m1", "default/device/d1"],
         "model before device"
     );
+}
+
+#[test]
+fn every_node_message_shares_the_objects_json() {
+    // A ConfigMap referenced by pods on two nodes goes to both in the same bytes the view holds
+    // (Go's encoding, made once when the object arrived), not in a copy per node.
+    let mut down = Downstream::new(Duration::ZERO);
+    for kind in Kind::ALL {
+        down.apply(ObjectEvent::Listed {
+            kind,
+            objects: vec![],
+        });
+    }
+    for node in ["a", "b"] {
+        down.connected(node, Instant::now());
+    }
+    down.tick(Instant::now());
+    let cm = configmap("shared", 1);
+    let mut out = down.apply(ObjectEvent::Applied(pod("pa", "a", 2, "shared")));
+    out.extend(down.apply(ObjectEvent::Applied(pod("pb", "b", 3, "shared"))));
+    out.extend(down.apply(ObjectEvent::Applied(cm.clone())));
+    let sent: Vec<&Outgoing> = out
+        .iter()
+        .filter(|o| o.message.route.resource == "default/configmap/shared")
+        .collect();
+    assert_eq!(sent.len(), 2, "{:?}", resources(&out, "a"));
+    for o in &sent {
+        assert_eq!(o.message.content.as_json(), cm.content().as_json());
+        assert_eq!(
+            o.message.content.json_bytes().as_ptr(),
+            cm.content().json_bytes().as_ptr(),
+            "the message to {} holds its own copy",
+            o.node
+        );
+    }
+    assert_eq!(
+        cm.content().as_json(),
+        kubeedge_proto::Content::json(&cm.to_value())
+            .unwrap()
+            .as_json()
+    );
+}
+
+#[test]
+fn an_object_nested_too_deep_to_read_back_is_refused() {
+    let mut deep = json!("leaf");
+    for _ in 0..kubeedge_cloud::MAX_OBJECT_DEPTH {
+        deep = json!({ "d": deep });
+    }
+    let err = Object::new(
+        Kind::ConfigMap,
+        json!({"metadata": {"name": "deep", "namespace": "default"}, "data": deep}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nests deeper"), "{err}");
+    // Just under the limit it is kept, and reads back whole.
+    let mut ok = json!("leaf");
+    for _ in 0..kubeedge_cloud::MAX_OBJECT_DEPTH - 4 {
+        ok = json!({ "d": ok });
+    }
+    let object = Object::new(
+        Kind::ConfigMap,
+        json!({"metadata": {"name": "ok", "namespace": "default"}, "data": ok.clone()}),
+    )
+    .unwrap();
+    assert_eq!(object.to_value()["data"], ok);
 }

@@ -866,7 +866,7 @@ async fn expect_pod_events(events: &mut mpsc::Receiver<ObjectEvent>) {
         ObjectEvent::Listed { kind, objects } => {
             assert_eq!(kind, Kind::Pod);
             assert_eq!(names(&objects), ["a", "b"]);
-            assert_eq!(objects[0].value()["kind"], "Pod");
+            assert_eq!(objects[0].to_value()["kind"], "Pod");
             assert_eq!(objects[1].resource_version(), "99");
         }
         other => panic!("expected Listed, got {other:?}"),
@@ -881,7 +881,7 @@ async fn expect_pod_events(events: &mut mpsc::Receiver<ObjectEvent>) {
     match next_event(events).await {
         ObjectEvent::Applied(pod) => {
             assert_eq!((pod.name(), pod.resource_version()), ("a", "102"));
-            assert_eq!(pod.value()["status"]["phase"], "Succeeded");
+            assert_eq!(pod.to_value()["status"]["phase"], "Succeeded");
         }
         other => panic!("expected Applied(a), got {other:?}"),
     }

@@ -268,7 +268,7 @@ async fn first_scan_lists_every_kind_and_fills_metadata() {
         assert_eq!(pod.key().to_string(), "Pod/default/web");
         assert_eq!(pod.uid().len(), 36, "a UUID");
         assert!(rv(pod) > 0);
-        assert!(pod.value()["metadata"]["creationTimestamp"]
+        assert!(pod.to_value()["metadata"]["creationTimestamp"]
             .as_str()
             .is_some_and(|t| t.ends_with('Z')));
         assert_eq!(listed[&Kind::ConfigMap][0].namespace(), "apps");
@@ -316,12 +316,12 @@ async fn an_edit_is_applied_and_an_unchanged_rescan_is_quiet() {
         h.dirs.put("cm.yaml", &config_map("settings", "two"));
         let after = h.applied().await;
         assert_eq!(after.name(), "settings");
-        assert_eq!(after.value()["data"]["key"], "two");
+        assert_eq!(after.to_value()["data"]["key"], "two");
         assert_eq!(after.uid(), before.uid());
         assert!(rv(&after) > rv(&before));
         assert_eq!(
-            after.value()["metadata"]["creationTimestamp"],
-            before.value()["metadata"]["creationTimestamp"]
+            after.to_value()["metadata"]["creationTimestamp"],
+            before.to_value()["metadata"]["creationTimestamp"]
         );
 
         // The same content again (a new file, same objects): no event.
@@ -451,10 +451,10 @@ async fn a_removed_pod_terminates_until_its_node_deletes_it() {
         assert!(terminating.is_terminating());
         assert_eq!(terminating.uid(), pod.uid());
         assert_eq!(
-            terminating.value()["metadata"]["deletionGracePeriodSeconds"],
+            terminating.to_value()["metadata"]["deletionGracePeriodSeconds"],
             30
         );
-        assert_eq!(terminating.value()["status"]["phase"], "Running");
+        assert_eq!(terminating.to_value()["status"]["phase"], "Running");
         assert!(rv(&terminating) > rv(&running));
 
         // Declared again while terminating: created again once it is gone.
@@ -490,7 +490,7 @@ async fn a_removed_pod_terminates_until_its_node_deletes_it() {
         let recreated = h.applied().await;
         assert_eq!(recreated.name(), "web");
         assert!(!recreated.is_terminating());
-        assert!(recreated.value().get("status").is_none());
+        assert!(recreated.to_value().get("status").is_none());
         assert!(rv(&recreated) > rv(&gone));
 
         let missing = h
@@ -532,7 +532,7 @@ async fn a_terminating_pod_without_a_node_is_deleted_after_the_timeout() {
         let terminating = h.applied().await;
         assert!(terminating.is_terminating());
         assert_eq!(
-            terminating.value()["metadata"]["deletionGracePeriodSeconds"],
+            terminating.to_value()["metadata"]["deletionGracePeriodSeconds"],
             1
         );
         let gone = h.deleted().await;
@@ -663,7 +663,7 @@ async fn patch_pod_status_merges_like_the_api_server() {
             "only the status changes"
         );
         let applied_again = h.applied().await;
-        assert_eq!(applied_again.value(), &second);
+        assert_eq!(applied_again.to_value(), second);
         assert!(rv(&applied_again) > rv(&applied));
 
         let file = read_json(&h.dirs.status_file("pods", "default_web.json"));
@@ -692,8 +692,11 @@ async fn patch_pod_status_merges_like_the_api_server() {
             &pod_yaml("web", "  terminationGracePeriodSeconds: 5\n"),
         );
         let edited = h.applied().await;
-        assert_eq!(edited.value()["status"]["phase"], "Running");
-        assert_eq!(edited.value()["spec"]["terminationGracePeriodSeconds"], 5);
+        assert_eq!(edited.to_value()["status"]["phase"], "Running");
+        assert_eq!(
+            edited.to_value()["spec"]["terminationGracePeriodSeconds"],
+            5
+        );
         h.stop().await;
     })
     .await;
@@ -891,10 +894,10 @@ async fn a_restart_keeps_nodes_and_pod_statuses() {
         assert_eq!(listed[&Kind::Lease].len(), 1);
         let restored = &listed[&Kind::Pod][0];
         assert_eq!(restored.uid(), pod.uid());
-        assert_eq!(restored.value()["status"]["phase"], "Running");
+        assert_eq!(restored.to_value()["status"]["phase"], "Running");
         assert_eq!(
-            restored.value()["metadata"]["creationTimestamp"],
-            pod.value()["metadata"]["creationTimestamp"]
+            restored.to_value()["metadata"]["creationTimestamp"],
+            pod.to_value()["metadata"]["creationTimestamp"]
         );
         assert!(rv(restored) > highest);
         assert_eq!(

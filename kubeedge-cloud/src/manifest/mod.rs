@@ -454,7 +454,10 @@ impl State {
                 Some(entry) if entry.doc.as_ref() == Some(doc) => continue,
                 Some(entry) => {
                     let uid = doc_uid(doc).unwrap_or(entry.object.uid()).to_owned();
-                    let created = entry.object.value()["metadata"]["creationTimestamp"].clone();
+                    let created = entry
+                        .object
+                        .pointer("/metadata/creationTimestamp")
+                        .unwrap_or_default();
                     match build(key.kind, doc, &uid, created, entry.writer_status.as_ref()) {
                         Ok(object) => {
                             entry.doc = Some(doc.clone());
@@ -522,7 +525,7 @@ impl State {
             return;
         }
         if key.kind == Kind::Pod {
-            let value = entry.object.value();
+            let value = entry.object.to_value();
             let grace = value["spec"]["terminationGracePeriodSeconds"]
                 .as_i64()
                 .unwrap_or(30)
@@ -534,7 +537,7 @@ impl State {
                 && entry.object.node_name().is_some()
                 && !matches!(phase, "Succeeded" | "Failed")
             {
-                let mut value = value.clone();
+                let mut value = value;
                 if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("deletionTimestamp".into(), now_timestamp().into());
                     meta.insert("deletionGracePeriodSeconds".into(), grace.into());
@@ -567,7 +570,7 @@ impl State {
         ops: &mut Vec<FileOp>,
     ) -> Option<Object> {
         let entry = self.objects.remove(key)?;
-        let object = with_rv(key.kind, entry.object.value().clone()).unwrap_or(entry.object);
+        let object = with_rv(key.kind, entry.object.to_value()).unwrap_or(entry.object);
         if matches!(key.kind, Kind::Pod | Kind::Node | Kind::Lease) {
             ops.push(FileOp::Remove(status_path(
                 &config.status_dir,

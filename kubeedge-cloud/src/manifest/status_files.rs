@@ -158,7 +158,7 @@ pub(super) fn load_state(config: &ManifestConfig) -> State {
                     state.objects.insert(
                         object.key().clone(),
                         Entry {
-                            writer_status: object.value().get("status").cloned(),
+                            writer_status: object.pointer("/status"),
                             object,
                             doc: None,
                             writer_owned: true,

@@ -182,19 +182,24 @@ impl ManifestWriter {
                     entry.object.uid()
                 )));
             }
-            let Some(status) = merged_status(entry.object.value(), &patch)? else {
-                return Ok(entry.object.value().clone());
+            let Some(status) = merged_status(&entry.object.to_value(), &patch)? else {
+                return Ok(entry.object.to_value());
             };
-            let mut value = entry.object.value().clone();
+            let mut value = entry.object.to_value();
             if let Some(map) = value.as_object_mut() {
                 set_or_remove(map, "status", status.clone());
             }
             let object = with_rv(key.kind, value).map_err(internal)?;
             entry.writer_status = Some(status);
             entry.object = object.clone();
-            ops.push(shared.write_op(key.kind.plural(), &key.namespace, &key.name, object.value()));
+            ops.push(shared.write_op(
+                key.kind.plural(),
+                &key.namespace,
+                &key.name,
+                &object.to_value(),
+            ));
             state.emit(ObjectEvent::Applied(object.clone()));
-            Ok(object.value().clone())
+            Ok(object.to_value())
         })
         .await
     }
@@ -218,10 +223,10 @@ impl ManifestWriter {
             let object = match state.objects.get_mut(&key) {
                 Some(entry) => {
                     let spec = lease.get("spec").cloned().unwrap_or(Value::Null);
-                    if entry.object.value().get("spec").unwrap_or(&Value::Null) == &spec {
-                        return Ok(entry.object.value().clone());
+                    if entry.object.pointer("/spec").unwrap_or(Value::Null) == spec {
+                        return Ok(entry.object.to_value());
                     }
-                    let mut value = entry.object.value().clone();
+                    let mut value = entry.object.to_value();
                     if let Some(map) = value.as_object_mut() {
                         set_or_remove(map, "spec", spec);
                     }
@@ -251,9 +256,9 @@ impl ManifestWriter {
                     object
                 }
             };
-            ops.push(shared.write_op("leases", &key.namespace, &key.name, object.value()));
+            ops.push(shared.write_op("leases", &key.namespace, &key.name, &object.to_value()));
             state.emit(ObjectEvent::Applied(object.clone()));
-            Ok(object.value().clone())
+            Ok(object.to_value())
         })
         .await
     }
@@ -267,23 +272,23 @@ impl ClusterWriter for ManifestWriter {
         let key = ObjectKey::new(Kind::Node, "", name);
         self.write(move |shared, state, ops| {
             if let Some(entry) = state.objects.get(&key) {
-                return Ok(entry.object.value().clone());
+                return Ok(entry.object.to_value());
             }
             let object = build(Kind::Node, &node, &new_uid(), now_timestamp().into(), None)
                 .map_err(internal)?;
             state.objects.insert(
                 key.clone(),
                 Entry {
-                    writer_status: object.value().get("status").cloned(),
+                    writer_status: object.pointer("/status"),
                     object: object.clone(),
                     doc: None,
                     writer_owned: true,
                     deadline: None,
                 },
             );
-            ops.push(shared.write_op("nodes", "", &key.name, object.value()));
+            ops.push(shared.write_op("nodes", "", &key.name, &object.to_value()));
             state.emit(ObjectEvent::Applied(object.clone()));
-            Ok(object.value().clone())
+            Ok(object.to_value())
         })
         .await
     }
@@ -372,7 +377,7 @@ impl ClusterWriter for ManifestWriter {
             let object = state
                 .remove(&key, &shared.config, ops)
                 .ok_or_else(|| ApiError::not_found("pods", &key.name))?;
-            Ok(object.value().clone())
+            Ok(object.to_value())
         })
         .await
     }
