@@ -228,8 +228,8 @@ fn resources(out: &[Outgoing], node: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn each_node_gets_only_its_own_objects() {
+/// A view with every kind listed (empty) and `nodes` connected.
+fn listed_with_nodes(nodes: &[&str]) -> Downstream {
     let mut down = Downstream::new(Duration::ZERO);
     for kind in Kind::ALL {
         down.apply(ObjectEvent::Listed {
@@ -237,10 +237,16 @@ fn each_node_gets_only_its_own_objects() {
             objects: vec![],
         });
     }
-    for node in ["a", "b"] {
+    for node in nodes {
         down.connected(node, Instant::now());
     }
     down.tick(Instant::now());
+    down
+}
+
+#[test]
+fn each_node_gets_only_its_own_objects() {
+    let mut down = listed_with_nodes(&["a", "b"]);
     let mut out = down.apply(ObjectEvent::Applied(configmap("cm-a", 1)));
     out.extend(down.apply(ObjectEvent::Applied(configmap("cm-b", 2))));
     out.extend(down.apply(ObjectEvent::Applied(configmap("cm-none", 3))));
@@ -497,17 +503,7 @@ fn a_device_waits_for_its_model() {
 fn every_node_message_shares_the_objects_json() {
     // A ConfigMap referenced by pods on two nodes goes to both in the same bytes the view holds
     // (Go's encoding, made once when the object arrived), not in a copy per node.
-    let mut down = Downstream::new(Duration::ZERO);
-    for kind in Kind::ALL {
-        down.apply(ObjectEvent::Listed {
-            kind,
-            objects: vec![],
-        });
-    }
-    for node in ["a", "b"] {
-        down.connected(node, Instant::now());
-    }
-    down.tick(Instant::now());
+    let mut down = listed_with_nodes(&["a", "b"]);
     let cm = configmap("shared", 1);
     let mut out = down.apply(ObjectEvent::Applied(pod("pa", "a", 2, "shared")));
     out.extend(down.apply(ObjectEvent::Applied(pod("pb", "b", 3, "shared"))));

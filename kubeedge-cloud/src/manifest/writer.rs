@@ -182,24 +182,20 @@ impl ManifestWriter {
                     entry.object.uid()
                 )));
             }
-            let Some(status) = merged_status(&entry.object.to_value(), &patch)? else {
-                return Ok(entry.object.to_value());
-            };
             let mut value = entry.object.to_value();
+            let Some(status) = merged_status(&value, &patch)? else {
+                return Ok(value);
+            };
             if let Some(map) = value.as_object_mut() {
                 set_or_remove(map, "status", status.clone());
             }
             let object = with_rv(key.kind, value).map_err(internal)?;
             entry.writer_status = Some(status);
             entry.object = object.clone();
-            ops.push(shared.write_op(
-                key.kind.plural(),
-                &key.namespace,
-                &key.name,
-                &object.to_value(),
-            ));
-            state.emit(ObjectEvent::Applied(object.clone()));
-            Ok(object.to_value())
+            let written = object.to_value();
+            ops.push(shared.write_op(key.kind.plural(), &key.namespace, &key.name, &written));
+            state.emit(ObjectEvent::Applied(object));
+            Ok(written)
         })
         .await
     }
@@ -223,10 +219,10 @@ impl ManifestWriter {
             let object = match state.objects.get_mut(&key) {
                 Some(entry) => {
                     let spec = lease.get("spec").cloned().unwrap_or(Value::Null);
-                    if entry.object.pointer("/spec").unwrap_or(Value::Null) == spec {
-                        return Ok(entry.object.to_value());
-                    }
                     let mut value = entry.object.to_value();
+                    if value.get("spec").unwrap_or(&Value::Null) == &spec {
+                        return Ok(value);
+                    }
                     if let Some(map) = value.as_object_mut() {
                         set_or_remove(map, "spec", spec);
                     }
@@ -256,9 +252,10 @@ impl ManifestWriter {
                     object
                 }
             };
-            ops.push(shared.write_op("leases", &key.namespace, &key.name, &object.to_value()));
-            state.emit(ObjectEvent::Applied(object.clone()));
-            Ok(object.to_value())
+            let written = object.to_value();
+            ops.push(shared.write_op("leases", &key.namespace, &key.name, &written));
+            state.emit(ObjectEvent::Applied(object));
+            Ok(written)
         })
         .await
     }
@@ -276,19 +273,20 @@ impl ClusterWriter for ManifestWriter {
             }
             let object = build(Kind::Node, &node, &new_uid(), now_timestamp().into(), None)
                 .map_err(internal)?;
+            let written = object.to_value();
             state.objects.insert(
                 key.clone(),
                 Entry {
-                    writer_status: object.pointer("/status"),
+                    writer_status: written.get("status").cloned(),
                     object: object.clone(),
                     doc: None,
                     writer_owned: true,
                     deadline: None,
                 },
             );
-            ops.push(shared.write_op("nodes", "", &key.name, &object.to_value()));
-            state.emit(ObjectEvent::Applied(object.clone()));
-            Ok(object.to_value())
+            ops.push(shared.write_op("nodes", "", &key.name, &written));
+            state.emit(ObjectEvent::Applied(object));
+            Ok(written)
         })
         .await
     }
