@@ -262,6 +262,13 @@ impl CloudHubHandle {
         }
     }
 
+    /// Queues an encoded frame for `node` without waiting; false when the node's link queue is
+    /// full or the node is not connected.
+    pub(crate) fn try_send_frame(&self, node: &str, frame: Utf8Bytes) -> bool {
+        let queue = self.lock().by_node.get(node).map(|s| s.queue.clone());
+        queue.is_some_and(|queue| queue.try_send(frame).is_ok())
+    }
+
     /// The hub's session counters now.
     pub fn stats(&self) -> CloudHubStats {
         let sessions = self.lock();

@@ -13,18 +13,29 @@
 //!
 //! Messages from the edge are de-duplicated by `msg_id` (a bounded window per node) before the
 //! application sees them; ACKs are consumed here and reported as [`DeliveryEvent::Delivered`].
+//!
+//! There is no fan-out loop: a send queues its message and hands whatever may go now to the
+//! node's link in the sender's own task, under the lock of one of 64 parts of the node
+//! table, so senders to different nodes run in parallel on every worker thread. [`ReliableCloud`]'s
+//! loop only handles what comes from the nodes (ACKs free window slots, a reconnect re-sends what
+//! is in flight) and the retry tick.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, RandomState};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use kubeedge_proto::{Message, Operation};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::{CancellationToken, PollSemaphore};
 
 use crate::dedupe::{RecentIds, Sight};
+use crate::link::encode;
 use crate::{CloudEvent, CloudHubHandle, CloudHubStats, Error, LinkEnd, Result};
 
 /// Settings for [`ReliableCloud`].
@@ -126,7 +137,7 @@ struct Flight {
 /// A message ready to go: tracked ones are already in flight (a failed hand-off is retried by
 /// the retry tick); one-shot ones keep their queue slot until the link takes them.
 enum Out {
-    Tracked(Message),
+    Tracked(Utf8Bytes),
     Once { seq: u64, entry: Entry },
 }
 
@@ -181,17 +192,16 @@ impl NodeQueue {
         );
     }
 
-    /// Takes the messages that may be sent now, marking tracked ones in flight.
+    /// Takes the messages that may be sent now, marking tracked ones in flight (and encoding
+    /// them: the frame is what goes on the link).
     fn ready(&mut self, window: usize, now: Instant) -> Vec<Out> {
-        if !self.online {
-            return Vec::new();
-        }
         let mut out = Vec::new();
-        let seqs: Vec<u64> = self.waiting.keys().copied().collect();
-        for seq in seqs {
-            let Some(entry) = self.waiting.get(&seq) else {
-                continue;
-            };
+        if !self.online {
+            return out;
+        }
+        let mut after = Bound::Unbounded;
+        while let Some((&seq, entry)) = self.waiting.range((after, Bound::Unbounded)).next() {
+            after = Bound::Excluded(seq);
             let tracked = is_ack_tracked(&entry.message);
             if tracked {
                 if self.in_flight.len() >= window {
@@ -219,7 +229,9 @@ impl NodeQueue {
             if let Some(k) = &entry.key {
                 self.keys_in_flight.insert(k.clone());
             }
-            out.push(Out::Tracked(entry.message.clone()));
+            if let Some(frame) = frame_of(&entry.message) {
+                out.push(Out::Tracked(frame));
+            }
             let id = entry.message.header.id.clone();
             let flight = Flight {
                 key: entry.key,
@@ -244,20 +256,24 @@ impl NodeQueue {
         self.waiting.insert(seq, entry);
     }
 
-    /// Messages whose ACK is overdue (all of them after a reconnect), stamped as re-sent now.
+    /// Messages whose ACK is overdue (all of them after a reconnect), stamped as re-sent now,
+    /// oldest first.
     fn overdue(&mut self, retry: Duration, now: Instant, all: bool) -> Vec<Out> {
         if !self.online {
             return Vec::new();
         }
-        let mut out = Vec::new();
+        let mut due: Vec<&Message> = Vec::new();
         for flight in self.in_flight.values_mut() {
             if all || now.duration_since(flight.sent_at) >= retry {
                 flight.sent_at = now;
-                out.push(flight.message.clone());
+                due.push(&flight.message);
             }
         }
-        out.sort_by_key(|m| m.header.timestamp);
-        out.into_iter().map(Out::Tracked).collect()
+        due.sort_by_key(|m| m.header.timestamp);
+        due.into_iter()
+            .filter_map(frame_of)
+            .map(Out::Tracked)
+            .collect()
     }
 
     fn acknowledge(&mut self, parent: &str) -> bool {
@@ -269,16 +285,100 @@ impl NodeQueue {
         }
         true
     }
+
+    /// Hands messages to the node's link without waiting, so one slow node never holds up the
+    /// others: a tracked message the link cannot take stays in flight and goes again at the
+    /// retry; a one-shot message goes back to its place in the queue. Called under the node's
+    /// shard lock, so that two senders to one node cannot reorder its messages on the wire.
+    fn transmit(&mut self, hub: &CloudHubHandle, node: &str, outs: Vec<Out>) {
+        for out in outs {
+            match out {
+                Out::Tracked(frame) => {
+                    let _ = hub.try_send_frame(node, frame);
+                }
+                Out::Once { seq, mut entry } => {
+                    if let Err(message) = hub.try_send(node, entry.message) {
+                        entry.message = message;
+                        self.requeue(seq, entry);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes what may go now and hands it to the link.
+    fn flush(&mut self, hub: &CloudHubHandle, node: &str, window: usize) {
+        let outs = self.ready(window, Instant::now());
+        self.transmit(hub, node, outs);
+    }
 }
 
-type Nodes = Arc<Mutex<HashMap<String, NodeQueue>>>;
+/// A tracked message's frame; one that cannot be encoded is never sent (and never acknowledged).
+fn frame_of(message: &Message) -> Option<Utf8Bytes> {
+    match encode(message) {
+        Ok(frame) => Some(frame),
+        Err(err) => {
+            tracing::warn!(msg_id = %message.header.id, %err, "cannot encode a message; it is not sent");
+            None
+        }
+    }
+}
+
+/// How many parts the node table is split into, each under its own lock.
+const SHARDS: usize = 64;
+
+type Shard = HashMap<String, NodeQueue>;
+
+/// The per-node queues, split over [`SHARDS`] locks by a hash of the node name.
+struct NodeTable {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    config: Arc<DeliveryConfig>,
+    /// False once the [`ReliableCloud`] is gone: nothing would process ACKs or retries.
+    running: AtomicBool,
+}
+
+impl NodeTable {
+    fn new(config: Arc<DeliveryConfig>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            config,
+            running: AtomicBool::new(true),
+        }
+    }
+
+    /// The locked shard that holds `node`.
+    fn shard(&self, node: &str) -> MutexGuard<'_, Shard> {
+        let index = (self.hasher.hash_one(node) % SHARDS as u64) as usize;
+        lock(&self.shards[index])
+    }
+
+    /// Runs `f` on `node`'s queue (created empty if it has none), under its shard lock.
+    fn with_queue<T>(&self, node: &str, f: impl FnOnce(&mut NodeQueue) -> T) -> T {
+        let mut shard = self.shard(node);
+        let queue = shard
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeQueue::new(&self.config));
+        f(queue)
+    }
+}
+
+type Nodes = Arc<NodeTable>;
+
+/// Marks the table stopped when the [`ReliableCloud`] owning it is dropped (its loop ended).
+struct Running(Nodes);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
+}
 
 /// Sends reliably to nodes; cheap to clone.
 #[derive(Clone)]
 pub struct ReliableCloudHandle {
     nodes: Nodes,
-    config: Arc<DeliveryConfig>,
-    wake: mpsc::UnboundedSender<String>,
     hub: CloudHubHandle,
 }
 
@@ -291,21 +391,21 @@ impl std::fmt::Debug for ReliableCloudHandle {
 
 impl ReliableCloudHandle {
     fn capacity_of(&self, node: &str) -> Arc<Semaphore> {
-        let mut nodes = lock(&self.nodes);
-        let queue = nodes
-            .entry(node.to_owned())
-            .or_insert_with(|| NodeQueue::new(&self.config));
-        Arc::clone(&queue.capacity)
+        self.nodes
+            .with_queue(node, |queue| Arc::clone(&queue.capacity))
     }
 
+    /// Queues the message and, if the node is connected, hands what may go now to its link.
     fn enqueue(&self, node: &str, message: Message, permit: OwnedSemaphorePermit) -> Result<()> {
-        let mut nodes = lock(&self.nodes);
-        let queue = nodes
-            .entry(node.to_owned())
-            .or_insert_with(|| NodeQueue::new(&self.config));
-        queue.enqueue(message, permit);
-        drop(nodes);
-        self.wake.send(node.to_owned()).map_err(|_| Error::Stopped)
+        if !self.nodes.running.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        let window = self.nodes.config.window;
+        self.nodes.with_queue(node, |queue| {
+            queue.enqueue(message, permit);
+            queue.flush(&self.hub, node, window);
+        });
+        Ok(())
     }
 
     /// Queues `message` for `node` (connected or not), waiting for a free slot in the node's
@@ -328,7 +428,7 @@ impl ReliableCloudHandle {
     }
 
     fn reply(&self, node: &str, message: Message) -> Result<()> {
-        if let Some(queue) = lock(&self.nodes).get_mut(node) {
+        if let Some(queue) = self.nodes.shard(node).get_mut(node) {
             queue.recent.remember_reply(&message);
         }
         // A full or closed link drops it; the node's re-send brings it back from memory.
@@ -356,7 +456,8 @@ impl ReliableCloudHandle {
 
     /// Messages queued or in flight for `node`.
     pub fn pending(&self, node: &str) -> usize {
-        lock(&self.nodes)
+        self.nodes
+            .shard(node)
             .get(node)
             .map_or(0, |q| q.waiting.len() + q.in_flight.len())
     }
@@ -416,9 +517,8 @@ impl tower::Service<Message> for ToNode {
 pub struct ReliableCloud {
     hub: CloudHubHandle,
     raw: mpsc::Receiver<CloudEvent>,
-    nodes: Nodes,
+    nodes: Running,
     config: Arc<DeliveryConfig>,
-    wake: mpsc::UnboundedReceiver<String>,
     events: mpsc::Sender<DeliveryEvent>,
 }
 
@@ -435,23 +535,19 @@ impl ReliableCloud {
         raw: mpsc::Receiver<CloudEvent>,
         config: DeliveryConfig,
     ) -> (Self, ReliableCloudHandle, mpsc::Receiver<DeliveryEvent>) {
-        let nodes: Nodes = Arc::default();
         let config = Arc::new(config);
-        let (wake_tx, wake) = mpsc::unbounded_channel();
+        let nodes: Nodes = Arc::new(NodeTable::new(Arc::clone(&config)));
         let (events, rx) = mpsc::channel(config.events_len.max(1));
         let handle = ReliableCloudHandle {
             nodes: Arc::clone(&nodes),
-            config: Arc::clone(&config),
-            wake: wake_tx,
             hub: hub.clone(),
         };
         (
             Self {
                 hub,
                 raw,
-                nodes,
+                nodes: Running(nodes),
                 config,
-                wake,
                 events,
             },
             handle,
@@ -473,31 +569,22 @@ impl ReliableCloud {
                         return Ok(());
                     }
                 }
-                node = self.wake.recv() => {
-                    let Some(node) = node else { return Ok(()) };
-                    let ready = {
-                        let mut nodes = lock(&self.nodes);
-                        nodes.get_mut(&node).map(|q| q.ready(self.config.window, Instant::now()))
-                    };
-                    self.transmit(&node, ready.unwrap_or_default());
-                }
-                _ = retry.tick() => {
-                    let now = Instant::now();
-                    let (retry_after, window) = (self.config.retry_interval, self.config.window);
-                    let overdue: Vec<(String, Vec<Out>)> = lock(&self.nodes)
-                        .iter_mut()
-                        .map(|(node, q)| {
-                            let mut outs = q.overdue(retry_after, now, false);
-                            // Also whatever a full link queue held back.
-                            outs.extend(q.ready(window, now));
-                            (node.clone(), outs)
-                        })
-                        .filter(|(_, outs)| !outs.is_empty())
-                        .collect();
-                    for (node, msgs) in overdue {
-                        self.transmit(&node, msgs);
-                    }
-                }
+                _ = retry.tick() => self.retry_overdue(),
+            }
+        }
+    }
+
+    /// Re-sends what waited too long for its ACK, and whatever a full link queue held back,
+    /// one shard at a time.
+    fn retry_overdue(&self) {
+        let now = Instant::now();
+        let (retry_after, window) = (self.config.retry_interval, self.config.window);
+        for shard in self.nodes.0.shards.iter() {
+            let mut shard = lock(shard);
+            for (node, queue) in shard.iter_mut() {
+                let mut outs = queue.overdue(retry_after, now, false);
+                outs.extend(queue.ready(window, now));
+                queue.transmit(&self.hub, node, outs);
             }
         }
     }
@@ -506,24 +593,20 @@ impl ReliableCloud {
     async fn on_event(&mut self, event: CloudEvent) -> bool {
         let forward = match event {
             CloudEvent::Connected { node, .. } => {
-                let resend = {
-                    let mut nodes = lock(&self.nodes);
-                    let q = nodes
-                        .entry(node.clone())
-                        .or_insert_with(|| NodeQueue::new(&self.config));
+                let (retry_after, window) = (self.config.retry_interval, self.config.window);
+                self.nodes.0.with_queue(&node, |q| {
                     q.online = true;
                     let now = Instant::now();
-                    let mut msgs = q.overdue(self.config.retry_interval, now, true);
-                    msgs.extend(q.ready(self.config.window, now));
-                    msgs
-                };
-                self.transmit(&node, resend);
+                    let mut msgs = q.overdue(retry_after, now, true);
+                    msgs.extend(q.ready(window, now));
+                    q.transmit(&self.hub, &node, msgs);
+                });
                 DeliveryEvent::Connected { node }
             }
             CloudEvent::Disconnected { node, reason } => {
                 // A replaced connection is followed by the new one's Connected: stay online.
                 if reason != LinkEnd::Replaced
-                    && let Some(q) = lock(&self.nodes).get_mut(&node)
+                    && let Some(q) = self.nodes.0.shard(&node).get_mut(&node)
                 {
                     q.online = false;
                 }
@@ -533,64 +616,41 @@ impl ReliableCloud {
             // application hears about liveness through Connected and Disconnected.
             CloudEvent::Message { message, .. } if message.is_keepalive() => return true,
             CloudEvent::Message { node, message } => {
-                let mut nodes = lock(&self.nodes);
-                let q = nodes
-                    .entry(node.clone())
-                    .or_insert_with(|| NodeQueue::new(&self.config));
-                if message.is_ack() {
+                let window = self.config.window;
+                let sight = self.nodes.0.with_queue(&node, |q| {
+                    if !message.is_ack() {
+                        return Some(q.recent.sight(&message));
+                    }
                     // An ACK of something no longer in flight repeats one already counted.
                     if !q.acknowledge(&message.header.parent_id) {
-                        return true;
+                        return None;
                     }
-                    let more = q.ready(self.config.window, Instant::now());
-                    drop(nodes);
-                    self.transmit(&node, more);
-                    DeliveryEvent::Delivered {
+                    q.flush(&self.hub, &node, window);
+                    Some(Sight::Deliver)
+                });
+                match sight {
+                    None => return true,
+                    Some(Sight::Deliver) if message.is_ack() => DeliveryEvent::Delivered {
                         node,
                         msg_id: message.header.parent_id,
-                    }
-                } else {
-                    match q.recent.sight(&message) {
-                        Sight::Deliver => DeliveryEvent::Message { node, message },
-                        // A duplicate: its sender did not get our reply; send that again.
-                        Sight::Duplicate(reply) => {
-                            drop(nodes);
-                            if let Some(reply) = reply {
-                                let _ = self.hub.try_send(&node, reply);
-                            }
-                            return true;
+                    },
+                    Some(Sight::Deliver) => DeliveryEvent::Message { node, message },
+                    // A duplicate: its sender did not get our reply; send that again.
+                    Some(Sight::Duplicate(reply)) => {
+                        if let Some(reply) = reply {
+                            let _ = self.hub.try_send(&node, reply);
                         }
+                        return true;
                     }
                 }
             }
         };
         self.events.send(forward).await.is_ok()
     }
-
-    /// Hands messages to the node's link without waiting, so one slow node never holds up the
-    /// others: a tracked message the link cannot take stays in flight and goes again at the
-    /// retry; a one-shot message goes back to its place in the queue.
-    fn transmit(&self, node: &str, outs: Vec<Out>) {
-        for out in outs {
-            match out {
-                Out::Tracked(message) => {
-                    let _ = self.hub.try_send(node, message);
-                }
-                Out::Once { seq, mut entry } => {
-                    if let Err(message) = self.hub.try_send(node, entry.message) {
-                        entry.message = message;
-                        if let Some(q) = lock(&self.nodes).get_mut(node) {
-                            q.requeue(seq, entry);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
-fn lock(nodes: &Nodes) -> std::sync::MutexGuard<'_, HashMap<String, NodeQueue>> {
-    nodes
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

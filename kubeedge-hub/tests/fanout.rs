@@ -1,0 +1,166 @@
+//! The fan-out runs in the senders' tasks: many tasks sending to many nodes at once over real TLS
+//! WebSockets. Every object's newest version reaches every node, versions of one object never
+//! arrive out of order (an unsent older one may be replaced, never overtaken), every tracked
+//! message is acknowledged once, and a send after the reliable layer stopped is refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kubeedge_hub::{DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub, Error};
+use kubeedge_proto::{Content, Message};
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+mod common;
+use common::{DEADLINE, Pki};
+
+const NODES: usize = 12;
+/// One sender task per object: they all send to every node at once.
+const OBJECTS: usize = 4;
+const VERSIONS: u64 = 6;
+
+fn version(object: usize, rv: u64) -> Message {
+    let json = format!(
+        r#"{{"metadata":{{"name":"o{object}","uid":"uid-{object}","resourceVersion":"{rv}"}}}}"#
+    );
+    Message::new(
+        "edgecontroller",
+        "resource",
+        "update",
+        format!("default/configmap/o{object}"),
+        Content::try_from(json.as_str()).unwrap(),
+    )
+    .with_resource_version(rv.to_string())
+}
+
+fn rv_of(msg: &Message) -> (String, u64) {
+    let meta = msg.content.object_meta().unwrap();
+    (meta.uid, meta.resource_version.parse().unwrap())
+}
+
+type Seen = Arc<Mutex<HashMap<(String, String), Vec<u64>>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_reach_every_node_in_each_objects_order() {
+    let pki = Pki::new();
+    let stop = CancellationToken::new();
+    let (addr, cloud, mut events) = pki.reliable_cloud(DeliveryConfig::default(), &stop).await;
+
+    let seen: Seen = Arc::default();
+    for n in 0..NODES {
+        let node = format!("edge-{n}");
+        let mut config = pki.edge_config(addr, &node);
+        config.rate_limit = None;
+        let (edge, handle, mut edge_events) = EdgeHub::new(config);
+        tokio::spawn(edge.run(stop.clone()));
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut to_cloud = handle.to_cloud();
+            while let Some(event) = edge_events.recv().await {
+                let EdgeEvent::Message(msg) = event else {
+                    continue;
+                };
+                let (uid, rv) = rv_of(&msg);
+                seen.lock()
+                    .unwrap()
+                    .entry((node.clone(), uid))
+                    .or_default()
+                    .push(rv);
+                to_cloud
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(msg.ack())
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    let mut connected = 0;
+    while connected < NODES {
+        if let DeliveryEvent::Connected { .. } = tokio::time::timeout(DEADLINE, events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            connected += 1;
+        }
+    }
+
+    let senders: Vec<_> = (0..OBJECTS)
+        .map(|object| {
+            let cloud = cloud.clone();
+            tokio::spawn(async move {
+                for rv in 1..=VERSIONS {
+                    for n in 0..NODES {
+                        cloud
+                            .send(&format!("edge-{n}"), version(object, rv))
+                            .await
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        tokio::time::timeout(DEADLINE, sender)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    // Wait until every node holds every object's newest version, counting the ACKs.
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    let complete = |seen: &Seen| {
+        let seen = seen.lock().unwrap();
+        (0..NODES).all(|n| {
+            (0..OBJECTS).all(|o| {
+                seen.get(&(format!("edge-{n}"), format!("uid-{o}")))
+                    .and_then(|rvs| rvs.last())
+                    == Some(&VERSIONS)
+            })
+        })
+    };
+    while !complete(&seen) || (0..NODES).any(|n| cloud.pending(&format!("edge-{n}")) > 0) {
+        if let Ok(Some(DeliveryEvent::Delivered { node, .. })) =
+            tokio::time::timeout(DEADLINE, events.recv()).await
+        {
+            *delivered.entry(node).or_default() += 1;
+        } else {
+            panic!("not every version arrived: {:?}", seen.lock().unwrap());
+        }
+    }
+
+    let seen = seen.lock().unwrap();
+    for ((node, uid), rvs) in seen.iter() {
+        assert!(
+            rvs.windows(2).all(|w| w[0] < w[1]),
+            "{node} got {uid}'s versions out of order or twice: {rvs:?}"
+        );
+    }
+    for n in 0..NODES {
+        let node = format!("edge-{n}");
+        let received: usize = (0..OBJECTS)
+            .map(|o| seen[&(node.clone(), format!("uid-{o}"))].len())
+            .sum();
+        assert_eq!(
+            delivered.get(&node).copied().unwrap_or(0),
+            received,
+            "{node}: one Delivered per message it received"
+        );
+    }
+    drop(seen);
+
+    // The reliable layer's loop ends: nothing would process the ACKs, so sends are refused.
+    stop.cancel();
+    let refused = async {
+        loop {
+            match cloud.send("edge-0", version(0, VERSIONS + 1)).await {
+                Err(Error::Stopped) => break,
+                Ok(()) => tokio::task::yield_now().await,
+                Err(other) => panic!("{other}"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, refused).await.unwrap();
+}
