@@ -136,6 +136,8 @@ struct Flight {
 
 /// A message ready to go: tracked ones are already in flight (a failed hand-off is retried by
 /// the retry tick); one-shot ones keep their queue slot until the link takes them.
+// Lives only in the short Vec of one hand-off; boxing the entry would allocate per message.
+#[allow(clippy::large_enum_variant)]
 enum Out {
     Tracked(Utf8Bytes),
     Once { seq: u64, entry: Entry },
