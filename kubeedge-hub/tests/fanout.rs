@@ -131,25 +131,26 @@ async fn concurrent_senders_reach_every_node_in_each_objects_order() {
         }
     }
 
-    let seen = seen.lock().unwrap();
-    for ((node, uid), rvs) in seen.iter() {
-        assert!(
-            rvs.windows(2).all(|w| w[0] < w[1]),
-            "{node} got {uid}'s versions out of order or twice: {rvs:?}"
-        );
+    {
+        let seen = seen.lock().unwrap();
+        for ((node, uid), rvs) in seen.iter() {
+            assert!(
+                rvs.windows(2).all(|w| w[0] < w[1]),
+                "{node} got {uid}'s versions out of order or twice: {rvs:?}"
+            );
+        }
+        for n in 0..NODES {
+            let node = format!("edge-{n}");
+            let received: usize = (0..OBJECTS)
+                .map(|o| seen[&(node.clone(), format!("uid-{o}"))].len())
+                .sum();
+            assert_eq!(
+                delivered.get(&node).copied().unwrap_or(0),
+                received,
+                "{node}: one Delivered per message it received"
+            );
+        }
     }
-    for n in 0..NODES {
-        let node = format!("edge-{n}");
-        let received: usize = (0..OBJECTS)
-            .map(|o| seen[&(node.clone(), format!("uid-{o}"))].len())
-            .sum();
-        assert_eq!(
-            delivered.get(&node).copied().unwrap_or(0),
-            received,
-            "{node}: one Delivered per message it received"
-        );
-    }
-    drop(seen);
 
     // The reliable layer's loop ends: nothing would process the ACKs, so sends are refused.
     stop.cancel();
