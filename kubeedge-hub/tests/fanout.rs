@@ -109,9 +109,16 @@ async fn concurrent_senders_reach_every_node_in_each_objects_order() {
             .unwrap();
     }
 
-    // Wait until every node holds every object's newest version, counting the ACKs.
-    let mut delivered: HashMap<String, usize> = HashMap::new();
-    let complete = |seen: &Seen| {
+    // Wait until every node holds every object's newest version and every message it received
+    // was reported delivered, once.
+    let received = |seen: &Seen, n: usize| -> usize {
+        let seen = seen.lock().unwrap();
+        (0..OBJECTS)
+            .filter_map(|o| seen.get(&(format!("edge-{n}"), format!("uid-{o}"))))
+            .map(Vec::len)
+            .sum()
+    };
+    let newest_everywhere = |seen: &Seen| {
         let seen = seen.lock().unwrap();
         (0..NODES).all(|n| {
             (0..OBJECTS).all(|o| {
@@ -121,35 +128,28 @@ async fn concurrent_senders_reach_every_node_in_each_objects_order() {
             })
         })
     };
-    while !complete(&seen) || (0..NODES).any(|n| cloud.pending(&format!("edge-{n}")) > 0) {
-        if let Ok(Some(DeliveryEvent::Delivered { node, .. })) =
-            tokio::time::timeout(DEADLINE, events.recv()).await
-        {
-            *delivered.entry(node).or_default() += 1;
-        } else {
-            panic!("not every version arrived: {:?}", seen.lock().unwrap());
+    let mut delivered = [0usize; NODES];
+    while !newest_everywhere(&seen) || (0..NODES).any(|n| delivered[n] != received(&seen, n)) {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(DeliveryEvent::Delivered { node, .. })) => {
+                let n: usize = node.trim_start_matches("edge-").parse().unwrap();
+                delivered[n] += 1;
+                assert!(
+                    delivered[n] <= received(&seen, n),
+                    "{node}: more Delivered than messages it received"
+                );
+            }
+            other => panic!("{other:?}; received: {:?}", seen.lock().unwrap()),
         }
     }
-
-    {
-        let seen = seen.lock().unwrap();
-        for ((node, uid), rvs) in seen.iter() {
-            assert!(
-                rvs.windows(2).all(|w| w[0] < w[1]),
-                "{node} got {uid}'s versions out of order or twice: {rvs:?}"
-            );
-        }
-        for n in 0..NODES {
-            let node = format!("edge-{n}");
-            let received: usize = (0..OBJECTS)
-                .map(|o| seen[&(node.clone(), format!("uid-{o}"))].len())
-                .sum();
-            assert_eq!(
-                delivered.get(&node).copied().unwrap_or(0),
-                received,
-                "{node}: one Delivered per message it received"
-            );
-        }
+    for n in 0..NODES {
+        assert_eq!(cloud.pending(&format!("edge-{n}")), 0);
+    }
+    for ((node, uid), rvs) in seen.lock().unwrap().iter() {
+        assert!(
+            rvs.windows(2).all(|w| w[0] < w[1]),
+            "{node} got {uid}'s versions out of order or twice: {rvs:?}"
+        );
     }
 
     // The reliable layer's loop ends: nothing would process the ACKs, so sends are refused.
