@@ -569,7 +569,8 @@ fn spawn_sender<W: ClusterWriter>(
                     removed |= noted.removed;
                 }
                 if added {
-                    keeper.store(&node).await;
+                    // Boxed: the write's future would size every idle node's task.
+                    Box::pin(keeper.store(&node)).await;
                     removed = false;
                 }
             }
@@ -582,7 +583,7 @@ fn spawn_sender<W: ClusterWriter>(
             if let Some(keeper) = &record
                 && removed
             {
-                keeper.store(&node).await;
+                Box::pin(keeper.store(&node)).await;
             }
         }
     });

@@ -123,6 +123,13 @@ impl NodeQueue {
                 }
                 if !batch.is_empty() {
                     state.dropped = 0;
+                    if state.entries.is_empty() {
+                        // Emptied maps keep their capacity; most nodes' queues are empty most
+                        // of the time.
+                        state.order = VecDeque::new();
+                        state.entries = HashMap::new();
+                        state.seq_of_key = HashMap::new();
+                    }
                     return Some(batch);
                 }
                 if state.closed {

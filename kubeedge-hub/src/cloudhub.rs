@@ -532,7 +532,7 @@ impl Connection {
             })?;
             let upgrade =
                 upgrade.ok_or_else(|| Error::Handshake("no upgrade request".to_owned()))?;
-            Ok::<_, Error>((ws, upgrade))
+            Ok::<_, Error>((Box::new(ws), upgrade))
         };
         let (ws, upgrade) = // Boxed: the handshake's state is freed once it is done, instead of sizing the
         // connection task (which lives as long as the node is connected) for it.

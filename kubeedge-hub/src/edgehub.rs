@@ -307,7 +307,7 @@ impl EdgeHub {
     async fn connect(
         &self,
     ) -> Result<(
-        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+        Box<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>,
         Extensions,
     )> {
         let c = &self.config;
@@ -336,7 +336,7 @@ impl EdgeHub {
             .get(EXTENSIONS_HEADER)
             .and_then(|v| v.to_str().ok())
             .map_or_else(Extensions::none, Extensions::parse);
-        Ok((ws, extensions))
+        Ok((Box::new(ws), extensions))
     }
 }
 

@@ -143,8 +143,11 @@ fn message_of(frame: Frame, max_len: usize) -> Result<Option<Message>, LinkEnd> 
 /// Drives `ws` until it ends: writes what `to_peer` yields, hands what arrives to `from_peer`
 /// (wrapped by `wrap`). While the application is not taking messages, reading pauses (TCP
 /// pushes back on the peer) but writing goes on, so neither side can wedge the other.
+///
+/// The stream comes boxed (1.5 KiB with its TLS connection): unboxed, it has room of its own in
+/// this future and in the connection's, for as long as the node is connected.
 pub(crate) async fn run_link<S, E>(
-    ws: WebSocketStream<S>,
+    ws: Box<WebSocketStream<S>>,
     to_peer: &mut mpsc::Receiver<Utf8Bytes>,
     from_peer: &mpsc::Sender<E>,
     wrap: impl Fn(Message) -> E,

@@ -288,6 +288,20 @@ impl NodeQueue {
         true
     }
 
+    /// Frees the tables of a queue that has emptied. Maps keep their capacity when emptied
+    /// (a `BTreeMap` its first leaf: eleven entries' room, ~3.4 KiB; the in-flight map four
+    /// flights, ~1.4 KiB), and most nodes are idle most of the time.
+    fn release_if_idle(&mut self) {
+        if self.waiting.is_empty() {
+            self.waiting = BTreeMap::new();
+            self.seq_of_key = HashMap::new();
+        }
+        if self.in_flight.is_empty() {
+            self.in_flight = HashMap::new();
+            self.keys_in_flight = HashSet::new();
+        }
+    }
+
     /// Hands messages to the node's link without waiting, so one slow node never holds up the
     /// others: a tracked message the link cannot take stays in flight and goes again at the
     /// retry; a one-shot message goes back to its place in the queue. Called under the node's
@@ -306,6 +320,7 @@ impl NodeQueue {
                 }
             }
         }
+        self.release_if_idle();
     }
 
     /// Takes what may go now and hands it to the link.
