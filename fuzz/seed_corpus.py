@@ -109,6 +109,16 @@ def main():
         put("modbus_device_frames", b"\x00\x07\x00\x00" + (len(pdu) + 1).to_bytes(2, "big") + b"\x01" + pdu)
     # The join request: NodeName, Authorization, ExtKeyUsages, then the CSR.
     put("join_request", b"edge-1\nBearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOjE5MDAwMDAwMDB9.x\n[2]\n0\x82")
+    # Stream tunnel frames: varint connect id, varint type, data (a LOGS_CONNECT request, DATA,
+    # REMOVE_CONNECT, an EXEC_CONNECT with its method).
+    logs = (b'{"MessID":3,"url":{"Scheme":"https","Host":"127.0.0.1:10003",'
+            b'"Path":"/containerLogs/default/web/nginx","RawQuery":"follow=true\\u0026tailLines=10"},'
+            b'"header":{"Accept":["*/*"]}}')
+    put("stream_tunnel", b"\x03\x00" + logs)
+    put("stream_tunnel", b"\xac\x02\x03log line\n")
+    put("stream_tunnel", b"\x03\x04")
+    put("stream_tunnel", b"\x09\x01" + b'{"MessID":9,"url":{"Path":"/exec/ns/p/c","RawQuery":"command=sh"},'
+                                       b'"header":null,"method":"POST"}')
 
 
 if __name__ == "__main__":

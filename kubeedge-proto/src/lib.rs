@@ -19,6 +19,8 @@
 //! - [`json_lines`] frames messages on a byte stream (one JSON message per line, as gorilla's
 //!   `WriteJSON` writes them), and `frame` (feature `binary-frame`) reads and writes viaduct's
 //!   binary frame (10-byte header + protobuf message).
+//! - [`stream_tunnel`] holds the frames of KubeEdge's stream tunnel (cloudStream/edgeStream:
+//!   `kubectl logs`, `exec`, `attach`) and the kubelet requests they carry.
 //!
 //! Every decoder takes a hard maximum size, checked before anything is allocated for the input,
 //! and returns an error for malformed input instead of panicking. The decoders are fuzzed (see
@@ -64,6 +66,7 @@ mod names;
 pub mod object_name;
 mod object_resp;
 mod resource;
+pub mod stream_tunnel;
 pub mod twin;
 
 #[cfg(feature = "binary-frame")]
