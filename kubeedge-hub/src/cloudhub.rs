@@ -252,13 +252,10 @@ impl CloudHubHandle {
     // Giving the message back (not boxed) is the point: the caller keeps it without a copy.
     #[allow(clippy::result_large_err)]
     pub fn try_send(&self, node: &str, message: Message) -> Result<(), Message> {
-        let queue = self.lock().by_node.get(node).map(|s| s.queue.clone());
-        let Some(queue) = queue else {
-            return Err(message);
-        };
-        match encode(&message).map(|text| queue.try_send(text)) {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(message),
+        if encode(&message).is_ok_and(|frame| self.try_send_frame(node, frame)) {
+            Ok(())
+        } else {
+            Err(message)
         }
     }
 

@@ -328,6 +328,15 @@ impl NodeQueue {
         let outs = self.ready(window, Instant::now());
         self.transmit(hub, node, outs);
     }
+
+    /// Re-sends what waited `retry` for its ACK (`all` of it after a reconnect), then whatever
+    /// else may go now (also what a full link queue held back).
+    fn resend(&mut self, hub: &CloudHubHandle, node: &str, config: &DeliveryConfig, all: bool) {
+        let now = Instant::now();
+        let mut outs = self.overdue(config.retry_interval, now, all);
+        outs.extend(self.ready(config.window, now));
+        self.transmit(hub, node, outs);
+    }
 }
 
 /// A tracked message's frame; one that cannot be encoded is never sent (and never acknowledged).
@@ -594,14 +603,9 @@ impl ReliableCloud {
     /// Re-sends what waited too long for its ACK, and whatever a full link queue held back,
     /// one shard at a time.
     fn retry_overdue(&self) {
-        let now = Instant::now();
-        let (retry_after, window) = (self.config.retry_interval, self.config.window);
         for shard in self.nodes.0.shards.iter() {
-            let mut shard = lock(shard);
-            for (node, queue) in shard.iter_mut() {
-                let mut outs = queue.overdue(retry_after, now, false);
-                outs.extend(queue.ready(window, now));
-                queue.transmit(&self.hub, node, outs);
+            for (node, queue) in lock(shard).iter_mut() {
+                queue.resend(&self.hub, node, &self.config, false);
             }
         }
     }
@@ -610,13 +614,9 @@ impl ReliableCloud {
     async fn on_event(&mut self, event: CloudEvent) -> bool {
         let forward = match event {
             CloudEvent::Connected { node, .. } => {
-                let (retry_after, window) = (self.config.retry_interval, self.config.window);
                 self.nodes.0.with_queue(&node, |q| {
                     q.online = true;
-                    let now = Instant::now();
-                    let mut msgs = q.overdue(retry_after, now, true);
-                    msgs.extend(q.ready(window, now));
-                    q.transmit(&self.hub, &node, msgs);
+                    q.resend(&self.hub, &node, &self.config, true);
                 });
                 DeliveryEvent::Connected { node }
             }
@@ -632,28 +632,29 @@ impl ReliableCloud {
             // Keepalives only keep the link alive (the CloudHub's read deadline); the
             // application hears about liveness through Connected and Disconnected.
             CloudEvent::Message { message, .. } if message.is_keepalive() => return true,
-            CloudEvent::Message { node, message } => {
+            CloudEvent::Message { node, message } if message.is_ack() => {
                 let window = self.config.window;
-                let sight = self.nodes.0.with_queue(&node, |q| {
-                    if !message.is_ack() {
-                        return Some(q.recent.sight(&message));
+                let counted = self.nodes.0.with_queue(&node, |q| {
+                    let counted = q.acknowledge(&message.header.parent_id);
+                    if counted {
+                        q.flush(&self.hub, &node, window);
                     }
-                    // An ACK of something no longer in flight repeats one already counted.
-                    if !q.acknowledge(&message.header.parent_id) {
-                        return None;
-                    }
-                    q.flush(&self.hub, &node, window);
-                    Some(Sight::Deliver)
+                    counted
                 });
-                match sight {
-                    None => return true,
-                    Some(Sight::Deliver) if message.is_ack() => DeliveryEvent::Delivered {
-                        node,
-                        msg_id: message.header.parent_id,
-                    },
-                    Some(Sight::Deliver) => DeliveryEvent::Message { node, message },
+                // An ACK of something no longer in flight repeats one already counted.
+                if !counted {
+                    return true;
+                }
+                DeliveryEvent::Delivered {
+                    node,
+                    msg_id: message.header.parent_id,
+                }
+            }
+            CloudEvent::Message { node, message } => {
+                match self.nodes.0.with_queue(&node, |q| q.recent.sight(&message)) {
+                    Sight::Deliver => DeliveryEvent::Message { node, message },
                     // A duplicate: its sender did not get our reply; send that again.
-                    Some(Sight::Duplicate(reply)) => {
+                    Sight::Duplicate(reply) => {
                         if let Some(reply) = reply {
                             let _ = self.hub.try_send(&node, reply);
                         }
