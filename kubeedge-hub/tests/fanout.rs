@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use kubeedge_hub::{DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub, Error};
-use kubeedge_proto::{Content, Message};
+use kubeedge_hub::{DeliveryConfig, DeliveryEvent, Error};
+use kubeedge_proto::Message;
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceExt};
 
 mod common;
-use common::{DEADLINE, Pki};
+use common::{DEADLINE, Pki, rv_of};
 
 const NODES: usize = 12;
 /// One sender task per object: they all send to every node at once.
@@ -20,22 +19,7 @@ const OBJECTS: usize = 4;
 const VERSIONS: u64 = 6;
 
 fn version(object: usize, rv: u64) -> Message {
-    let json = format!(
-        r#"{{"metadata":{{"name":"o{object}","uid":"uid-{object}","resourceVersion":"{rv}"}}}}"#
-    );
-    Message::new(
-        "edgecontroller",
-        "resource",
-        "update",
-        format!("default/configmap/o{object}"),
-        Content::try_from(json.as_str()).unwrap(),
-    )
-    .with_resource_version(rv.to_string())
-}
-
-fn rv_of(msg: &Message) -> (String, u64) {
-    let meta = msg.content.object_meta().unwrap();
-    (meta.uid, meta.resource_version.parse().unwrap())
+    common::object(&format!("uid-{object}"), rv)
 }
 
 type Seen = Arc<Mutex<HashMap<(String, String), Vec<u64>>>>;
@@ -49,31 +33,14 @@ async fn concurrent_senders_reach_every_node_in_each_objects_order() {
     let seen: Seen = Arc::default();
     for n in 0..NODES {
         let node = format!("edge-{n}");
-        let mut config = pki.edge_config(addr, &node);
-        config.rate_limit = None;
-        let (edge, handle, mut edge_events) = EdgeHub::new(config);
-        tokio::spawn(edge.run(stop.clone()));
         let seen = Arc::clone(&seen);
-        tokio::spawn(async move {
-            let mut to_cloud = handle.to_cloud();
-            while let Some(event) = edge_events.recv().await {
-                let EdgeEvent::Message(msg) = event else {
-                    continue;
-                };
-                let (uid, rv) = rv_of(&msg);
-                seen.lock()
-                    .unwrap()
-                    .entry((node.clone(), uid))
-                    .or_default()
-                    .push(rv);
-                to_cloud
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(msg.ack())
-                    .await
-                    .unwrap();
-            }
+        pki.acking_edge(addr, &node.clone(), &stop, move |msg| {
+            let (uid, rv) = rv_of(msg);
+            seen.lock()
+                .unwrap()
+                .entry((node.clone(), uid))
+                .or_default()
+                .push(rv);
         });
     }
     let mut connected = 0;

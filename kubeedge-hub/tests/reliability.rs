@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::Pki;
+use common::{Pki, object, rv_of};
 
 const EACH_WAY: usize = 10_000;
 /// Objects updated several times, to check order per object.
@@ -85,26 +85,6 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0
     }
-}
-
-fn object(uid: &str, rv: u64) -> Message {
-    let json = format!(
-        r#"{{"metadata":{{"name":"{uid}","namespace":"default","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
-    );
-    Message::new(
-        "edgecontroller",
-        "resource",
-        "update",
-        format!("default/configmap/{uid}"),
-        Content::try_from(json.as_str()).unwrap(),
-    )
-    .with_resource_version(rv.to_string())
-}
-
-fn rv_of(msg: &Message) -> (String, u64) {
-    let v: serde_json::Value = msg.content.decode().unwrap();
-    let uid = v["metadata"]["uid"].as_str().unwrap().to_owned();
-    (uid, msg.header.resource_version.parse().unwrap())
 }
 
 /// What the edge application received, by edge lifetime (the edge is restarted twice).

@@ -4,7 +4,7 @@
 use std::future::poll_fn;
 use std::task::Poll;
 
-use kubeedge_hub::{DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub};
+use kubeedge_hub::{DeliveryConfig, DeliveryEvent};
 use kubeedge_proto::{Content, Message};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
@@ -46,25 +46,7 @@ async fn poll_ready_waits_for_acknowledgements() {
     assert_eq!(cloud.pending("edge-1"), 2);
 
     // An edge connects and acknowledges what it gets; room appears, the third goes too.
-    let mut edge_config = pki.edge_config(addr, "edge-1");
-    edge_config.rate_limit = None;
-    let (edge, edge_handle, mut edge_events) = EdgeHub::new(edge_config);
-    tokio::spawn(edge.run(stop.clone()));
-    let acks = edge_handle.clone();
-    tokio::spawn(async move {
-        let mut to_cloud = acks.to_cloud();
-        while let Some(event) = edge_events.recv().await {
-            if let EdgeEvent::Message(msg) = event {
-                to_cloud
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(msg.ack())
-                    .await
-                    .unwrap();
-            }
-        }
-    });
+    pki.acking_edge(addr, "edge-1", &stop, |_| {});
     tokio::time::timeout(DEADLINE, to_node.ready())
         .await
         .unwrap()

@@ -7,10 +7,10 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use kubeedge_hub::{
-    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeHubConfig, ReliableCloud,
-    ReliableCloudHandle, tls,
+    CloudHub, CloudHubConfig, DeliveryConfig, DeliveryEvent, EdgeEvent, EdgeHub, EdgeHubConfig,
+    EdgeHubHandle, ReliableCloud, ReliableCloudHandle, tls,
 };
-use kubeedge_proto::NodeName;
+use kubeedge_proto::{Content, Message, NodeName};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -18,6 +18,7 @@ use rcgen::{
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
 
 /// Deadline for anything a test waits for; a hung test fails here instead of hanging.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -140,4 +141,60 @@ impl Pki {
         tokio::spawn(reliable.run(stop.clone()));
         (addr, cloud, events)
     }
+}
+
+impl Pki {
+    /// An EdgeHub for `node` against the hub at `cloud`, unthrottled, running until `stop`, whose
+    /// application shows every message to `on_message` and then acknowledges it.
+    pub fn acking_edge(
+        &self,
+        cloud: SocketAddr,
+        node: &str,
+        stop: &CancellationToken,
+        mut on_message: impl FnMut(&Message) + Send + 'static,
+    ) -> EdgeHubHandle {
+        let mut config = self.edge_config(cloud, node);
+        config.rate_limit = None;
+        let (edge, handle, mut events) = EdgeHub::new(config);
+        tokio::spawn(edge.run(stop.clone()));
+        let acks = handle.clone();
+        tokio::spawn(async move {
+            let mut to_cloud = acks.to_cloud();
+            while let Some(event) = events.recv().await {
+                if let EdgeEvent::Message(msg) = event {
+                    on_message(&msg);
+                    to_cloud
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(msg.ack())
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        handle
+    }
+}
+
+/// Version `rv` of ConfigMap `uid` (named as its uid), as the cloud sends it: ACK-tracked.
+pub fn object(uid: &str, rv: u64) -> Message {
+    let json = format!(
+        r#"{{"metadata":{{"name":"{uid}","namespace":"default","uid":"{uid}","resourceVersion":"{rv}"}}}}"#
+    );
+    Message::new(
+        "edgecontroller",
+        "resource",
+        "update",
+        format!("default/configmap/{uid}"),
+        Content::try_from(json.as_str()).unwrap(),
+    )
+    .with_resource_version(rv.to_string())
+}
+
+/// The uid and resourceVersion of a message made by [`object`].
+pub fn rv_of(msg: &Message) -> (String, u64) {
+    let v: serde_json::Value = msg.content.decode().unwrap();
+    let uid = v["metadata"]["uid"].as_str().unwrap().to_owned();
+    (uid, msg.header.resource_version.parse().unwrap())
 }
